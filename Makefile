@@ -1,0 +1,43 @@
+# Flotilla: `make up` to run the suite, `make test` to test it. Both install what is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STUBS := flotilla/_api/__init__.py
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: up down status logs test bench install deps clean
+
+up: install
+	$(VENV)/bin/flotilla up
+
+down:
+	@if [ -x $(VENV)/bin/flotilla ]; then $(VENV)/bin/flotilla down; fi
+
+status:
+	$(VENV)/bin/flotilla status
+
+logs:
+	$(VENV)/bin/flotilla logs
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+install: deps $(VENV)/.installed $(STUBS)
+
+deps:
+	@bash tools/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(STUBS): tools/gen_protos.py $(VENV)/.installed
+	$(PY) tools/gen_protos.py 2>/dev/null
+
+clean:
+	rm -rf $(VENV) flotilla/_api build *.egg-info

@@ -1,0 +1,191 @@
+"""Running the whole suite under supervisord with its own nats-server.
+
+``Suite`` renders supervisord's and nats-server's configuration into the state
+directory and starts, checks and stops them; ``make up``, the tests and the benchmarks
+all go through it, each with its own directories and ports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The processes of the suite, in start order: (name, module, host-local).
+SERVICES: tuple[tuple[str, str], ...] = (
+    ("metadata", "flotilla.services.metadata"),
+    ("gateway", "flotilla.services.gateway"),
+)
+DEFAULT_NATS_PORT = 14222
+DEFAULT_METRICS_BASE = 19100  # gateway 19100, then one port per service in SERVICES order
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Suite:
+    root: Path = Path(os.environ.get("FLOTILLA_ROOT", "/var/lib/flotilla"))
+    state: Path = Path(os.environ.get("FLOTILLA_STATE", "/run/flotilla"))
+    nats_port: int = int(os.environ.get("FLOTILLA_NATS_PORT", DEFAULT_NATS_PORT))
+    metrics_base: int = int(os.environ.get("FLOTILLA_METRICS_BASE", DEFAULT_METRICS_BASE))
+    prefix: str = os.environ.get("FLOTILLA_PREFIX", "flotilla")
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def socket(self) -> Path:
+        return self.state / "flotilla.sock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def conf(self) -> Path:
+        return self.state / "supervisord.conf"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    def metrics_port(self, name: str) -> int:
+        names = [n for n, _ in SERVICES]
+        order = ["gateway"] + [n for n in names if n != "gateway"]
+        return self.metrics_base + order.index(name) if self.metrics_base else 0
+
+    def env(self, name: str) -> dict[str, str]:
+        env = {
+            "FLOTILLA_ROOT": str(self.root),
+            "FLOTILLA_STATE": str(self.state),
+            "FLOTILLA_NATS_URL": self.nats_url,
+            "FLOTILLA_PREFIX": self.prefix,
+            "FLOTILLA_METRICS_PORT": str(self.metrics_port(name)),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def render(self) -> None:
+        for d in (self.root, self.state, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.state / "nats.conf").write_text(
+            f"listen: 127.0.0.1:{self.nats_port}\n"
+            # NATS' default of 1 MiB kills the connection when a 1 MiB chunk carries headers
+            "max_payload: 8MB\n"
+            "write_deadline: \"10s\"\n")
+        programs = [self._program("nats", f"{shutil.which('nats-server') or 'nats-server'} "
+                                          f"-c {self.state / 'nats.conf'}", {}, priority=1)]
+        for i, (name, module) in enumerate(SERVICES):
+            programs.append(self._program(name, f"{self.python} -m {module}", self.env(name),
+                                          priority=10 + i))
+        self.conf.write_text(f"""\
+[supervisord]
+logfile={self.logs / 'supervisord.log'}
+pidfile={self.state / 'supervisord.pid'}
+childlogdir={self.logs}
+loglevel=info
+
+[unix_http_server]
+file={self.state / 'supervisor.sock'}
+chmod=0700
+
+[supervisorctl]
+serverurl=unix://{self.state / 'supervisor.sock'}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+""" + "\n".join(programs))
+
+    def _program(self, name: str, command: str, env: dict[str, str], priority: int) -> str:
+        envline = ",".join(f'{k}="{v}"' for k, v in env.items())
+        return f"""\
+[program:{name}]
+command={command}
+priority={priority}
+autostart=true
+autorestart=true
+startsecs=0
+startretries=1000
+stopsignal=TERM
+stopwaitsecs=10
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={self.logs / (name + '.log')}
+stdout_logfile_maxbytes=20MB
+stdout_logfile_backups=2
+{('environment=' + envline) if envline else ''}
+"""
+
+    # -- control -----------------------------------------------------------------------
+
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.state / "supervisord.pid").read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+
+    def up(self, timeout: float = 60.0) -> float:
+        """Start the suite (if not running) and return the seconds until the socket answered."""
+        started = time.monotonic()
+        if self.pid() is None:
+            self.render()
+            subprocess.run([self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)], check=True)
+        self.wait_ready(timeout)
+        return time.monotonic() - started
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.answers():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.socket} did not answer within {timeout:.0f}s; see {self.logs}")
+
+    def answers(self) -> bool:
+        """True when the gateway serves and the metadata service answers through it."""
+        if not self.socket.exists():
+            return False
+        import grpc  # only here: the suite's control path needs no grpc otherwise
+        from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
+        try:
+            with grpc.insecure_channel(f"unix://{self.socket}") as channel:
+                namespace_pb2_grpc.NamespacesStub(channel).List(namespace_pb2.ListNamespacesRequest(), timeout=1)
+            return True
+        except grpc.RpcError:
+            return False
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
+                              capture_output=True, text=True)
+
+    def down(self, timeout: float = 30.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)  # supervisord stops every program, then exits
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+    def program_pid(self, name: str) -> int:
+        out = self.ctl("pid", name).stdout.strip()
+        return int(out)

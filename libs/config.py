@@ -1,0 +1,67 @@
+"""Configuration: environment variables over an optional TOML file over defaults.
+
+Every setting has an environment variable ``FLOTILLA_<NAME>``; the TOML file named by
+``FLOTILLA_CONFIG`` (default ``/etc/flotilla/flotilla.toml``, optional) holds the same
+names in lower case at top level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path = Path("/var/lib/flotilla")          # persistent data
+    state: Path = Path("/run/flotilla")             # runtime state, sockets
+    nats_url: str = "nats://127.0.0.1:14222"
+    prefix: str = "flotilla"                        # first token of every subject
+    host_id: str = ""                               # host-local services' subject token
+    socket: str = ""                                # gateway socket; default <state>/flotilla.sock
+    metrics_port: int = 0                           # this process' /metrics on 127.0.0.1; 0 = off
+    db_url: str = ""                                # metadata database; default SQLite under root
+    log_level: str = "info"
+    request_timeout: float = 10.0                   # default deadline of a bus call, seconds
+
+    @property
+    def socket_path(self) -> str:
+        return self.socket or str(self.state / "flotilla.sock")
+
+    @property
+    def host(self) -> str:
+        return self.host_id or socket.gethostname().split(".")[0]
+
+    def database_url(self, name: str) -> str:
+        return self.db_url or f"sqlite:///{self.root / name / 'meta.db'}"
+
+
+def load(env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    path = Path(env.get("FLOTILLA_CONFIG", "/etc/flotilla/flotilla.toml"))
+    if path.is_file():
+        values.update(tomllib.loads(path.read_text()))
+    for field in dataclasses.fields(Config):
+        key = "FLOTILLA_" + field.name.upper()
+        if key in env:
+            values[field.name] = env[key]
+    kwargs: dict[str, object] = {}
+    for field in dataclasses.fields(Config):
+        if field.name not in values:
+            continue
+        raw = values[field.name]
+        default = field.default
+        if isinstance(default, Path):
+            kwargs[field.name] = Path(str(raw))
+        elif isinstance(default, bool):
+            kwargs[field.name] = str(raw).lower() in ("1", "true", "yes")
+        elif isinstance(default, (int, float)):
+            kwargs[field.name] = type(default)(raw)
+        else:
+            kwargs[field.name] = str(raw)
+    return Config(**kwargs)  # type: ignore[arg-type]

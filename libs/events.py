@@ -1,0 +1,32 @@
+"""Events as they cross the bus.
+
+A service publishes an event as data (``fields``) naming containerd's payload type;
+the gateway encodes it into that protobuf type. Events a client publishes keep their
+encoded payload (``value``) untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bus import Bus
+from .subjects import events as events_subject
+
+
+@dataclass(frozen=True)
+class Event:
+    topic: str                      # e.g. "/namespaces/create"
+    namespace: str
+    type_url: str                   # e.g. "containerd.events.NamespaceCreate"
+    timestamp_ns: int = 0
+    value: bytes = b""              # encoded payload (events published by clients)
+    fields: dict[str, Any] = field(default_factory=dict)  # payload as data (events of services)
+
+
+async def publish(bus: Bus, prefix: str, topic: str, namespace: str, type_url: str,
+                  **fields: Any) -> None:
+    await bus.publish(events_subject(prefix), Event(
+        topic=topic, namespace=namespace, type_url=type_url,
+        timestamp_ns=time.time_ns(), fields=fields))

@@ -1,0 +1,29 @@
+"""The subject scheme (see docs/subjects.md).
+
+``<prefix>.<service>.<method>`` for shared services (content, metadata);
+``<prefix>.<service>.<host>.<method>`` for host-local ones (snapshots, runtime);
+``<prefix>.events`` carries every event.
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def token(value: str) -> str:
+    """A safe single subject token (NATS forbids '.', '*', '>' and spaces in one)."""
+    return _TOKEN.sub("_", value) or "_"
+
+
+def shared(prefix: str, service: str, method: str) -> str:
+    return f"{prefix}.{service}.{method}"
+
+
+def local(prefix: str, service: str, host: str, method: str) -> str:
+    return f"{prefix}.{service}.{token(host)}.{method}"
+
+
+def events(prefix: str) -> str:
+    return f"{prefix}.events"

@@ -1,0 +1,1 @@
+"""Flotilla's services, imported as ``flotilla.services.<name>``; none imports another."""

@@ -1,0 +1,75 @@
+"""What every servicer needs: namespace from metadata, deadlines, error mapping, metrics."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from flotilla.libs import metrics
+from flotilla.libs.errors import FailedPrecondition, FlotillaError, InvalidArgument
+from flotilla.libs.identifiers import validate_identifier
+
+NAMESPACE_KEY = "containerd-namespace"
+STATUS: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def namespace(context: aio.ServicerContext) -> str:
+    """The request's namespace, as containerd's NamespaceRequired reads it."""
+    for key, value in context.invocation_metadata() or ():
+        if key == NAMESPACE_KEY and value:
+            try:
+                validate_identifier(value)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"namespace validation: {exc.message}") from None
+            return value
+    raise FailedPrecondition("namespace is required: failed precondition")
+
+
+def timeout(context: aio.ServicerContext, default: float) -> float:
+    """The time left for this call: the client's deadline, capped by our default."""
+    remaining = context.time_remaining()
+    return default if remaining is None else max(0.001, min(default, remaining))
+
+
+def unary(method: str) -> Callable[[F], F]:
+    """Wrap a servicer method: FlotillaError becomes its gRPC status; metrics recorded."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        async def call(self: Any, request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = 0
+            try:
+                return await fn(self, request, context)
+            except FlotillaError as exc:
+                code = exc.code
+                await context.abort(STATUS[exc.code], exc.message)
+            finally:
+                metrics.observe(method, code, time.perf_counter() - started)
+        return call  # type: ignore[return-value]
+    return wrap
+
+
+def streaming(method: str) -> Callable[[F], F]:
+    """Like ``unary`` for server- or bidi-streaming methods written as async generators."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        async def call(self: Any, request: Any, context: aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = 0
+            try:
+                async for item in fn(self, request, context):  # type: ignore[attr-defined]
+                    yield item
+            except FlotillaError as exc:
+                code = exc.code
+                await context.abort(STATUS[exc.code], exc.message)
+            finally:
+                metrics.observe(method, code, time.perf_counter() - started)
+        return call  # type: ignore[return-value]
+    return wrap

@@ -1,0 +1,58 @@
+"""The gateway's gRPC server on the UNIX socket."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from grpc import aio
+
+from flotilla.libs.api.metadata import MetadataClient
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+
+from . import pb
+from .events import EventHub, EventsServicer
+from .fallback import UnimplementedHandler
+from .introspection import IntrospectionServicer
+from .namespaces import NamespacesServicer
+from .version import VersionServicer
+
+log = logging.getLogger("flotilla.gateway")
+MAX_MESSAGE = 16 << 20  # containerd's own limit
+
+
+def _revision() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=2)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+async def build(bus: Bus, cfg: Config) -> aio.Server:
+    server = aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                 ("grpc.max_send_message_length", MAX_MESSAGE)])
+    hub = EventHub(bus, cfg.prefix)
+    await hub.start()
+    metadata = MetadataClient(bus, cfg.prefix)
+    pb.version_grpc.add_VersionServicer_to_server(VersionServicer(_revision()), server)
+    pb.namespaces_grpc.add_NamespacesServicer_to_server(NamespacesServicer(metadata, cfg.request_timeout), server)
+    pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
+    pb.events_grpc.add_EventsServicer_to_server(EventsServicer(hub), server)
+    server.add_generic_rpc_handlers([UnimplementedHandler()])
+    return server
+
+
+async def listen(server: aio.Server, socket_path: str) -> None:
+    path = Path(socket_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()  # left by a killed gateway; we are its only owner
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
+    os.chmod(path, 0o660)
+    log.info("serving containerd API on %s", path)

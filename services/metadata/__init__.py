@@ -1,0 +1,1 @@
+"""The metadata service: namespaces (and, later, images, containers, leases, GC)."""
