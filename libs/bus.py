@@ -33,6 +33,7 @@ EventHandler = Callable[[Any], Awaitable[None]]
 # NATS' own limit is 8 MB in our server config; chunks stay well under it.
 MAX_CHUNK = 1 << 20
 _BACKOFF_START, _BACKOFF_MAX = 0.02, 0.5
+_FIRST_ATTEMPT = 1.0  # seconds an idempotent call waits before asking again
 
 
 class Bus:
@@ -80,12 +81,16 @@ class Bus:
         data = pack(payload)
         deadline = time.monotonic() + timeout
         backoff = _BACKOFF_START
+        # An instance killed mid-call never answers: idempotent calls give each attempt a
+        # growing slice of the deadline so a lost one is sent again, not waited out.
+        attempt = _FIRST_ATTEMPT
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise DeadlineExceeded(f"{subject}: context deadline exceeded")
             try:
-                msg = await self.nc.request(subject, data, timeout=remaining)
+                msg = await self.nc.request(subject, data,
+                                            timeout=min(remaining, attempt) if idempotent else remaining)
                 break
             except NoRespondersError:
                 if not idempotent:
@@ -93,6 +98,7 @@ class Bus:
             except NatsTimeout:
                 if not idempotent or deadline - time.monotonic() <= 0:
                     raise DeadlineExceeded(f"{subject}: context deadline exceeded") from None
+                attempt *= 2
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 if not idempotent:
                     raise Unavailable(f"{subject}: bus not connected: unavailable") from None
@@ -111,7 +117,9 @@ class Bus:
             except Exception:  # a bad event must not kill the subscription
                 log.exception("event handler failed on %s", msg.subject)
 
-        return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        sub = await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        await self.nc.flush()
+        return sub
 
     # -- service side ------------------------------------------------------------------
 
@@ -145,8 +153,10 @@ class Bus:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        return await self.nc.subscribe(subject, queue=subject if queue is None else queue,
-                                       cb=on_message)
+        sub = await self.nc.subscribe(subject, queue=subject if queue is None else queue,
+                                      cb=on_message)
+        await self.nc.flush()  # the server knows the subscription before we say we serve
+        return sub
 
 
 def decode_reply(data: bytes) -> Any:

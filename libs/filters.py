@@ -2,7 +2,7 @@
 
     filter   := selector ("," selector)*          all must match
     selector := fieldpath [("==" | "!=" | "~=") value]
-    fieldpath:= field ("." field)*                 a field may be quoted
+    fieldpath:= field ("." field)*                 a field may be quoted with " / or |
 
 Several filter strings in one request match when any one matches. A bare field path
 matches when the field is present. Records answer ``lookup(path) -> (value, present)``.
@@ -19,6 +19,7 @@ from .errors import InvalidArgument
 Lookup = Callable[[Sequence[str]], "tuple[str, bool]"]
 
 _OPERATORS = ("==", "!=", "~=")
+_QUOTES = "\"/|"  # containerd's quote runes; /.../ suits regular expressions
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ class _Scanner:
 
     def field(self) -> str:
         self.skip_space()
-        if self.pos < len(self.text) and self.text[self.pos] in "\"'":
+        if self.pos < len(self.text) and self.text[self.pos] in _QUOTES:
             return self.quoted()
-        m = re.compile(r"[A-Za-z0-9_/-]+").match(self.text, self.pos)
+        m = re.compile(r"[A-Za-z0-9_]+").match(self.text, self.pos)
         if not m:
             raise self.error("expected field or quoted")
         self.pos = m.end()
@@ -94,7 +95,7 @@ class _Scanner:
 
     def value(self) -> str:
         self.skip_space()
-        if self.pos < len(self.text) and self.text[self.pos] in "\"'/":
+        if self.pos < len(self.text) and self.text[self.pos] in _QUOTES:
             return self.quoted()
         m = re.compile(r"[^\s,]+").match(self.text, self.pos)
         if not m:

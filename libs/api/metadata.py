@@ -13,7 +13,7 @@ SERVICE = "metadata"
 # methods; each request is the msgpack map of the record named beside it
 NAMESPACE_GET = "namespaces.get"        # NamespaceName -> Namespace
 NAMESPACE_LIST = "namespaces.list"      # None -> list[Namespace]
-NAMESPACE_CREATE = "namespaces.create"  # Namespace -> Namespace
+NAMESPACE_CREATE = "namespaces.create"  # NamespaceCreate -> Namespace
 NAMESPACE_UPDATE = "namespaces.update"  # NamespaceUpdate -> Namespace
 NAMESPACE_DELETE = "namespaces.delete"  # NamespaceName -> None
 
@@ -34,9 +34,16 @@ class NamespaceName:
 
 
 @dataclass
+class NamespaceCreate:
+    namespace: Namespace
+    caller: str = ""  # the namespace of the calling context: containerd files the event there
+
+
+@dataclass
 class NamespaceUpdate:
     namespace: Namespace
     paths: list[str] = field(default_factory=list)  # field mask; empty replaces all labels
+    caller: str = ""
 
 
 class MetadataClient:
@@ -57,12 +64,14 @@ class MetadataClient:
         data = await self._call(NAMESPACE_LIST, None, timeout, True)
         return [from_wire(Namespace, d) for d in data]  # type: ignore[union-attr]
 
-    async def create_namespace(self, ns: Namespace, timeout: float = 10.0) -> Namespace:
-        return from_wire(Namespace, await self._call(NAMESPACE_CREATE, ns, timeout, False))  # type: ignore[arg-type]
+    async def create_namespace(self, ns: Namespace, caller: str = "", timeout: float = 10.0) -> Namespace:
+        data = await self._call(NAMESPACE_CREATE, NamespaceCreate(ns, caller), timeout, False)
+        return from_wire(Namespace, data)  # type: ignore[arg-type]
 
-    async def update_namespace(self, ns: Namespace, paths: list[str], timeout: float = 10.0) -> Namespace:
+    async def update_namespace(self, ns: Namespace, paths: list[str], caller: str = "",
+                               timeout: float = 10.0) -> Namespace:
         # setting labels to given values is idempotent
-        data = await self._call(NAMESPACE_UPDATE, NamespaceUpdate(ns, paths), timeout, True)
+        data = await self._call(NAMESPACE_UPDATE, NamespaceUpdate(ns, paths, caller), timeout, True)
         return from_wire(Namespace, data)  # type: ignore[arg-type]
 
     async def delete_namespace(self, name: str, timeout: float = 10.0) -> None:

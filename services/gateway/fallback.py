@@ -8,6 +8,16 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from flotilla.libs.errors import InvalidArgument
+
+from .rpc import NAMESPACE_KEY, namespace
+
+
+def caller_namespace_or_raise(context: aio.ServicerContext) -> None:
+    """Raise InvalidArgument when the request names a namespace that is not valid."""
+    if any(k == NAMESPACE_KEY and v for k, v in context.invocation_metadata() or ()):
+        namespace(context)
+
 
 class UnimplementedHandler(grpc.GenericRpcHandler):
     """Registered last: catches any method no servicer claimed."""
@@ -16,6 +26,10 @@ class UnimplementedHandler(grpc.GenericRpcHandler):
         method = handler_call_details.method
 
         async def answer(_requests: AsyncIterator[Any], context: aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                caller_namespace_or_raise(context)
+            except InvalidArgument as exc:  # a bad namespace is the first thing containerd reports
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                 f"{method.lstrip('/')}: not implemented by flotilla yet")
             yield  # pragma: no cover  (makes this an async generator)

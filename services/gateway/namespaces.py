@@ -7,7 +7,7 @@ from grpc import aio
 from flotilla.libs.api.metadata import MetadataClient, Namespace
 
 from . import pb
-from .rpc import timeout, unary
+from .rpc import caller_namespace, timeout, unary
 
 
 def _to_pb(ns: Namespace) -> pb.namespaces.Namespace:
@@ -31,13 +31,14 @@ class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
     @unary("Namespaces.Create")
     async def Create(self, request: pb.namespaces.CreateNamespaceRequest, context: aio.ServicerContext) -> pb.namespaces.CreateNamespaceResponse:
         ns = Namespace(request.namespace.name, dict(request.namespace.labels))
-        created = await self.metadata.create_namespace(ns, timeout(context, self.default_timeout))
+        created = await self.metadata.create_namespace(ns, caller_namespace(context),
+                                                       timeout(context, self.default_timeout))
         return pb.namespaces.CreateNamespaceResponse(namespace=_to_pb(created))
 
     @unary("Namespaces.Update")
     async def Update(self, request: pb.namespaces.UpdateNamespaceRequest, context: aio.ServicerContext) -> pb.namespaces.UpdateNamespaceResponse:
         ns = Namespace(request.namespace.name, dict(request.namespace.labels))
-        await self.metadata.update_namespace(ns, list(request.update_mask.paths),
+        await self.metadata.update_namespace(ns, list(request.update_mask.paths), caller_namespace(context),
                                              timeout(context, self.default_timeout))
         # containerd answers Update with an empty response
         return pb.namespaces.UpdateNamespaceResponse()

@@ -41,7 +41,7 @@ def fill(msg: Message, data: dict[str, Any]) -> Message:
                     fill(target[k], v)
                 else:
                     target[k] = v
-        elif fd.label == FieldDescriptor.LABEL_REPEATED:
+        elif fd.is_repeated:
             for item in value:
                 if fd.type == _MESSAGE:
                     fill(target.add(), item)

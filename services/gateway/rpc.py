@@ -32,6 +32,14 @@ def namespace(context: aio.ServicerContext) -> str:
     raise FailedPrecondition("namespace is required: failed precondition")
 
 
+def caller_namespace(context: aio.ServicerContext) -> str:
+    """The request's namespace if it names a valid one, else ""."""
+    try:
+        return namespace(context)
+    except (FailedPrecondition, InvalidArgument):
+        return ""
+
+
 def timeout(context: aio.ServicerContext, default: float) -> float:
     """The time left for this call: the client's deadline, capped by our default."""
     remaining = context.time_remaining()

@@ -7,5 +7,5 @@ services can use it without importing this service.
 from flotilla.libs.api.metadata import *  # noqa: F401,F403
 from flotilla.libs.api.metadata import (  # noqa: F401  (named for type checkers)
     NAMESPACE_CREATE, NAMESPACE_DELETE, NAMESPACE_GET, NAMESPACE_LIST, NAMESPACE_UPDATE,
-    Namespace, NamespaceName, NamespaceUpdate, subject,
+    Namespace, NamespaceCreate, NamespaceName, NamespaceUpdate, subject,
 )

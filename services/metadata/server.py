@@ -28,15 +28,16 @@ class MetadataServer:
         return await asyncio.to_thread(self.store.list_namespaces)
 
     async def ns_create(self, req: dict[str, Any]) -> Any:
-        ns = await asyncio.to_thread(self.store.create_namespace, from_wire(api.Namespace, req))
-        await self._event("/namespaces/create", ns.name, "containerd.events.NamespaceCreate",
+        create = from_wire(api.NamespaceCreate, req)
+        ns = await asyncio.to_thread(self.store.create_namespace, create.namespace)
+        await self._event("/namespaces/create", create.caller or ns.name, "containerd.events.NamespaceCreate",
                           name=ns.name, labels=ns.labels)
         return ns
 
     async def ns_update(self, req: dict[str, Any]) -> Any:
         upd = from_wire(api.NamespaceUpdate, req)
         ns = await asyncio.to_thread(self.store.update_namespace, upd.namespace, upd.paths)
-        await self._event("/namespaces/update", ns.name, "containerd.events.NamespaceUpdate",
+        await self._event("/namespaces/update", upd.caller or ns.name, "containerd.events.NamespaceUpdate",
                           name=ns.name, labels=upd.namespace.labels)
         return ns
 

@@ -1,0 +1,140 @@
+"""Start and stop real peers in temporary directories on free ports.
+
+Nothing here touches a suite started by ``make up`` or containerd's own directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from flotilla.deploy import Suite, free_port
+
+CTR = shutil.which("ctr") or "/usr/bin/ctr"
+
+
+def ctr(address: str, *args: str, namespace: str = "default", timeout: float = 60,
+        input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run Debian's ctr against ``address``."""
+    return subprocess.run([CTR, "--address", address, "--namespace", namespace, *args],
+                          capture_output=True, text=True, timeout=timeout, input=input, check=check)
+
+
+class PrivateSuite:
+    """A whole Flotilla suite in its own temporary directories, ports and subject prefix."""
+
+    def __init__(self, base: Path | None = None, **extra_env: str) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="flotilla-suite-", dir=base))
+        self.suite = Suite(root=self.base / "root", state=self.base / "state",
+                           nats_port=free_port(), metrics_base=0,
+                           prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env))
+
+    @property
+    def address(self) -> str:
+        return str(self.suite.socket)
+
+    def ctr(self, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+        return ctr(self.address, *args, **kw)  # type: ignore[arg-type]
+
+    def env(self, name: str = "client") -> dict[str, str]:
+        return {**os.environ, **self.suite.env(name)}
+
+    def start(self, timeout: float = 60) -> float:
+        return self.suite.up(timeout)
+
+    def stop(self, keep: bool = False) -> None:
+        self.suite.down()
+        if not keep:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "PrivateSuite":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ContainerdPeer:
+    """Debian's containerd with its own root, state and socket, CRI disabled."""
+
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="flotilla-containerd-"))
+        self.address = str(self.base / "containerd.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        conf = self.base / "config.toml"
+        conf.write_text(f"""version = 2
+root = "{self.base / 'root'}"
+state = "{self.base / 'state'}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.address}"
+[ttrpc]
+  address = "{self.address}.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+""")
+        log = open(self.base / "containerd.log", "wb")
+        self.proc = subprocess.Popen([shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(self.address) and ctr(self.address, "version", timeout=5).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("containerd did not start; see " + str(self.base / "containerd.log"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        # containerd may leave shims' and snapshotters' mounts under its root
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if str(self.base) in line]
+        for m in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "ContainerdPeer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def nats_server() -> Iterator[str]:
+    """A private nats-server on a free loopback port; yields its URL."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="flotilla-nats-") as tmp:
+        conf = Path(tmp) / "nats.conf"
+        conf.write_text(f"listen: 127.0.0.1:{port}\nmax_payload: 8MB\n")
+        proc = subprocess.Popen([shutil.which("nats-server") or "nats-server", "-c", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            import socket
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+                time.sleep(0.02)
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(10)

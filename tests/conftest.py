@@ -1,0 +1,48 @@
+"""Fixtures: real nats-server, a private Flotilla suite and a containerd peer, all in
+temporary directories on free ports; each is cleaned up after the run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from flotilla.libs.bus import Bus
+from flotilla.testing import ContainerdPeer, PrivateSuite, nats_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("Flotilla's tests run as root (they mount and start containers)")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    with nats_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    b = await Bus.connect(nats_url, "test")
+    yield b
+    await b.close()
+
+
+@pytest.fixture(scope="session")
+def suite() -> Iterator[PrivateSuite]:
+    with PrivateSuite() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def containerd() -> Iterator[ContainerdPeer]:
+    with ContainerdPeer() as peer:
+        yield peer
+
+
+@pytest.fixture
+def stress() -> int:
+    """How hard a stress test pushes: bounded in `make test`, FLOTILLA_STRESS=N for more."""
+    return int(os.environ.get("FLOTILLA_STRESS", "1"))

@@ -1,0 +1,89 @@
+"""The bus on a real nats-server."""
+
+import asyncio
+
+import pytest
+
+from flotilla.libs.bus import Bus
+from flotilla.libs.errors import DeadlineExceeded, NotFound, Unavailable
+
+
+async def test_request_reply_and_errors_cross_intact(bus: Bus) -> None:
+    async def handler(req: dict) -> dict:
+        if req["name"] == "missing":
+            raise NotFound('thing "missing": not found')
+        return {"hello": req["name"]}
+
+    sub = await bus.serve("t.rr.get", handler)
+    try:
+        assert await bus.request("t.rr.get", {"name": "x"}) == {"hello": "x"}
+        with pytest.raises(NotFound, match='thing "missing": not found'):
+            await bus.request("t.rr.get", {"name": "missing"})
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_unexpected_exception_becomes_internal(bus: Bus) -> None:
+    async def handler(req: object) -> None:
+        raise RuntimeError("bug")
+
+    sub = await bus.serve("t.bug", handler)
+    try:
+        with pytest.raises(Exception) as info:
+            await bus.request("t.bug", None)
+        assert getattr(info.value, "code", None) == 13
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_no_responder_fails_fast_unless_idempotent(bus: Bus, nats_url: str) -> None:
+    with pytest.raises(Unavailable):
+        await bus.request("t.nobody", None, timeout=2)
+    with pytest.raises(DeadlineExceeded):
+        await bus.request("t.nobody", None, timeout=0.3, idempotent=True)
+
+    # an idempotent call waits for a service that comes up within its deadline
+    other = await Bus.connect(nats_url, "late")
+
+    async def late() -> None:
+        await asyncio.sleep(0.3)
+        await other.serve("t.late", lambda req: asyncio.sleep(0, result="ok"))
+
+    task = asyncio.create_task(late())
+    assert await bus.request("t.late", None, timeout=5, idempotent=True) == "ok"
+    await task
+    await other.close()
+
+
+async def test_queue_group_spreads_requests_over_instances(bus: Bus, nats_url: str) -> None:
+    seen: list[str] = []
+    buses = [await Bus.connect(nats_url, f"inst{i}") for i in range(2)]
+    for i, b in enumerate(buses):
+        async def handler(req: object, name: str = f"inst{i}") -> str:
+            seen.append(name)
+            return name
+        await b.serve("t.qg", handler)
+    await asyncio.gather(*(bus.request("t.qg", None) for _ in range(40)))
+    assert len(seen) == 40 and set(seen) == {"inst0", "inst1"}
+    for b in buses:
+        await b.close()
+
+
+async def test_handlers_run_concurrently(bus: Bus) -> None:
+    running, peak = 0, 0
+    release = asyncio.Event()
+
+    async def slow(req: object) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 10:
+            release.set()
+        await release.wait()  # one at a time would never get here for the first call
+        running -= 1
+        return 1
+
+    sub = await bus.serve("t.slow", slow)
+    assert sum(await asyncio.gather(*(bus.request("t.slow", None, timeout=10) for _ in range(10)))) == 10
+    assert peak == 10
+    await sub.unsubscribe()

@@ -1,0 +1,41 @@
+import pytest
+
+from flotilla.libs import filters
+from flotilla.libs.errors import InvalidArgument
+
+RECORD = filters.lookup_fields({"name": "busybox", "topic": "/namespaces/create"},
+                               {"a": "1", "dotted.key": "x"})
+
+
+@pytest.mark.parametrize("expr,expected", [
+    ("name==busybox", True),
+    ("name!=busybox", False),
+    ("name~=^busy", True),
+    ('topic=="/namespaces/create"', True),
+    ("topic~=^/namespaces/", True),
+    ("topic~=/^.namespaces/", True),
+    ("labels.a", True),
+    ("labels.b", False),
+    ('labels."dotted.key"==x', True),
+    ("labels.a==1,name==busybox", True),
+    ("labels.|dotted.key|==x", True),
+    ("labels.a==1,name==other", False),
+    ("name==other", False),
+])
+def test_selector(expr: str, expected: bool) -> None:
+    assert filters.parse([expr]).matches(RECORD) is expected
+
+
+def test_several_filters_are_or() -> None:
+    assert filters.parse(["name==other", "labels.a==1"]).matches(RECORD)
+    assert not filters.parse(["name==other", "labels.a==2"]).matches(RECORD)
+
+
+def test_no_filter_matches_everything() -> None:
+    assert filters.parse([]).matches(RECORD)
+
+
+@pytest.mark.parametrize("bad", ["name==", "name==a b", "==x", 'name=="open', "name~=(", "a,,b", "topic~=/namespaces/*"])
+def test_bad_filters_are_invalid_argument(bad: str) -> None:
+    with pytest.raises(InvalidArgument):
+        filters.parse([bad])
