@@ -1,0 +1,430 @@
+"""The content service's contract: subjects, records, and its client over the bus.
+
+Blobs are addressed by digest (``sha256:<hex>``) and owned per namespace: one file on
+disk, one ownership record (labels, leases, timestamps) per namespace that has it.
+
+Bulk bytes take one of two paths with the same guarantees:
+
+* between hosts, chunks of at most 1 MiB over NATS, several in flight;
+* on one host (the caller can open the very file the service names: same device and
+  inode), the caller reads the committed blob file or writes the ingest's data file
+  itself and NATS carries only control (``w.sync`` tells the service how far the file
+  is written; the service hashes it and verifies the digest before any commit).
+
+Writes are sessions: ``writer.open`` (shared subject, any instance) locks the ref and
+answers with the instance that holds the lock; the session's further calls go to that
+instance's own subjects ``<prefix>.content.i.<instance>.<method>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bus import MAX_CHUNK, Bus
+from ..errors import AlreadyExists, FlotillaError
+from ..subjects import shared
+from ..wire import from_wire
+
+SERVICE = "content"
+CHUNK = MAX_CHUNK          # bytes per bus message
+WINDOW = 6                 # bus chunks in flight per transfer
+LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
+
+# methods on the shared subject <prefix>.content.<method> (queue group)
+INFO = "info"                      # DigestRequest -> Info
+LIST = "list"                      # ListRequest -> list[Info]
+UPDATE = "update"                  # UpdateRequest -> Info
+DELETE = "delete"                  # DigestRequest -> None (publishes /content/delete)
+READ = "read"                      # ReadRequest -> bytes (at most CHUNK)
+LOCAL_PATH = "local_path"          # DigestRequest -> LocalFile (NotFound if not owned)
+STATUS = "status"                  # RefRequest -> Status
+LIST_STATUSES = "statuses"         # ListRequest -> list[Status]
+ABORT = "abort"                    # RefRequest -> None
+NAMESPACE_HELD = "namespace_held"  # NamespaceRequest -> bool
+RELEASE_LEASE = "release_lease"    # LeaseRequest -> int (records no longer held by it)
+WRITER_OPEN = "writer.open"        # WriterOpen -> WriterSession
+
+# methods on the session's instance subject <prefix>.content.i.<instance>.<method>
+W_STATUS = "w.status"      # SessionRequest -> WriterSession (offset, digest so far)
+W_WRITE = "w.write"        # ChunkWrite -> int (offset after the chunk)
+W_SYNC = "w.sync"          # SyncRequest -> int (local path: file written up to offset)
+W_TRUNCATE = "w.truncate"  # SessionRequest -> int (restart at offset 0)
+W_COMMIT = "w.commit"      # CommitRequest -> Info
+W_CLOSE = "w.close"        # SessionRequest -> None (releases the ref; the ingest stays)
+
+
+def subject(prefix: str, method: str) -> str:
+    return shared(prefix, SERVICE, method)
+
+
+def instance_subject(prefix: str, instance: str, method: str) -> str:
+    return f"{prefix}.{SERVICE}.i.{instance}.{method}"
+
+
+# -- records -------------------------------------------------------------------------
+
+
+@dataclass
+class Info:
+    digest: str
+    size: int = 0
+    created_at: int = 0            # ns since the epoch
+    updated_at: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    leases: list[str] = field(default_factory=list)  # lease ids holding it (GC roots)
+
+
+@dataclass
+class Status:
+    ref: str
+    offset: int = 0
+    total: int = 0
+    expected: str = ""
+    started_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass
+class DigestRequest:
+    namespace: str
+    digest: str
+
+
+@dataclass
+class NamespaceRequest:
+    namespace: str
+
+
+@dataclass
+class LeaseRequest:
+    namespace: str
+    lease: str
+
+
+@dataclass
+class ListRequest:
+    namespace: str
+    filters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpdateRequest:
+    namespace: str
+    info: Info
+    paths: list[str] = field(default_factory=list)  # field mask; empty replaces all labels
+
+
+@dataclass
+class ReadRequest:
+    namespace: str
+    digest: str
+    offset: int = 0
+    size: int = -1                 # at most CHUNK per call
+
+
+@dataclass
+class LocalFile:
+    path: str                      # the committed blob (or ingest data) file
+    dev: int = 0                   # st_dev and st_ino as the service sees them: a caller
+    ino: int = 0                   # that sees the same pair shares the filesystem
+    size: int = 0
+
+
+@dataclass
+class RefRequest:
+    namespace: str
+    ref: str
+
+
+@dataclass
+class WriterOpen:
+    namespace: str
+    ref: str
+    total: int = 0
+    expected: str = ""
+    lease: str = ""                # the containerd-lease of the caller, kept with the blob
+    local: bool = True             # the caller may use the data file directly
+
+
+@dataclass
+class WriterSession:
+    session: str
+    instance: str                  # where the session's w.* calls go
+    ref: str
+    offset: int = 0
+    total: int = 0
+    expected: str = ""
+    digest: str = ""               # digest of the bytes so far (w.status only)
+    started_at: int = 0
+    updated_at: int = 0
+    shared: bool = False           # expected blob already stored: commit needs no bytes
+    file: LocalFile | None = None  # the ingest's data file (when local was asked)
+
+
+@dataclass
+class SessionRequest:
+    session: str
+
+
+@dataclass
+class ChunkWrite:
+    session: str
+    offset: int
+    data: bytes
+
+
+@dataclass
+class SyncRequest:
+    session: str
+    offset: int                    # the data file holds the ingest's bytes up to here
+
+
+@dataclass
+class CommitRequest:
+    session: str
+    size: int = 0
+    expected: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+# -- client ----------------------------------------------------------------------------
+
+
+def same_file(f: LocalFile | None) -> bool:
+    """True when ``f`` is the very file the service means (same host and filesystem)."""
+    if f is None or not f.path:
+        return False
+    try:
+        st = os.stat(f.path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (f.dev, f.ino)
+
+
+class Writer:
+    """One write session; ``write`` appends, ``commit`` verifies and makes the blob visible.
+
+    With ``local`` (the data file is reachable here) bytes go straight to the file and only
+    offsets cross the bus; otherwise they go as chunks over NATS.
+    """
+
+    def __init__(self, client: "ContentClient", session: WriterSession, local: bool) -> None:
+        self.client, self.session = client, session
+        self.offset = session.offset
+        self.local = local and same_file(session.file)
+        self._fd: int | None = None
+        self._pending: list[asyncio.Task[Any]] = []
+
+    def _subject(self, method: str) -> str:
+        return instance_subject(self.client.prefix, self.session.instance, method)
+
+    async def _call(self, method: str, payload: object, timeout: float | None = None) -> Any:
+        return await self.client.bus.request(self._subject(method), payload,
+                                             timeout=timeout or self.client.timeout)
+
+    async def status(self) -> WriterSession:
+        await self.flush()
+        return from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+
+    async def truncate(self) -> None:
+        await self.flush()
+        self.offset = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
+
+    async def write(self, data: bytes | memoryview) -> int:
+        """Append ``data``; returns the offset after it (calls may still be in flight)."""
+        view = memoryview(data)
+        if self.local:
+            if self._fd is None:
+                assert self.session.file is not None
+                self._fd = await asyncio.to_thread(os.open, self.session.file.path, os.O_WRONLY)
+            await asyncio.to_thread(_pwrite_all, self._fd, view, self.offset)
+            self.offset += len(view)
+            # the service hashes what was written while we write the next piece
+            await self._launch(self._call(W_SYNC, SyncRequest(self.session.session, self.offset)), 2)
+            return self.offset
+        for start in range(0, len(view), CHUNK):
+            piece = bytes(view[start:start + CHUNK])
+            await self._launch(self._call(W_WRITE, ChunkWrite(self.session.session, self.offset, piece)), WINDOW)
+            self.offset += len(piece)
+        return self.offset
+
+    async def _launch(self, call: Any, window: int) -> None:
+        self._pending.append(asyncio.ensure_future(call))
+        while len(self._pending) >= window:
+            await self._pending.pop(0)
+
+    async def flush(self) -> None:
+        try:
+            while self._pending:
+                await self._pending.pop(0)
+        finally:
+            for task in self._pending:
+                task.cancel()
+
+    async def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None) -> Info:
+        await self.flush()
+        data = await self._call(W_COMMIT, CommitRequest(self.session.session, size, expected, labels or {}),
+                                timeout=max(self.client.timeout, 600.0))
+        return from_wire(Info, data)
+
+    async def close(self) -> None:
+        """Release the ref (the ingest stays for a later resume); safe to call twice."""
+        for task in self._pending:
+            task.cancel()
+        self._pending.clear()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            await self._call(W_CLOSE, SessionRequest(self.session.session), timeout=5.0)
+        except FlotillaError:
+            pass  # the session ends on the service's idle timeout anyway
+
+    async def __aenter__(self) -> "Writer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class ContentClient:
+    """Calls the content service. Reads and label updates are idempotent and retried."""
+
+    def __init__(self, bus: Bus, prefix: str, *, timeout: float = 10.0, local: bool = True) -> None:
+        self.bus, self.prefix, self.timeout = bus, prefix, timeout
+        self.local = local  # False forces bytes over NATS even on the service's host
+
+    async def _call(self, method: str, payload: object, idempotent: bool, timeout: float | None = None) -> Any:
+        return await self.bus.request(subject(self.prefix, method), payload,
+                                      timeout=timeout or self.timeout, idempotent=idempotent)
+
+    async def info(self, namespace: str, digest: str) -> Info:
+        return from_wire(Info, await self._call(INFO, DigestRequest(namespace, digest), True))
+
+    async def list(self, namespace: str, filters: list[str] | None = None) -> list[Info]:
+        data = await self._call(LIST, ListRequest(namespace, list(filters or [])), True)
+        return [from_wire(Info, d) for d in data]
+
+    async def update(self, namespace: str, info: Info, paths: list[str] | None = None) -> Info:
+        data = await self._call(UPDATE, UpdateRequest(namespace, info, list(paths or [])), True)
+        return from_wire(Info, data)
+
+    async def delete(self, namespace: str, digest: str) -> None:
+        await self._call(DELETE, DigestRequest(namespace, digest), False)
+
+    async def namespace_held(self, namespace: str) -> bool:
+        return bool(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace), True))
+
+    async def release_lease(self, namespace: str, lease: str) -> int:
+        """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted)."""
+        return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), True))
+
+    async def local_file(self, namespace: str, digest: str) -> LocalFile | None:
+        """The committed blob's file when this process shares its filesystem, else None."""
+        f = from_wire(LocalFile, await self._call(LOCAL_PATH, DigestRequest(namespace, digest), True))
+        return f if same_file(f) else None
+
+    async def local_path(self, namespace: str, digest: str) -> str | None:
+        f = await self.local_file(namespace, digest)
+        return f.path if f else None
+
+    async def read(self, namespace: str, digest: str, offset: int = 0, size: int = -1) -> AsyncIterator[bytes]:
+        """The blob's bytes from ``offset`` (``size`` < 0: to the end), in pieces."""
+        f = await self.local_file(namespace, digest) if self.local else None
+        if f is not None:
+            end = f.size if size < 0 else min(f.size, offset + size)
+            fd = await asyncio.to_thread(os.open, f.path, os.O_RDONLY)
+            try:
+                pos = offset
+                while pos < end:
+                    piece = await asyncio.to_thread(os.pread, fd, min(LOCAL_CHUNK, end - pos), pos)
+                    if not piece:
+                        break
+                    pos += len(piece)
+                    yield piece
+            finally:
+                os.close(fd)
+            return
+        info = await self.info(namespace, digest)
+        end = info.size if size < 0 else min(info.size, offset + size)
+        queue: list[asyncio.Future[Any]] = []
+        pos = offset
+
+        def launch() -> None:
+            nonlocal pos
+            if pos < end:
+                n = min(CHUNK, end - pos)
+                queue.append(asyncio.ensure_future(
+                    self._call(READ, ReadRequest(namespace, digest, pos, n), True)))
+                pos += n
+
+        try:
+            for _ in range(WINDOW):
+                launch()
+            while queue:
+                piece = await queue.pop(0)
+                launch()
+                yield piece
+        finally:
+            for fut in queue:
+                fut.cancel()
+
+    async def read_all(self, namespace: str, digest: str) -> bytes:
+        return b"".join([piece async for piece in self.read(namespace, digest)])
+
+    async def status(self, namespace: str, ref: str) -> Status:
+        return from_wire(Status, await self._call(STATUS, RefRequest(namespace, ref), True))
+
+    async def list_statuses(self, namespace: str, filters: list[str] | None = None) -> list[Status]:
+        data = await self._call(LIST_STATUSES, ListRequest(namespace, list(filters or [])), True)
+        return [from_wire(Status, d) for d in data]
+
+    async def abort(self, namespace: str, ref: str) -> None:
+        await self._call(ABORT, RefRequest(namespace, ref), False)
+
+    async def writer(self, namespace: str, ref: str, total: int = 0, expected: str = "",
+                     lease: str = "") -> Writer:
+        """Open (or resume) the ingest ``ref``; raises Unavailable if another writer holds it
+        and AlreadyExists if ``expected`` is already in ``namespace``."""
+        data = await self._call(WRITER_OPEN, WriterOpen(namespace, ref, total, expected, lease, self.local), False)
+        return Writer(self, from_wire(WriterSession, data), self.local)
+
+    async def write_blob(self, namespace: str, ref: str, data: AsyncIterable[bytes] | bytes,
+                         expected: str = "", total: int = 0, labels: dict[str, str] | None = None,
+                         lease: str = "") -> str:
+        """Store ``data`` as one blob and return its digest (``expected`` if it is already there).
+
+        Resumes a bytes payload from the ingest's offset; a stream is written from the start.
+        """
+        try:
+            w = await self.writer(namespace, ref, total, expected, lease)
+        except AlreadyExists:
+            return expected
+        async with w:
+            if not w.session.shared:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    view = memoryview(data)
+                    if w.offset > len(view):
+                        await w.truncate()
+                    for start in range(w.offset, len(view), LOCAL_CHUNK):
+                        await w.write(view[start:start + LOCAL_CHUNK])
+                else:
+                    if w.offset:
+                        await w.truncate()
+                    async for piece in data:
+                        await w.write(piece)
+            try:
+                info = await w.commit(total, expected, labels)
+            except AlreadyExists:
+                return expected or (await w.status()).digest
+            return info.digest
