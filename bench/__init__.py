@@ -1,0 +1,1 @@
+"""Flotilla's benchmarks, side by side with containerd in the same run (``make bench``)."""
