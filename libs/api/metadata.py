@@ -17,6 +17,27 @@ NAMESPACE_CREATE = "namespaces.create"  # NamespaceCreate -> Namespace
 NAMESPACE_UPDATE = "namespaces.update"  # NamespaceUpdate -> Namespace
 NAMESPACE_DELETE = "namespaces.delete"  # NamespaceName -> None
 
+CONTAINER_GET = "containers.get"        # ContainerRef -> Container
+CONTAINER_LIST = "containers.list"      # ListRequest -> list[Container]
+CONTAINER_CREATE = "containers.create"  # ContainerCreate -> Container
+CONTAINER_UPDATE = "containers.update"  # ContainerUpdate -> Container
+CONTAINER_DELETE = "containers.delete"  # ContainerRef -> None
+
+IMAGE_GET = "images.get"                # ImageRef -> Image
+IMAGE_LIST = "images.list"              # ListRequest -> list[Image]
+IMAGE_CREATE = "images.create"          # ImageCreate -> Image
+IMAGE_UPDATE = "images.update"          # ImageUpdate -> Image
+IMAGE_DELETE = "images.delete"          # ImageDelete -> None
+
+LEASE_CREATE = "leases.create"          # LeaseCreate -> Lease
+LEASE_DELETE = "leases.delete"          # LeaseDelete -> None
+LEASE_LIST = "leases.list"              # ListRequest -> list[Lease]
+LEASE_ADD_RESOURCE = "leases.add_resource"        # LeaseResourceRequest -> None
+LEASE_DELETE_RESOURCE = "leases.delete_resource"  # LeaseResourceRequest -> None
+LEASE_LIST_RESOURCES = "leases.list_resources"    # LeaseRef -> list[Resource]
+
+GC_RUN = "gc.run"                       # GCRequest -> GCStats (a collection, waited for)
+
 
 def subject(prefix: str, method: str) -> str:
     return shared(prefix, SERVICE, method)
@@ -44,6 +65,153 @@ class NamespaceUpdate:
     namespace: Namespace
     paths: list[str] = field(default_factory=list)  # field mask; empty replaces all labels
     caller: str = ""
+
+
+@dataclass
+class AnyValue:
+    """A google.protobuf.Any kept as given: its type URL and encoded bytes."""
+    type_url: str = ""
+    value: bytes = b""
+
+
+@dataclass
+class Runtime:
+    name: str = ""
+    options: AnyValue | None = None
+
+
+@dataclass
+class Container:
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    runtime: Runtime = field(default_factory=Runtime)
+    spec: AnyValue | None = None
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    created_at: int = 0  # unix nanoseconds, set by the store
+    updated_at: int = 0
+    extensions: dict[str, AnyValue] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerRef:
+    namespace: str
+    id: str
+
+
+@dataclass
+class ListRequest:
+    namespace: str
+    filters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ContainerCreate:
+    namespace: str
+    container: Container
+
+
+@dataclass
+class ContainerUpdate:
+    namespace: str
+    container: Container
+    paths: list[str] = field(default_factory=list)  # field mask; empty = containerd's full replace
+
+
+@dataclass
+class Descriptor:
+    media_type: str = ""
+    digest: str = ""
+    size: int = 0
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Image:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    target: Descriptor = field(default_factory=Descriptor)
+    created_at: int = 0
+    updated_at: int = 0
+
+
+@dataclass
+class ImageRef:
+    namespace: str
+    name: str
+
+
+@dataclass
+class ImageCreate:
+    namespace: str
+    image: Image
+
+
+@dataclass
+class ImageUpdate:
+    namespace: str
+    image: Image
+    paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ImageDelete:
+    namespace: str
+    name: str
+    sync: bool = False  # wait for a garbage collection before answering
+
+
+@dataclass
+class Lease:
+    id: str
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: int = 0
+
+
+@dataclass
+class LeaseRef:
+    namespace: str
+    id: str
+
+
+@dataclass
+class LeaseCreate:
+    namespace: str
+    lease: Lease
+
+
+@dataclass
+class LeaseDelete:
+    namespace: str
+    id: str
+    sync: bool = False
+
+
+@dataclass
+class Resource:
+    id: str
+    type: str  # "content", "ingests" or "snapshots/<snapshotter>"
+
+
+@dataclass
+class LeaseResourceRequest:
+    namespace: str
+    lease: str
+    resource: Resource
+
+
+@dataclass
+class GCRequest:
+    pass
+
+
+@dataclass
+class GCStats:
+    content_removed: int = 0
+    snapshots_removed: int = 0
+    leases_expired: int = 0
+    skipped: list[str] = field(default_factory=list)  # stores that did not answer
 
 
 class MetadataClient:
@@ -76,3 +244,83 @@ class MetadataClient:
 
     async def delete_namespace(self, name: str, timeout: float = 10.0) -> None:
         await self._call(NAMESPACE_DELETE, NamespaceName(name), timeout, False)
+
+    # -- containers ----------------------------------------------------------------------
+
+    async def get_container(self, namespace: str, id: str, timeout: float = 10.0) -> Container:
+        data = await self._call(CONTAINER_GET, ContainerRef(namespace, id), timeout, True)
+        return from_wire(Container, data)  # type: ignore[arg-type]
+
+    async def list_containers(self, namespace: str, filters: list[str] | None = None,
+                              timeout: float = 10.0) -> list[Container]:
+        data = await self._call(CONTAINER_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
+        return [from_wire(Container, d) for d in data]  # type: ignore[union-attr]
+
+    async def create_container(self, namespace: str, container: Container, timeout: float = 10.0) -> Container:
+        data = await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container), timeout, False)
+        return from_wire(Container, data)  # type: ignore[arg-type]
+
+    async def update_container(self, namespace: str, container: Container, paths: list[str] | None = None,
+                               timeout: float = 10.0) -> Container:
+        data = await self._call(CONTAINER_UPDATE, ContainerUpdate(namespace, container, list(paths or [])),
+                                timeout, False)
+        return from_wire(Container, data)  # type: ignore[arg-type]
+
+    async def delete_container(self, namespace: str, id: str, timeout: float = 10.0) -> None:
+        await self._call(CONTAINER_DELETE, ContainerRef(namespace, id), timeout, False)
+
+    # -- images --------------------------------------------------------------------------
+
+    async def get_image(self, namespace: str, name: str, timeout: float = 10.0) -> Image:
+        data = await self._call(IMAGE_GET, ImageRef(namespace, name), timeout, True)
+        return from_wire(Image, data)  # type: ignore[arg-type]
+
+    async def list_images(self, namespace: str, filters: list[str] | None = None,
+                          timeout: float = 10.0) -> list[Image]:
+        data = await self._call(IMAGE_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
+        return [from_wire(Image, d) for d in data]  # type: ignore[union-attr]
+
+    async def create_image(self, namespace: str, image: Image, timeout: float = 10.0) -> Image:
+        data = await self._call(IMAGE_CREATE, ImageCreate(namespace, image), timeout, False)
+        return from_wire(Image, data)  # type: ignore[arg-type]
+
+    async def update_image(self, namespace: str, image: Image, paths: list[str] | None = None,
+                           timeout: float = 10.0) -> Image:
+        data = await self._call(IMAGE_UPDATE, ImageUpdate(namespace, image, list(paths or [])), timeout, False)
+        return from_wire(Image, data)  # type: ignore[arg-type]
+
+    async def delete_image(self, namespace: str, name: str, sync: bool = False, timeout: float = 10.0) -> None:
+        await self._call(IMAGE_DELETE, ImageDelete(namespace, name, sync), timeout, False)
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def create_lease(self, namespace: str, lease: Lease, timeout: float = 10.0) -> Lease:
+        data = await self._call(LEASE_CREATE, LeaseCreate(namespace, lease), timeout, False)
+        return from_wire(Lease, data)  # type: ignore[arg-type]
+
+    async def delete_lease(self, namespace: str, id: str, sync: bool = False, timeout: float = 10.0) -> None:
+        await self._call(LEASE_DELETE, LeaseDelete(namespace, id, sync), timeout, False)
+
+    async def list_leases(self, namespace: str, filters: list[str] | None = None,
+                          timeout: float = 10.0) -> list[Lease]:
+        data = await self._call(LEASE_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
+        return [from_wire(Lease, d) for d in data]  # type: ignore[union-attr]
+
+    async def add_lease_resource(self, namespace: str, lease: str, resource: Resource,
+                                 timeout: float = 10.0) -> None:
+        # adding the same reference twice is harmless: idempotent
+        await self._call(LEASE_ADD_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout, True)
+
+    async def delete_lease_resource(self, namespace: str, lease: str, resource: Resource,
+                                    timeout: float = 10.0) -> None:
+        await self._call(LEASE_DELETE_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout, True)
+
+    async def list_lease_resources(self, namespace: str, lease: str, timeout: float = 10.0) -> list[Resource]:
+        data = await self._call(LEASE_LIST_RESOURCES, LeaseRef(namespace, lease), timeout, True)
+        return [from_wire(Resource, d) for d in data]  # type: ignore[union-attr]
+
+    # -- garbage collection --------------------------------------------------------------
+
+    async def collect_garbage(self, timeout: float = 60.0) -> GCStats:
+        data = await self._call(GC_RUN, GCRequest(), timeout, True)
+        return from_wire(GCStats, data)  # type: ignore[arg-type]

@@ -18,6 +18,9 @@ from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
 from .namespaces import NamespacesServicer
+from .containers import ContainersServicer
+from .images import ImagesServicer
+from .leases import LeasesServicer
 from .version import VersionServicer
 
 log = logging.getLogger("flotilla.gateway")
@@ -43,6 +46,9 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     pb.namespaces_grpc.add_NamespacesServicer_to_server(NamespacesServicer(metadata, cfg.request_timeout), server)
     pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
     pb.events_grpc.add_EventsServicer_to_server(EventsServicer(hub), server)
+    ContainersServicer.register(server, metadata, cfg.request_timeout)
+    ImagesServicer.register(server, metadata, cfg.request_timeout)
+    LeasesServicer.register(server, metadata, cfg.request_timeout)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

@@ -14,6 +14,10 @@ from flotilla.libs.identifiers import validate_identifier, validate_labels
 
 from . import db
 from .api import Namespace
+from .containers import ContainersMixin
+from .gcmark import GCMixin
+from .images import ImagesMixin
+from .leases import LeasesMixin
 
 
 def _validate_labels(labels: dict[str, str], what: str) -> None:
@@ -23,10 +27,7 @@ def _validate_labels(labels: dict[str, str], what: str) -> None:
         raise InvalidArgument(f"{what}: {exc.message}") from None
 
 
-class MetadataStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
+class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin):
     @classmethod
     def open(cls, url: str) -> "MetadataStore":
         return cls(db.open_engine(url))
@@ -67,7 +68,7 @@ class MetadataStore:
         validate_identifier(ns.name)
         _validate_labels(ns.labels, "namespace.Labels")
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(insert(db.namespaces).values(name=ns.name))
                 for key, value in ns.labels.items():
                     self._set_label(conn, ns.name, key, value)
@@ -76,7 +77,7 @@ class MetadataStore:
         return ns
 
     def update_namespace(self, ns: Namespace, paths: list[str]) -> Namespace:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             self._ensure(conn, ns.name)
             if paths:
                 for path in paths:
@@ -90,13 +91,27 @@ class MetadataStore:
                     self._set_label(conn, ns.name, key, value)
             return Namespace(name=ns.name, labels=self._labels(conn, ns.name))
 
-    def delete_namespace(self, name: str, also_held: list[str] | None = None) -> None:
-        """Delete an empty namespace. ``also_held`` names what other services still hold in it."""
-        with self.engine.begin() as conn:
-            held = list(also_held or [])
+    def delete_namespace(self, name: str, also_held: list[str] | None = None, *, blobs: bool = False,
+                         snapshotters: list[str] | None = None) -> None:
+        """Delete an empty namespace. ``blobs`` and ``snapshotters`` say what the content and
+        snapshots services still hold in it; ``also_held`` names anything else."""
+        with self._write() as conn:
+            held: list[str] = []
+            # containerd's order: images, blobs, containers, snapshots per snapshotter
+            if conn.execute(select(db.images.c.name).where(db.images.c.namespace == name).limit(1)).first():
+                held.append("images")
+            if blobs:
+                held.append("blobs")
+            if conn.execute(select(db.containers.c.id).where(db.containers.c.namespace == name).limit(1)).first():
+                held.append("containers")
+            held += [f'snapshots on "{s}" snapshotter' for s in sorted(snapshotters or [])]
+            held += list(also_held or [])
             if held:
                 raise FailedPrecondition(
                     f'namespace "{name}" must be empty, but it still has {", ".join(held)}: failed precondition')
+            # leases go with their namespace, as in containerd
+            conn.execute(delete(db.lease_resources).where(db.lease_resources.c.namespace == name))
+            conn.execute(delete(db.leases).where(db.leases.c.namespace == name))
             conn.execute(delete(db.namespace_labels).where(db.namespace_labels.c.namespace == name))
             if conn.execute(delete(db.namespaces).where(db.namespaces.c.name == name)).rowcount == 0:
                 raise NotFound(f'namespace "{name}": not found')

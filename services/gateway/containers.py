@@ -1,0 +1,97 @@
+"""containerd.services.containers.v1.Containers, backed by the metadata service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from google.protobuf import any_pb2, empty_pb2
+from grpc import aio
+
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 as pbc
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
+from flotilla.libs.api.metadata import AnyValue, Container, MetadataClient, Runtime
+from flotilla.libs.errors import InvalidArgument
+
+from .protomsg import set_timestamp
+from .rpc import namespace, streaming, timeout, unary
+
+
+def any_from_pb(msg: any_pb2.Any) -> AnyValue:
+    return AnyValue(msg.type_url, msg.value)
+
+
+def container_from_pb(c: pbc.Container) -> Container:
+    runtime = Runtime()
+    if c.HasField("runtime"):
+        runtime = Runtime(c.runtime.name, any_from_pb(c.runtime.options) if c.runtime.HasField("options") else None)
+    return Container(
+        id=c.id, labels=dict(c.labels), image=c.image, runtime=runtime,
+        spec=any_from_pb(c.spec) if c.HasField("spec") else None,
+        snapshotter=c.snapshotter, snapshot_key=c.snapshot_key,
+        extensions={k: any_from_pb(v) for k, v in c.extensions.items()},
+    )
+
+
+def container_to_pb(c: Container) -> pbc.Container:
+    out = pbc.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
+                        snapshot_key=c.snapshot_key)
+    out.runtime.name = c.runtime.name
+    if c.runtime.options is not None:
+        out.runtime.options.type_url, out.runtime.options.value = c.runtime.options.type_url, c.runtime.options.value
+    if c.spec is not None:
+        out.spec.type_url, out.spec.value = c.spec.type_url, c.spec.value
+    set_timestamp(out.created_at, c.created_at)
+    set_timestamp(out.updated_at, c.updated_at)
+    for k, v in c.extensions.items():
+        out.extensions[k].type_url, out.extensions[k].value = v.type_url, v.value
+    return out
+
+
+class ContainersServicer(pbc_grpc.ContainersServicer):
+    def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
+        self.metadata, self.default_timeout = metadata, default_timeout
+
+    @classmethod
+    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float) -> None:
+        pbc_grpc.add_ContainersServicer_to_server(cls(metadata, default_timeout), server)
+
+    @unary("Containers.Get")
+    async def Get(self, request: pbc.GetContainerRequest, context: aio.ServicerContext) -> pbc.GetContainerResponse:
+        c = await self.metadata.get_container(namespace(context), request.id, timeout(context, self.default_timeout))
+        return pbc.GetContainerResponse(container=container_to_pb(c))
+
+    @unary("Containers.List")
+    async def List(self, request: pbc.ListContainersRequest, context: aio.ServicerContext) -> pbc.ListContainersResponse:
+        found = await self.metadata.list_containers(namespace(context), list(request.filters),
+                                                    timeout(context, self.default_timeout))
+        return pbc.ListContainersResponse(containers=[container_to_pb(c) for c in found])
+
+    @streaming("Containers.ListStream")
+    async def ListStream(self, request: pbc.ListContainersRequest,
+                         context: aio.ServicerContext) -> AsyncIterator[pbc.ListContainerMessage]:
+        found = await self.metadata.list_containers(namespace(context), list(request.filters),
+                                                    timeout(context, self.default_timeout))
+        for c in found:
+            yield pbc.ListContainerMessage(container=container_to_pb(c))
+
+    @unary("Containers.Create")
+    async def Create(self, request: pbc.CreateContainerRequest, context: aio.ServicerContext) -> pbc.CreateContainerResponse:
+        ns = namespace(context)
+        c = await self.metadata.create_container(ns, container_from_pb(request.container),
+                                                 timeout(context, self.default_timeout))
+        return pbc.CreateContainerResponse(container=container_to_pb(c))
+
+    @unary("Containers.Update")
+    async def Update(self, request: pbc.UpdateContainerRequest, context: aio.ServicerContext) -> pbc.UpdateContainerResponse:
+        if not request.container.id:
+            raise InvalidArgument("Container.ID required")
+        ns = namespace(context)
+        c = await self.metadata.update_container(ns, container_from_pb(request.container),
+                                                 list(request.update_mask.paths),
+                                                 timeout(context, self.default_timeout))
+        return pbc.UpdateContainerResponse(container=container_to_pb(c))
+
+    @unary("Containers.Delete")
+    async def Delete(self, request: pbc.DeleteContainerRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
+        await self.metadata.delete_container(namespace(context), request.id, timeout(context, self.default_timeout))
+        return empty_pb2.Empty()

@@ -1,0 +1,171 @@
+"""Garbage collection over the bus: mark from the store's records, sweep through the
+content and snapshots services.
+
+A store that does not answer its ping is not part of this deployment: it is skipped, never
+an error. Writes to the metadata store wait while a collection marks and sweeps (as
+containerd's GC holds its database lock), so nothing referenced mid-collection is swept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from flotilla.libs.api.content import ContentClient
+from flotilla.libs.api.snapshots import SNAPSHOTTERS, SnapshotsClient
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.errors import FlotillaError, NotFound
+from flotilla.libs.subjects import local, shared
+
+from .api import GCStats
+from .gcmark import Blob, Snap, mark, removal_order
+from .store import MetadataStore
+
+log = logging.getLogger("flotilla.metadata.gc")
+_PING_TIMEOUT = 0.5
+DELAY = 0.2          # a burst of deletes is collected once
+PERIOD = 300.0       # and expired leases at least this often
+
+
+class WriteGate:
+    """Many writers at once, or one collection alone."""
+
+    def __init__(self) -> None:
+        self._writers = 0
+        self._collecting = False
+        self._cond = asyncio.Condition()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._collecting)
+            self._writers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._collecting)
+            self._collecting = True
+            await self._cond.wait_for(lambda: self._writers == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._collecting = False
+                self._cond.notify_all()
+
+
+class Collector:
+    def __init__(self, bus: Bus, cfg: Config, store: MetadataStore) -> None:
+        self.bus, self.cfg, self.store = bus, cfg, store
+        self.content = ContentClient(bus, cfg.prefix)
+        self.snapshots = SnapshotsClient(bus, cfg.prefix, cfg.host)
+        self.gate = WriteGate()
+        self._run_lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _up(self, subject: str) -> bool:
+        try:
+            await self.bus.request(subject, None, timeout=_PING_TIMEOUT)
+            return True
+        except FlotillaError:
+            return False
+
+    async def content_up(self) -> bool:
+        return await self._up(shared(self.cfg.prefix, "content", "ping"))
+
+    async def snapshots_up(self) -> bool:
+        return await self._up(local(self.cfg.prefix, "snapshots", self.cfg.host, "ping"))
+
+    def schedule(self) -> None:
+        """Something was deleted: collect soon."""
+        self._dirty.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._dirty.wait(), PERIOD)
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(DELAY)
+            self._dirty.clear()
+            try:
+                await self.collect()
+            except Exception:  # the next round tries again
+                log.exception("garbage collection failed")
+
+    async def collect(self) -> GCStats:
+        """One whole collection; callers asking for sync wait for a fresh one."""
+        async with self._run_lock:
+            started = time.monotonic()
+            stats = GCStats()
+            content_up, snaps_up = await self.content_up(), await self.snapshots_up()
+            if not content_up:
+                stats.skipped.append("content")
+            if not snaps_up:
+                stats.skipped.append("snapshots")
+            async with self.gate.exclusive():
+                for ns in await asyncio.to_thread(self.store.gc_namespaces):
+                    await self._collect_namespace(ns, content_up, snaps_up, stats)
+            log.info("gc: %d blobs, %d snapshots, %d leases removed in %.3fs%s", stats.content_removed,
+                     stats.snapshots_removed, stats.leases_expired, time.monotonic() - started,
+                     f" (skipped {', '.join(stats.skipped)})" if stats.skipped else "")
+            return stats
+
+    async def _collect_namespace(self, ns: str, content_up: bool, snaps_up: bool, stats: GCStats) -> None:
+        blobs: list[Blob] = []
+        snaps: list[Snap] = []
+        if content_up:
+            try:
+                blobs = [Blob(i.digest, i.labels, i.leases) for i in await self.content.list(ns)]
+            except FlotillaError as exc:
+                log.warning("gc: content of %s not listed: %s", ns, exc.message)
+                content_up = False
+        if snaps_up:
+            for sn in SNAPSHOTTERS:
+                try:
+                    snaps += [Snap(sn, i.name, i.parent, i.labels, i.leases)
+                              for i in await self.snapshots.list(ns, sn)]
+                except FlotillaError as exc:
+                    log.warning("gc: %s snapshots of %s not listed: %s", sn, ns, exc.message)
+        records = await asyncio.to_thread(self.store.gc_records, ns)
+        keep_content, keep_snaps = mark(records, blobs, snaps)
+        expired = [lease.id for lease in records.leases if lease.expired]
+        await asyncio.to_thread(self.store.remove_leases, ns, expired)
+        stats.leases_expired += len(expired)
+        if content_up:
+            for blob in blobs:
+                if blob.digest not in keep_content:
+                    try:
+                        await self.content.delete(ns, blob.digest)
+                        stats.content_removed += 1
+                    except NotFound:
+                        pass
+                    except FlotillaError as exc:
+                        log.warning("gc: blob %s in %s not removed: %s", blob.digest, ns, exc.message)
+        for snap in removal_order(snaps, keep_snaps):
+            try:
+                await self.snapshots.remove(ns, snap.snapshotter, snap.name)
+                stats.snapshots_removed += 1
+            except NotFound:
+                pass
+            except FlotillaError as exc:
+                log.warning("gc: snapshot %s in %s not removed: %s", snap.key, ns, exc.message)

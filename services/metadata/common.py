@@ -1,0 +1,105 @@
+"""What every part of the metadata store shares: transactions, namespaces on first write,
+label maps in rows, containerd's digest and label checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.identifiers import validate_labels
+
+from . import db
+
+_DIGEST_SIZES = {"sha256": 64, "sha384": 96, "sha512": 128}
+_HEX = re.compile(r"^[a-f0-9]+$")
+
+
+def digest_error(digest: str) -> str:
+    """go-digest's Validate: '' when valid, else its error text."""
+    i = digest.find(":")
+    if i <= 0 or i + 1 == len(digest):
+        return "invalid checksum digest format"
+    algorithm, encoded = digest[:i], digest[i + 1:]
+    size = _DIGEST_SIZES.get(algorithm)
+    if size is None:
+        return "unsupported digest algorithm"
+    if len(encoded) != size:
+        return "invalid checksum digest length"
+    if not _HEX.match(encoded):
+        return "invalid checksum digest format"
+    return ""
+
+
+def check_labels(labels: dict[str, str], what: str) -> None:
+    try:
+        validate_labels(labels)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{what}: {exc.message}") from None
+
+
+def kept(m: dict[str, str] | None) -> dict[str, str]:
+    """containerd never stores a label or annotation with an empty value: it drops it."""
+    return {k: v for k, v in (m or {}).items() if v != ""}
+
+
+def dump_map(m: dict[str, str] | None) -> str:
+    return json.dumps(kept(m), separators=(",", ":"), sort_keys=True)
+
+
+def load_map(text: str | None) -> dict[str, str]:
+    return json.loads(text) if text else {}
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(data: bytes | None) -> Any:
+    return None if data is None else msgpack.unpackb(data, raw=False)
+
+
+class StoreBase:
+    """The engine and its transactions.
+
+    SQLite allows one writer; a transaction that read first and then writes can fail at
+    once (not wait) when another connection wrote meanwhile, so this process serialises its
+    write transactions. PostgreSQL takes row locks (``FOR UPDATE``) instead.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sqlite = engine.dialect.name == "sqlite"
+        self._wlock = threading.Lock()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self.sqlite:
+            with self._wlock, self.engine.begin() as conn:
+                yield conn
+        else:
+            with self.engine.begin() as conn:
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _ensure_namespace(self, conn: Connection, name: str) -> None:
+        """containerd creates a namespace on the first write into it."""
+        if conn.execute(select(db.namespaces.c.name).where(db.namespaces.c.name == name)).first() is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(db.namespaces).values(name=name))
+            except IntegrityError:  # created by a concurrent writer: fine
+                pass

@@ -1,0 +1,191 @@
+"""Container records with containerd's validation, field masks and messages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from flotilla.libs import filters
+from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
+from flotilla.libs.identifiers import validate_identifier
+
+from . import db
+from .api import AnyValue, Container, Runtime
+from .common import StoreBase, check_labels, dump_map, kept, load_map, pack, unpack
+
+_T = db.containers
+# the fields a full replace (no field mask) may change
+_REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
+
+
+def _any_to_db(value: AnyValue | None) -> bytes | None:
+    return None if value is None else pack([value.type_url, value.value])
+
+
+def _any_from_db(data: bytes | None) -> AnyValue | None:
+    if data is None:
+        return None
+    type_url, value = unpack(data)
+    return AnyValue(type_url, value)
+
+
+def _row_to_container(row: Row[Any]) -> Container:
+    return Container(
+        id=row.id, labels=load_map(row.labels), image=row.image,
+        runtime=Runtime(row.runtime_name, _any_from_db(row.runtime_options)),
+        spec=_any_from_db(row.spec), snapshotter=row.snapshotter, snapshot_key=row.snapshot_key,
+        created_at=row.created_at, updated_at=row.updated_at,
+        extensions={k: AnyValue(t, v) for k, (t, v) in unpack(row.extensions).items()},
+    )
+
+
+def _values(c: Container) -> dict[str, Any]:
+    return dict(labels=dump_map(c.labels), image=c.image, runtime_name=c.runtime.name,
+                runtime_options=_any_to_db(c.runtime.options), spec=_any_to_db(c.spec),
+                snapshotter=c.snapshotter, snapshot_key=c.snapshot_key,
+                extensions=pack({k: [v.type_url, v.value] for k, v in c.extensions.items()}),
+                created_at=c.created_at, updated_at=c.updated_at)
+
+
+def validate_container(c: Container) -> None:
+    """containerd's validateContainer; the message lacks the caller's prefix."""
+    try:
+        validate_identifier(c.id)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"container.ID: {exc.message}") from None
+    if any(k == "" for k in c.extensions):
+        raise InvalidArgument("container.Extension keys must not be zero-length: invalid argument")
+    check_labels(c.labels, "containers.Labels")
+    if not c.runtime.name:
+        raise InvalidArgument("container.Runtime.Name must be set: invalid argument")
+    if c.spec is None:
+        raise InvalidArgument("container.Spec must be set: invalid argument")
+    if c.snapshot_key and not c.snapshotter:
+        raise InvalidArgument("container.Snapshotter must be set if container.SnapshotKey is set: invalid argument")
+
+
+def container_lookup(c: Container) -> filters.Lookup:
+    def lookup(path: Sequence[str]) -> tuple[str, bool]:
+        head = path[0]
+        if head == "id":
+            return c.id, bool(c.id)
+        if head == "runtime":
+            if len(path) > 1 and path[1] == "name":
+                return c.runtime.name, bool(c.runtime.name)
+            return "", False
+        if head == "image":
+            return c.image, bool(c.image)
+        if head == "labels":
+            return map_lookup(c.labels, path[1:])
+        return "", False
+    return lookup
+
+
+def map_lookup(m: dict[str, str], path: Sequence[str]) -> tuple[str, bool]:
+    """containerd's checkMap: the rest of the path joined with dots is the key."""
+    if not m:
+        return "", False
+    key = ".".join(path)
+    return m.get(key, ""), key in m
+
+
+def _parse(fs: list[str]) -> filters.Filter:
+    return filters.parse(fs)  # raises InvalidArgument with containerd's text
+
+
+class ContainersMixin(StoreBase):
+    def get_container(self, namespace: str, id: str) -> Container:
+        with self._read() as conn:
+            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.id == id))).first()
+        if row is None:
+            raise NotFound(f'container "{id}" in namespace "{namespace}": not found')
+        return _row_to_container(row)
+
+    def list_containers(self, namespace: str, fs: list[str] | None = None) -> list[Container]:
+        wanted = _parse(list(fs or []))
+        with self._read() as conn:
+            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.id)).all()
+        out = (_row_to_container(r) for r in rows)
+        return [c for c in out if wanted.matches(container_lookup(c))]
+
+    def create_container(self, namespace: str, c: Container) -> Container:
+        try:
+            validate_container(c)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"create container failed validation: {exc.message}") from None
+        c.created_at = c.updated_at = time.time_ns()
+        c.labels = kept(c.labels)
+        try:
+            with self._write() as conn:
+                self._ensure_namespace(conn, namespace)
+                conn.execute(insert(_T).values(namespace=namespace, id=c.id, **_values(c)))
+        except IntegrityError:
+            raise AlreadyExists(f'container "{c.id}": already exists') from None
+        return c
+
+    def update_container(self, namespace: str, c: Container, paths: list[str]) -> Container:
+        if not c.id:
+            raise InvalidArgument("must specify a container id: invalid argument")
+        with self._write() as conn:
+            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.id == c.id))
+                               .with_for_update()).first()
+            if row is None:
+                raise NotFound(f'container "{c.id}": not found')
+            updated = _row_to_container(row)
+            if not paths:
+                paths = list(_REPLACEABLE)
+                # immutable fields must not differ on a full replace
+                if updated.snapshotter != c.snapshotter:
+                    raise InvalidArgument("container.Snapshotter field is immutable: invalid argument")
+                if updated.runtime.name != c.runtime.name:
+                    raise InvalidArgument("container.Runtime.Name field is immutable: invalid argument")
+            for path in paths:
+                if path.startswith("labels."):
+                    key = path[len("labels."):]
+                    # containerd stores the given value; an empty one removes the label
+                    _set_or_drop(updated.labels, key, c.labels.get(key, ""))
+                elif path.startswith("extensions."):
+                    key = path[len("extensions."):]
+                    if key in c.extensions:
+                        updated.extensions[key] = c.extensions[key]
+                    else:
+                        updated.extensions.pop(key, None)
+                elif path == "labels":
+                    updated.labels = dict(c.labels)
+                elif path == "spec":
+                    updated.spec = c.spec
+                elif path == "extensions":
+                    updated.extensions = dict(c.extensions)
+                elif path == "image":
+                    updated.image = c.image
+                elif path == "snapshotkey":
+                    updated.snapshot_key = c.snapshot_key
+                else:
+                    raise InvalidArgument(f'cannot update "{path}" field on "{c.id}": invalid argument')
+            try:
+                validate_container(updated)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"update failed validation: {exc.message}") from None
+            updated.updated_at = time.time_ns()
+            updated.labels = kept(updated.labels)
+            conn.execute(update(_T).where((_T.c.namespace == namespace) & (_T.c.id == c.id))
+                         .values(**_values(updated)))
+        return updated
+
+    def delete_container(self, namespace: str, id: str) -> None:
+        with self._write() as conn:
+            if conn.execute(delete(_T).where((_T.c.namespace == namespace) & (_T.c.id == id))).rowcount == 0:
+                raise NotFound(f"container {id}: not found")
+
+
+def _set_or_drop(m: dict[str, str], key: str, value: str) -> None:
+    """containerd's bolt store writes labels with empty values as deletions."""
+    if value:
+        m[key] = value
+    else:
+        m.pop(key, None)

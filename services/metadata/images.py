@@ -1,0 +1,142 @@
+"""Image records with containerd's validation, field masks and messages."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from flotilla.libs import filters
+from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
+
+from . import db
+from .api import Descriptor, Image
+from .common import StoreBase, check_labels, digest_error, dump_map, kept, load_map
+from .containers import map_lookup
+
+_T = db.images
+
+
+def _row_to_image(row: Row[Any]) -> Image:
+    return Image(name=row.name, labels=load_map(row.labels),
+                 target=Descriptor(row.media_type, row.digest, row.size, load_map(row.annotations)),
+                 created_at=row.created_at, updated_at=row.updated_at)
+
+
+def _values(i: Image) -> dict[str, Any]:
+    return dict(labels=dump_map(i.labels), media_type=i.target.media_type, digest=i.target.digest,
+                size=i.target.size, annotations=dump_map(i.target.annotations),
+                created_at=i.created_at, updated_at=i.updated_at)
+
+
+def validate_image(i: Image) -> None:
+    if not i.name:
+        raise InvalidArgument("image name must not be empty: invalid argument")
+    check_labels(i.labels, "image.Labels")
+    err = digest_error(i.target.digest)
+    if err:
+        raise InvalidArgument(f'Target.Digest "{i.target.digest}" invalid: {err}: invalid argument')
+    if i.target.size <= 0:
+        raise InvalidArgument("Target.Size must be greater than zero: invalid argument")
+    if not i.target.media_type:
+        raise InvalidArgument("Target.MediaType must be set: invalid argument")
+
+
+def image_lookup(i: Image) -> filters.Lookup:
+    def lookup(path: Sequence[str]) -> tuple[str, bool]:
+        head = path[0]
+        if head == "name":
+            return i.name, bool(i.name)
+        if head == "target":
+            if len(path) < 2:
+                return "", False
+            if path[1] == "digest":
+                return i.target.digest, bool(i.target.digest)
+            if path[1] == "mediatype":
+                return i.target.media_type, bool(i.target.media_type)
+            return "", False
+        if head == "labels":
+            return map_lookup(i.labels, path[1:])
+        if head == "annotations":
+            return map_lookup(i.target.annotations, path[1:])
+        return "", False
+    return lookup
+
+
+def _normalise(i: Image) -> None:
+    i.labels = kept(i.labels)
+    i.target.annotations = kept(i.target.annotations)
+
+
+class ImagesMixin(StoreBase):
+    def get_image(self, namespace: str, name: str) -> Image:
+        with self._read() as conn:
+            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.name == name))).first()
+        if row is None:
+            raise NotFound(f'image "{name}": not found')
+        return _row_to_image(row)
+
+    def list_images(self, namespace: str, fs: list[str] | None = None) -> list[Image]:
+        wanted = filters.parse(list(fs or []))
+        with self._read() as conn:
+            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.name)).all()
+        out = (_row_to_image(r) for r in rows)
+        return [i for i in out if wanted.matches(image_lookup(i))]
+
+    def create_image(self, namespace: str, i: Image) -> Image:
+        if not i.name:  # the service's own check comes before the store's
+            raise InvalidArgument("Image.Name required")
+        validate_image(i)
+        i.created_at = i.updated_at = time.time_ns()
+        _normalise(i)
+        try:
+            with self._write() as conn:
+                self._ensure_namespace(conn, namespace)
+                conn.execute(insert(_T).values(namespace=namespace, name=i.name, **_values(i)))
+        except IntegrityError:
+            raise AlreadyExists(f'image "{i.name}": already exists') from None
+        return i
+
+    def update_image(self, namespace: str, i: Image, paths: list[str]) -> Image:
+        if not i.name:
+            raise InvalidArgument("Image.Name required")
+        with self._write() as conn:
+            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.name == i.name))
+                               .with_for_update()).first()
+            if row is None:
+                raise NotFound(f'image "{i.name}": not found')
+            updated = _row_to_image(row)
+            created = updated.created_at
+            if paths:
+                for path in paths:
+                    if path.startswith("labels."):
+                        key = path[len("labels."):]
+                        updated.labels[key] = i.labels.get(key, "")
+                    elif path.startswith("annotations."):
+                        key = path[len("annotations."):]
+                        updated.target.annotations[key] = i.target.annotations.get(key, "")
+                    elif path == "labels":
+                        updated.labels = dict(i.labels)
+                    elif path == "target":
+                        updated.target = i.target  # replaced as a unit, as containerd does
+                    elif path == "annotations":
+                        updated.target.annotations = dict(i.target.annotations)
+                    else:
+                        raise InvalidArgument(f'cannot update "{path}" field on image "{i.name}": invalid argument')
+            else:
+                updated = Image(i.name, dict(i.labels), i.target)
+            validate_image(updated)
+            updated.created_at, updated.updated_at = created, time.time_ns()
+            _normalise(updated)
+            conn.execute(update(_T).where((_T.c.namespace == namespace) & (_T.c.name == i.name))
+                         .values(**_values(updated)))
+        return updated
+
+    def delete_image(self, namespace: str, name: str) -> None:
+        with self._write() as conn:
+            if conn.execute(delete(_T).where((_T.c.namespace == namespace) & (_T.c.name == name))).rowcount == 0:
+                raise NotFound(f'image "{name}": not found')
