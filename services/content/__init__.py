@@ -1,0 +1,1 @@
+"""The content service: the shared, content-addressed blob store (containerd's Content API)."""

@@ -1,0 +1,118 @@
+"""In-progress ingests on disk and the write sessions over them.
+
+An ingest lives in ``<root>/content/ingest/<sha256(namespace/ref)>/``: the ref is hashed,
+never used as a path (``../../x`` is just a name). Files: ``meta.json`` (namespace, ref,
+total, expected, lease, started_at), ``data`` (the bytes so far; its size is the offset,
+its mtime the update time) and ``lock``. A session holds ``flock`` on ``lock``: the lock
+belongs to the open file, so a second writer of the ref is refused whether it asks this
+instance or another one, and a killed instance's locks vanish with it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flotilla.libs.errors import Unavailable
+
+READ_BUFFER = 8 << 20  # hashing big pieces keeps hashlib off the GIL
+
+
+@dataclass
+class IngestMeta:
+    namespace: str
+    ref: str
+    total: int = 0
+    expected: str = ""
+    lease: str = ""
+    started_at: int = 0
+
+
+def ingest_dir(root: Path, namespace: str, ref: str) -> Path:
+    return root / hashlib.sha256(f"{namespace}/{ref}".encode()).hexdigest()
+
+
+def read_meta(path: Path) -> IngestMeta | None:
+    try:
+        return IngestMeta(**json.loads((path / "meta.json").read_text()))
+    except (FileNotFoundError, NotADirectoryError, ValueError, TypeError):
+        return None
+
+
+def write_meta(path: Path, meta: IngestMeta) -> None:
+    tmp = path / "meta.json.tmp"
+    tmp.write_text(json.dumps(asdict(meta)))
+    os.replace(tmp, path / "meta.json")
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints one (``1.5s``, ``250ms``)."""
+    if seconds >= 1:
+        return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+    return f"{seconds * 1000:.6f}".rstrip("0").rstrip(".") + "ms"
+
+
+def lock(path: Path, namespace: str, ref: str) -> int:
+    """Take the ref's lock; raise Unavailable naming how long another writer has held it."""
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / "lock"
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                since = float((path / "lock").read_text() or "0")
+            except (OSError, ValueError):
+                since = time.time()
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            raise Unavailable(f"ref {namespace}/{ref} locked for {go_duration(max(0.0, time.time() - since))} "
+                              f"(since {when}): unavailable") from None
+        # the ingest may have been committed (and its directory removed) between our
+        # open and our flock: then we hold a lock nobody else can see; start again
+        try:
+            st = os.stat(lock_path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and st.st_ino == os.fstat(fd).st_ino:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(time.time()).encode(), 0)
+            return fd
+        os.close(fd)
+        path.mkdir(parents=True, exist_ok=True)
+
+
+class Hasher:
+    """The running digest of an ingest's data file, fed in order."""
+
+    def __init__(self, algorithm: str = "sha256") -> None:
+        self.algorithm = algorithm
+        self.h = hashlib.new(algorithm)
+        self.offset = 0
+
+    def reset(self) -> None:
+        self.h = hashlib.new(self.algorithm)
+        self.offset = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.h.update(data)
+        self.offset += len(data)
+
+    def catch_up(self, fd: int, end: int) -> None:
+        """Hash the file's bytes from what was hashed up to ``end`` (read from the page cache)."""
+        buf = bytearray(READ_BUFFER)
+        view = memoryview(buf)
+        while self.offset < end:
+            n = os.preadv(fd, [view[:min(READ_BUFFER, end - self.offset)]], self.offset)
+            if n <= 0:
+                break
+            self.update(view[:n])
+
+    def digest(self) -> str:
+        return f"{self.algorithm}:{self.h.hexdigest()}"

@@ -1,0 +1,152 @@
+"""The content service's NATS binding: shared subjects for any instance, instance subjects
+for the write sessions this instance holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from flotilla.libs import events
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.wire import from_wire
+
+from . import api
+from .store import ContentStore
+
+log = logging.getLogger("flotilla.content")
+IDLE = 60.0          # a session nobody touched for this long lost its caller
+ORDER_WAIT = 60.0    # how long a chunk that arrived early waits for its predecessors
+
+
+class ContentServer:
+    def __init__(self, bus: Bus, cfg: Config, store: ContentStore) -> None:
+        self.bus, self.cfg, self.store = bus, cfg, store
+        self.order: dict[str, asyncio.Condition] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- shared methods ----------------------------------------------------------------
+
+    async def info(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.DigestRequest, req)
+        return await asyncio.to_thread(self.store.info, r.namespace, r.digest)
+
+    async def list(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ListRequest, req)
+        return await asyncio.to_thread(self.store.list, r.namespace, r.filters)
+
+    async def update(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.UpdateRequest, req)
+        return await asyncio.to_thread(self.store.update, r.namespace, r.info, r.paths)
+
+    async def delete(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.DigestRequest, req)
+        await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
+        await events.publish(self.bus, self.cfg.prefix, "/content/delete", r.namespace,
+                             "containerd.events.ContentDelete", digest=r.digest)
+        return None
+
+    async def read(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ReadRequest, req)
+        return await asyncio.to_thread(self.store.read, r.namespace, r.digest, r.offset, r.size)
+
+    async def local_path(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.DigestRequest, req)
+        return await asyncio.to_thread(self.store.local_file, r.namespace, r.digest)
+
+    async def status(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.RefRequest, req)
+        return await asyncio.to_thread(self.store.status, r.namespace, r.ref)
+
+    async def list_statuses(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ListRequest, req)
+        return await asyncio.to_thread(self.store.list_statuses, r.namespace, r.filters)
+
+    async def abort(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.RefRequest, req)
+        await asyncio.to_thread(self.store.abort, r.namespace, r.ref)
+        return None
+
+    async def namespace_held(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.NamespaceRequest, req)
+        return await asyncio.to_thread(self.store.namespace_held, r.namespace)
+
+    async def release_lease(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.LeaseRequest, req)
+        return await asyncio.to_thread(self.store.release_lease, r.namespace, r.lease)
+
+    async def writer_open(self, req: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self.store.open_writer, from_wire(api.WriterOpen, req))
+
+    # -- session methods (this instance only) ------------------------------------------
+
+    async def w_status(self, req: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self.store.w_status, from_wire(api.SessionRequest, req).session)
+
+    async def w_write(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ChunkWrite, req)
+        session = self.store._session(r.session)
+        # chunks arrive several at a time; each waits for the one before it
+        cond = self.order.setdefault(r.session, asyncio.Condition())
+        async with cond:
+            await asyncio.wait_for(cond.wait_for(
+                lambda: session.offset >= r.offset or r.session not in self.store.sessions), ORDER_WAIT)
+        try:
+            return await asyncio.to_thread(self.store.w_write, r.session, r.offset, r.data)
+        finally:
+            async with cond:
+                cond.notify_all()
+
+    async def w_sync(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.SyncRequest, req)
+        return await asyncio.to_thread(self.store.w_sync, r.session, r.offset)
+
+    async def w_truncate(self, req: dict[str, Any]) -> Any:
+        return await asyncio.to_thread(self.store.w_truncate, from_wire(api.SessionRequest, req).session)
+
+    async def w_commit(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.CommitRequest, req)
+        info = await asyncio.to_thread(self.store.w_commit, r.session, r.size, r.expected, r.labels)
+        self.order.pop(r.session, None)
+        return info
+
+    async def w_close(self, req: dict[str, Any]) -> Any:
+        sid = from_wire(api.SessionRequest, req).session
+        await asyncio.to_thread(self.store.w_close, sid)
+        self.order.pop(sid, None)
+        return None
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE / 4)
+            for sid in await asyncio.to_thread(self.store.expire, IDLE):
+                self.order.pop(sid, None)
+                log.info("closed idle write session %s", sid)
+
+    async def start(self) -> None:
+        shared = {
+            api.INFO: self.info, api.LIST: self.list, api.UPDATE: self.update, api.DELETE: self.delete,
+            api.READ: self.read, api.LOCAL_PATH: self.local_path, api.STATUS: self.status,
+            api.LIST_STATUSES: self.list_statuses, api.ABORT: self.abort,
+            api.NAMESPACE_HELD: self.namespace_held, api.RELEASE_LEASE: self.release_lease,
+            api.WRITER_OPEN: self.writer_open,
+        }
+        for method, handler in shared.items():
+            await self.bus.serve(api.subject(self.cfg.prefix, method), handler, method=f"content.{method}")
+        mine = {
+            api.W_STATUS: self.w_status, api.W_WRITE: self.w_write, api.W_SYNC: self.w_sync,
+            api.W_TRUNCATE: self.w_truncate, api.W_COMMIT: self.w_commit, api.W_CLOSE: self.w_close,
+        }
+        for method, handler in mine.items():
+            await self.bus.serve(api.instance_subject(self.cfg.prefix, self.store.instance, method), handler,
+                                 queue="", method=f"content.{method}")
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await asyncio.to_thread(self.store.close)

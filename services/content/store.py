@@ -1,0 +1,482 @@
+"""The content store's logic, with containerd's rules and messages; no NATS here.
+
+Blobs live once on disk at ``<root>/content/blobs/<algorithm>/<hex>``; each namespace that
+has a blob owns a record of it (``db.owners``). Methods are synchronous (disk, SQLite);
+the server runs them in threads. Several instances may share one root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from flotilla.libs import filters
+from flotilla.libs.api.content import (
+    ALGORITHMS, CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error,
+)
+from flotilla.libs.errors import (
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
+)
+from flotilla.libs.identifiers import validate_labels
+
+from . import db
+from .ingest import Hasher, IngestMeta, ingest_dir, lock, read_meta, write_meta
+
+
+def check_digest(digest: str) -> None:
+    err = digest_error(digest)
+    if err:
+        raise InvalidArgument(f"{digest}: {err}: invalid argument")
+
+
+def not_found(digest: str) -> NotFound:
+    return NotFound(f"content digest {digest}: not found")
+
+
+def _validate_labels(labels: dict[str, str]) -> None:
+    try:
+        validate_labels(labels)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"info.Labels: {exc.message}") from None
+
+
+def _info(row: Row[Any]) -> Info:
+    return Info(digest=row.digest, size=row.size, created_at=row.created_at, updated_at=row.updated_at,
+                labels=json.loads(row.labels), leases=json.loads(row.leases))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Session:
+    id: str
+    namespace: str
+    ref: str
+    path: Path
+    lock_fd: int
+    lease: str
+    started_at: int
+    total: int = 0
+    expected: str = ""
+    shared: Info | None = None     # the expected blob is stored: commit takes no bytes
+    fd: int = -1                   # the data file, read-write
+    hasher: Hasher = field(default_factory=Hasher)
+    offset: int = 0                # bytes the data file holds for this session
+    touched: float = field(default_factory=time.monotonic)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ContentStore:
+    def __init__(self, root: Path, instance: str = "") -> None:
+        self.root = root / "content"
+        self.blobs = self.root / "blobs"
+        self.ingests = self.root / "ingest"
+        for d in (self.blobs, self.ingests):
+            d.mkdir(parents=True, exist_ok=True)
+        self.engine, self.reader = db.open_engines(self.root / "owners.db")
+        self.instance = instance or uuid.uuid4().hex[:12]
+        self.sessions: dict[str, Session] = {}
+
+    def close(self) -> None:
+        for sid in list(self.sessions):
+            self.w_close(sid)
+        self.engine.dispose()
+
+    def blob_path(self, digest: str) -> Path:
+        alg, hexpart = digest.split(":", 1)
+        return self.blobs / alg / hexpart
+
+    # -- ownership records -------------------------------------------------------------
+
+    def _row(self, conn: Connection, namespace: str, digest: str) -> Row[Any] | None:
+        return conn.execute(select(db.owners).where(
+            (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).first()
+
+    def info(self, namespace: str, digest: str) -> Info:
+        check_digest(digest)
+        with self.reader.connect() as conn:
+            row = self._row(conn, namespace, digest)
+        if row is None:
+            raise not_found(digest)
+        return _info(row)
+
+    def list(self, namespace: str, filter_texts: list[str]) -> list[Info]:
+        wanted = filters.parse(filter_texts)
+        with self.reader.connect() as conn:
+            rows = conn.execute(select(db.owners).where(db.owners.c.namespace == namespace)
+                                .order_by(db.owners.c.digest)).all()
+        out = []
+        for row in rows:
+            info = _info(row)
+            if wanted.matches(filters.lookup_fields({"digest": info.digest},
+                                                    info.labels if info.labels else None)):
+                out.append(info)
+        return out
+
+    def update(self, namespace: str, info: Info, paths: list[str]) -> Info:
+        check_digest(info.digest)
+        with self.engine.begin() as conn:
+            row = self._row(conn, namespace, info.digest)
+            if row is None:
+                raise not_found(info.digest)
+            labels: dict[str, str] = json.loads(row.labels)
+            if paths:
+                for path in paths:
+                    if path.startswith("labels."):
+                        key = path[len("labels."):]
+                        labels[key] = info.labels.get(key, "")
+                    elif path == "labels":
+                        labels = dict(info.labels)
+                    else:
+                        raise InvalidArgument(f'cannot update "{path}" field on content info '
+                                              f'"{info.digest}": invalid argument')
+            else:
+                labels = dict(info.labels)
+            labels = {k: v for k, v in labels.items() if v}  # an empty value removes the label
+            _validate_labels(labels)
+            now = time.time_ns()
+            conn.execute(update(db.owners).where(
+                (db.owners.c.namespace == namespace) & (db.owners.c.digest == info.digest))
+                .values(labels=json.dumps(labels), updated_at=now))
+            row = self._row(conn, namespace, info.digest)
+        assert row is not None
+        return _info(row)
+
+    def delete(self, namespace: str, digest: str) -> None:
+        check_digest(digest)
+        with self.engine.begin() as conn:
+            gone = conn.execute(delete(db.owners).where(
+                (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).rowcount
+            if not gone:
+                raise not_found(digest)
+            # the last owner takes the file with it, inside the write lock: a commit of the
+            # same digest waits for us and then finds no file, so it renames its own
+            left = conn.execute(select(func.count()).select_from(db.owners)
+                                .where(db.owners.c.digest == digest)).scalar()
+            if not left:
+                try:
+                    os.unlink(self.blob_path(digest))
+                except FileNotFoundError:
+                    pass
+
+    def namespace_held(self, namespace: str) -> bool:
+        with self.reader.connect() as conn:
+            return conn.execute(select(db.owners.c.digest).where(
+                db.owners.c.namespace == namespace).limit(1)).first() is not None
+
+    def release_lease(self, namespace: str, lease: str) -> int:
+        changed = 0
+        with self.engine.begin() as conn:
+            for row in conn.execute(select(db.owners.c.digest, db.owners.c.leases).where(
+                    (db.owners.c.namespace == namespace) & db.owners.c.leases.contains(json.dumps(lease)))).all():
+                leases = [x for x in json.loads(row.leases) if x != lease]
+                conn.execute(update(db.owners).where(
+                    (db.owners.c.namespace == namespace) & (db.owners.c.digest == row.digest))
+                    .values(leases=json.dumps(leases)))
+                changed += 1
+        return changed
+
+    # -- reading -----------------------------------------------------------------------
+
+    def local_file(self, namespace: str, digest: str) -> LocalFile:
+        info = self.info(namespace, digest)
+        path = self.blob_path(digest)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} expected at {path}: not found") from None
+        return LocalFile(str(path), st.st_dev, st.st_ino, info.size)
+
+    def read(self, namespace: str, digest: str, offset: int, size: int) -> bytes:
+        info = self.info(namespace, digest)
+        if offset > info.size:
+            raise OutOfRange(f"read past object length {info.size} bytes")
+        offset = max(0, offset)
+        size = info.size - offset if size < 0 else min(size, info.size - offset)
+        with open(self.blob_path(digest), "rb") as f:
+            return os.pread(f.fileno(), min(size, CHUNK), offset)
+
+    # -- ingests -----------------------------------------------------------------------
+
+    def _status(self, path: Path, meta: IngestMeta) -> Status:
+        try:
+            st = os.stat(path / "data")
+            offset, updated = st.st_size, st.st_mtime_ns
+        except FileNotFoundError:
+            offset, updated = 0, meta.started_at
+        return Status(ref=meta.ref, offset=offset, total=meta.total, expected=meta.expected,
+                      started_at=meta.started_at, updated_at=updated)
+
+    def status(self, namespace: str, ref: str) -> Status:
+        path = ingest_dir(self.ingests, namespace, ref)
+        meta = read_meta(path)
+        if meta is None or meta.namespace != namespace or meta.ref != ref:
+            raise NotFound(f"reference {ref}: not found")
+        return self._status(path, meta)
+
+    def list_statuses(self, namespace: str, filter_texts: list[str]) -> list[Status]:
+        wanted = filters.parse(filter_texts)
+        out = []
+        for path in sorted(self.ingests.iterdir()):
+            meta = read_meta(path)
+            if meta is None or meta.namespace != namespace:
+                continue
+            if wanted.matches(lambda p, ref=meta.ref: (ref, True) if p[0] == "ref" else ("", False)):
+                out.append(self._status(path, meta))
+        return out
+
+    def abort(self, namespace: str, ref: str) -> None:
+        path = ingest_dir(self.ingests, namespace, ref)
+        meta = read_meta(path)
+        if meta is None or meta.ref != ref:
+            raise NotFound(f"reference {ref}: not found")
+        fd = lock(path, namespace, ref)  # refuses while a writer holds the ref
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+    # -- write sessions ----------------------------------------------------------------
+
+    def open_writer(self, req: WriterOpen) -> WriterSession:
+        if not req.ref:
+            raise InvalidArgument("ref must not be empty: invalid argument")
+        shared: Info | None = None
+        if req.expected:
+            check_digest(req.expected)
+            with self.reader.connect() as conn:
+                if self._row(conn, req.namespace, req.expected) is not None:
+                    raise AlreadyExists(f"content {req.expected}: already exists")
+                other = conn.execute(select(db.owners).where(db.owners.c.digest == req.expected).limit(1)).first()
+            # containerd's "shared" policy: stored for another namespace, so no bytes needed
+            if other is not None and (req.total in (0, other.size)) and self.blob_path(req.expected).exists():
+                shared = _info(other)
+        path = ingest_dir(self.ingests, req.namespace, req.ref)
+        lock_fd = lock(path, req.namespace, req.ref)
+        try:
+            s = Session(id=uuid.uuid4().hex, namespace=req.namespace, ref=req.ref, path=path,
+                        lock_fd=lock_fd, lease=req.lease, started_at=time.time_ns(),
+                        total=req.total, expected=req.expected)
+            if shared is not None:
+                s.shared, s.total, s.offset = shared, shared.size, shared.size
+            else:
+                self._open_ingest(s, req)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        self.sessions[s.id] = s
+        return self._session_record(s, with_file=req.local)
+
+    def _open_ingest(self, s: Session, req: WriterOpen) -> None:
+        meta = read_meta(s.path)
+        if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
+                and not (req.total > 0 and meta.total > 0 and req.total != meta.total):
+            # resume: the data file is the truth; hash it again (hashlib has no saved state)
+            s.started_at, s.total = meta.started_at, meta.total or req.total
+            s.expected = meta.expected or req.expected
+            if req.lease and req.lease != meta.lease:
+                meta.lease = req.lease
+                write_meta(s.path, meta)
+            s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT, 0o644)
+            s.hasher.catch_up(s.fd, os.fstat(s.fd).st_size)
+            s.offset = s.hasher.offset
+        else:
+            s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            write_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
+
+    def _session_record(self, s: Session, with_file: bool = False) -> WriterSession:
+        f = None
+        if with_file and s.fd >= 0:
+            st = os.fstat(s.fd)
+            f = LocalFile(str(s.path / "data"), st.st_dev, st.st_ino, st.st_size)
+        updated = s.started_at
+        if s.fd >= 0:
+            updated = os.fstat(s.fd).st_mtime_ns
+        digest = s.shared.digest if s.shared else ""
+        if not s.shared and s.fd >= 0:
+            s.hasher.catch_up(s.fd, os.fstat(s.fd).st_size)
+            digest = s.hasher.digest()
+        return WriterSession(session=s.id, instance=self.instance, ref=s.ref, offset=s.offset, total=s.total,
+                             expected=s.expected, digest=digest, started_at=s.started_at, updated_at=updated,
+                             shared=s.shared is not None, file=f)
+
+    def _session(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None:
+            raise NotFound(f"write session {sid}: not found")
+        s.touched = time.monotonic()
+        return s
+
+    def w_status(self, sid: str) -> WriterSession:
+        s = self._session(sid)
+        with s.mutex:
+            if s.fd >= 0:
+                s.offset = max(s.offset, os.fstat(s.fd).st_size)
+            return self._session_record(s)
+
+    def w_write(self, sid: str, offset: int, data: bytes) -> int:
+        s = self._session(sid)
+        with s.mutex:
+            if s.shared is not None:
+                raise FailedPrecondition(f"ref {s.ref}: content is shared, nothing to write: failed precondition")
+            if offset != s.offset:
+                raise OutOfRange(f"write @{offset} must occur at current offset {s.offset}")
+            view = memoryview(data)
+            pos = offset
+            while view:
+                n = os.pwrite(s.fd, view, pos)
+                view, pos = view[n:], pos + n
+            if s.hasher.offset == offset:
+                s.hasher.update(data)
+            s.offset = pos
+            return s.offset
+
+    def w_sync(self, sid: str, offset: int) -> int:
+        """The caller wrote the data file itself up to ``offset``: hash what is new."""
+        s = self._session(sid)
+        with s.mutex:
+            if s.shared is not None:
+                return s.offset
+            s.hasher.catch_up(s.fd, offset)
+            s.offset = max(s.offset, s.hasher.offset)
+            return s.offset
+
+    def w_truncate(self, sid: str) -> int:
+        s = self._session(sid)
+        with s.mutex:
+            if s.fd >= 0:
+                os.ftruncate(s.fd, 0)
+                s.hasher.reset()
+            s.offset = 0 if s.shared is None else s.offset
+            return s.offset
+
+    def w_commit(self, sid: str, size: int, expected: str, labels: dict[str, str]) -> Info:
+        s = self._session(sid)
+        with s.mutex:
+            _validate_labels(labels)
+            labels = {k: v for k, v in labels.items() if v}
+            if expected:
+                check_digest(expected)
+            if s.shared is not None:
+                if size and size != s.shared.size:
+                    raise FailedPrecondition(f'"{s.ref}" failed size validation: {s.shared.size} != {size}: '
+                                             "failed precondition")
+                if expected and expected != s.shared.digest:
+                    raise FailedPrecondition(f'"{s.ref}" unexpected digest: failed precondition')
+                info = self._own(s, s.shared.digest, s.shared.size, labels, None)
+                self._end(s, remove=True)
+                return info
+            end = os.fstat(s.fd).st_size
+            s.hasher.catch_up(s.fd, end)
+            if s.hasher.offset != end:
+                raise FailedPrecondition(f'"{s.ref}" data file changed under the writer: failed precondition')
+            s.offset = end
+            if size and size != end:
+                raise FailedPrecondition(f'"{s.ref}" failed size validation: {end} != {size}: failed precondition')
+            actual = s.hasher.digest()
+            if expected and expected != actual:
+                raise FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}: "
+                                         "failed precondition")
+            os.fsync(s.fd)  # durable before it is visible
+            try:
+                info = self._own(s, actual, end, labels, s.path / "data")
+            except AlreadyExists:
+                self._end(s, remove=True)  # as containerd: the ingest goes, the blob stays
+                raise
+            self._end(s, remove=True)
+            return info
+
+    def _own(self, s: Session, digest: str, size: int, labels: dict[str, str], data: Path | None) -> Info:
+        """Make ``digest`` visible in the session's namespace (rename the data in if new)."""
+        target = self.blob_path(digest)
+        now = time.time_ns()
+        with self.engine.begin() as conn:
+            if not target.exists():
+                if data is None:
+                    raise NotFound(f"content digest {digest}: not found")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(data, target)
+                _fsync_dir(target.parent)
+            if self._row(conn, s.namespace, digest) is not None:
+                raise AlreadyExists(f"content {digest}: already exists")
+            leases = [s.lease] if s.lease else []
+            conn.execute(insert(db.owners).values(namespace=s.namespace, digest=digest, size=size, created_at=now,
+                                                  updated_at=now, labels=json.dumps(labels),
+                                                  leases=json.dumps(leases)))
+        return Info(digest, size, now, now, labels, leases)
+
+    def _end(self, s: Session, remove: bool) -> None:
+        self.sessions.pop(s.id, None)
+        if s.fd >= 0:
+            os.close(s.fd)
+            s.fd = -1
+        if remove or read_meta(s.path) is None:
+            shutil.rmtree(s.path, ignore_errors=True)  # still under our lock
+        os.close(s.lock_fd)
+
+    def w_close(self, sid: str) -> None:
+        s = self.sessions.get(sid)
+        if s is None:
+            return
+        with s.mutex:
+            if s.id in self.sessions:
+                self._end(s, remove=False)
+
+    def expire(self, idle: float) -> list[str]:
+        """Close sessions nobody has used for ``idle`` seconds (their caller is gone)."""
+        now = time.monotonic()
+        old = [sid for sid, s in self.sessions.items() if now - s.touched > idle]
+        for sid in old:
+            self.w_close(sid)
+        return old
+
+    # -- checking ----------------------------------------------------------------------
+
+    def verify(self, rehash: bool = True) -> dict[str, list[str]]:
+        """Blobs whose bytes do not match their digest, blob files nobody owns, and
+        records whose file is missing."""
+        with self.reader.connect() as conn:
+            owned = {r.digest: r.size for r in conn.execute(select(db.owners.c.digest, db.owners.c.size))}
+        report: dict[str, list[str]] = {"corrupted": [], "orphaned": [], "missing": []}
+        on_disk: set[str] = set()
+        for alg in ALGORITHMS:
+            d = self.blobs / alg
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                digest = f"{alg}:{p.name}"
+                on_disk.add(digest)
+                if digest not in owned:
+                    report["orphaned"].append(digest)
+                    continue
+                if p.stat().st_size != owned[digest]:
+                    report["corrupted"].append(digest)
+                elif rehash:
+                    h = Hasher(alg)
+                    fd = os.open(p, os.O_RDONLY)
+                    try:
+                        h.catch_up(fd, owned[digest])
+                    finally:
+                        os.close(fd)
+                    if h.digest() != digest:
+                        report["corrupted"].append(digest)
+        report["missing"] = sorted(set(owned) - on_disk)
+        for v in report.values():
+            v.sort()
+        return report
