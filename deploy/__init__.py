@@ -20,6 +20,7 @@ from pathlib import Path
 # The processes of the suite, in start order: (name, module, host-local).
 SERVICES: tuple[tuple[str, str], ...] = (
     ("metadata", "flotilla.services.metadata"),
+    ("content", "flotilla.services.content"),
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222

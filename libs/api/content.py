@@ -240,6 +240,7 @@ class Writer:
         self.local = local and same_file(session.file)
         self._fd: int | None = None
         self._pending: list[asyncio.Task[Any]] = []
+        self._synced = self.offset
 
     def _subject(self, method: str) -> str:
         return instance_subject(self.client.prefix, self.session.instance, method)
@@ -254,7 +255,7 @@ class Writer:
 
     async def truncate(self) -> None:
         await self.flush()
-        self.offset = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
+        self.offset = self._synced = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
 
     async def write(self, data: bytes | memoryview) -> int:
         """Append ``data``; returns the offset after it (calls may still be in flight)."""
@@ -265,8 +266,10 @@ class Writer:
                 self._fd = await asyncio.to_thread(os.open, self.session.file.path, os.O_WRONLY)
             await asyncio.to_thread(_pwrite_all, self._fd, view, self.offset)
             self.offset += len(view)
-            # the service hashes what was written while we write the next piece
-            await self._launch(self._call(W_SYNC, SyncRequest(self.session.session, self.offset)), 2)
+            if self.offset - self._synced >= LOCAL_CHUNK:
+                # the service hashes what was written while we write the next pieces
+                self._synced = self.offset
+                await self._launch(self._call(W_SYNC, SyncRequest(self.session.session, self.offset)), 2)
             return self.offset
         for start in range(0, len(view), CHUNK):
             piece = bytes(view[start:start + CHUNK])

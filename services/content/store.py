@@ -259,7 +259,10 @@ class ContentStore:
             raise InvalidArgument("ref must not be empty: invalid argument")
         shared: Info | None = None
         if req.expected:
-            check_digest(req.expected)
+            err = digest_error(req.expected)
+            if err:
+                raise InvalidArgument("calculating expected blob path for writer: cannot calculate blob path "
+                                      f"from invalid digest: {err}: invalid argument")
             with self.reader.connect() as conn:
                 if self._row(conn, req.namespace, req.expected) is not None:
                     raise AlreadyExists(f"content {req.expected}: already exists")

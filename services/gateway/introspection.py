@@ -47,7 +47,7 @@ PLUGINS: tuple[PluginEntry, ...] = (
     PluginEntry("io.containerd.gc.v1", "scheduler", "metadata"),
     PluginEntry("io.containerd.runtime.v2", "task", "runtime", True, with_platform=True),
     PluginEntry("io.containerd.grpc.v1", "containers", "metadata"),
-    PluginEntry("io.containerd.grpc.v1", "content", "content", implemented=False),
+    PluginEntry("io.containerd.grpc.v1", "content", "content"),
     PluginEntry("io.containerd.grpc.v1", "diff", "snapshots", True, implemented=False),
     PluginEntry("io.containerd.grpc.v1", "events", ""),
     PluginEntry("io.containerd.grpc.v1", "images", "metadata"),

@@ -19,6 +19,7 @@ from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
 from .namespaces import NamespacesServicer
 from .containers import ContainersServicer
+from .content import ContentServicer
 from .images import ImagesServicer
 from .leases import LeasesServicer
 from .version import VersionServicer
@@ -49,6 +50,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     ContainersServicer.register(server, metadata, cfg.request_timeout)
     ImagesServicer.register(server, metadata, cfg.request_timeout)
     LeasesServicer.register(server, metadata, cfg.request_timeout)
+    await ContentServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

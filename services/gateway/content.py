@@ -1,0 +1,252 @@
+"""containerd.services.content.v1.Content, backed by the content service.
+
+On the content service's host (the blob and ingest files are the very files it names)
+bytes go straight between the gRPC stream and the files, NATS carries only control;
+elsewhere they go as chunks over NATS. Same rules and status codes either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import empty_pb2
+from grpc import aio
+
+from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
+from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
+from flotilla.libs.api.content import ContentClient, Info, LocalFile, Status, Writer, digest_error
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
+from flotilla.libs.subjects import events as events_subject
+
+from .protomsg import set_timestamp
+from .rpc import namespace, streaming, unary
+
+log = logging.getLogger("flotilla.gateway.content")
+LEASE_KEY = "containerd-lease"
+READ_PIECE = 1 << 20        # bytes per Read response, as containerd sends them
+LOCAL_READ = 8 << 20        # bytes per pread from the blob file
+_CACHE_TTL = 2.0            # seconds a blob's local file is trusted without asking
+
+
+def _lease(context: aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == LEASE_KEY:
+            return value
+    return ""
+
+
+def _info_pb(info: Info, with_updated: bool = True) -> pbc.Info:
+    out = pbc.Info(digest=info.digest, size=info.size, labels=info.labels)
+    set_timestamp(out.created_at, info.created_at)
+    if with_updated:
+        set_timestamp(out.updated_at, info.updated_at)
+    return out
+
+
+def _status_pb(st: Status) -> pbc.Status:
+    out = pbc.Status(ref=st.ref, offset=st.offset, total=st.total, expected=st.expected)
+    set_timestamp(out.started_at, st.started_at)
+    set_timestamp(out.updated_at, st.updated_at)
+    return out
+
+
+def _valid(digest: str) -> None:
+    if digest_error(digest):
+        raise InvalidArgument(f'"{digest}" failed validation')
+
+
+class ContentServicer(pbc_grpc.ContentServicer):
+    def __init__(self, bus: Bus, cfg: Config) -> None:
+        self.bus, self.cfg = bus, cfg
+        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout)
+        # (namespace, digest) -> (file, when): ctr reads a blob as one Read call per MiB
+        self._files: dict[tuple[str, str], tuple[LocalFile | None, float]] = {}
+
+    @classmethod
+    async def register(cls, server: aio.Server, bus: Bus, cfg: Config) -> "ContentServicer":
+        servicer = cls(bus, cfg)
+        # a delete anywhere drops our cached file of that blob at once
+        await bus.subscribe(events_subject(cfg.prefix), servicer._on_event)
+        pbc_grpc.add_ContentServicer_to_server(servicer, server)
+        return servicer
+
+    async def _on_event(self, data: Any) -> None:
+        if isinstance(data, dict) and data.get("topic") == "/content/delete":
+            self._files.pop((data.get("namespace", ""), (data.get("fields") or {}).get("digest", "")), None)
+
+    async def _local_file(self, ns: str, digest: str) -> LocalFile | None:
+        hit = self._files.get((ns, digest))
+        if hit is not None and time.monotonic() - hit[1] < _CACHE_TTL:
+            return hit[0]
+        f = await self.content.local_file(ns, digest)
+        if len(self._files) > 4096:
+            self._files.clear()
+        self._files[(ns, digest)] = (f, time.monotonic())
+        return f
+
+    @unary("Content.Info")
+    async def Info(self, request: pbc.InfoRequest, context: aio.ServicerContext) -> pbc.InfoResponse:
+        ns = namespace(context)
+        _valid(request.digest)
+        return pbc.InfoResponse(info=_info_pb(await self.content.info(ns, request.digest)))
+
+    @unary("Content.Update")
+    async def Update(self, request: pbc.UpdateRequest, context: aio.ServicerContext) -> pbc.UpdateResponse:
+        ns = namespace(context)
+        _valid(request.info.digest)
+        info = Info(digest=request.info.digest, labels=dict(request.info.labels))
+        updated = await self.content.update(ns, info, list(request.update_mask.paths))
+        return pbc.UpdateResponse(info=_info_pb(updated))
+
+    @streaming("Content.List")
+    async def List(self, request: pbc.ListContentRequest, context: aio.ServicerContext) -> AsyncIterator[pbc.ListContentResponse]:
+        ns = namespace(context)
+        infos = await self.content.list(ns, list(request.filters))
+        for start in range(0, len(infos), 100):
+            yield pbc.ListContentResponse(info=[_info_pb(i, False) for i in infos[start:start + 100]])
+
+    @unary("Content.Delete")
+    async def Delete(self, request: pbc.DeleteContentRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
+        ns = namespace(context)
+        err = digest_error(request.digest)
+        if err:
+            raise InvalidArgument(err)
+        self._files.pop((ns, request.digest), None)
+        await self.content.delete(ns, request.digest)
+        return empty_pb2.Empty()
+
+    @streaming("Content.Read")
+    async def Read(self, request: pbc.ReadContentRequest, context: aio.ServicerContext) -> AsyncIterator[pbc.ReadContentResponse]:
+        ns = namespace(context)
+        digest = request.digest
+        err = digest_error(digest)
+        if err:
+            raise InvalidArgument(f"{digest}: {err}")
+        f = await self._local_file(ns, digest)
+        size = f.size if f is not None else (await self.content.info(ns, digest)).size
+        offset = max(0, request.offset)
+        if offset > size:
+            raise OutOfRange(f"read past object length {size} bytes")
+        want = request.size
+        end = size if want <= 0 or offset + want > size else offset + want
+        if f is None:
+            pos = offset
+            async for piece in self.content.read(ns, digest, offset, end - offset):
+                for i in range(0, len(piece), READ_PIECE):
+                    yield pbc.ReadContentResponse(offset=pos, data=piece[i:i + READ_PIECE])
+                    pos += min(READ_PIECE, len(piece) - i)
+            return
+        try:
+            fd = await asyncio.to_thread(os.open, f.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._files.pop((ns, digest), None)
+            raise NotFound(f"content digest {digest}: not found") from None
+        try:
+            pos = offset
+            # read ahead one big piece while gRPC sends the last one
+            nxt: asyncio.Future[bytes] | None = None
+            if pos < end:
+                nxt = asyncio.ensure_future(asyncio.to_thread(os.pread, fd, min(LOCAL_READ, end - pos), pos))
+            while nxt is not None:
+                data = await nxt
+                if not data:
+                    break
+                ahead = pos + len(data)
+                nxt = (asyncio.ensure_future(asyncio.to_thread(os.pread, fd, min(LOCAL_READ, end - ahead), ahead))
+                       if ahead < end else None)
+                view = memoryview(data)
+                for i in range(0, len(view), READ_PIECE):
+                    yield pbc.ReadContentResponse(offset=pos + i, data=bytes(view[i:i + READ_PIECE]))
+                pos = ahead
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    @unary("Content.Status")
+    async def Status(self, request: pbc.StatusRequest, context: aio.ServicerContext) -> pbc.StatusResponse:
+        ns = namespace(context)
+        try:
+            st = await self.content.status(ns, request.ref)
+        except FlotillaError as exc:
+            raise type(exc)(f'could not get status for ref "{request.ref}": {exc.message}') from None
+        return pbc.StatusResponse(status=_status_pb(st))
+
+    @unary("Content.ListStatuses")
+    async def ListStatuses(self, request: pbc.ListStatusesRequest, context: aio.ServicerContext) -> pbc.ListStatusesResponse:
+        ns = namespace(context)
+        statuses = await self.content.list_statuses(ns, list(request.filters))
+        return pbc.ListStatusesResponse(statuses=[_status_pb(s) for s in statuses])
+
+    @unary("Content.Abort")
+    async def Abort(self, request: pbc.AbortRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
+        ns = namespace(context)
+        await self.content.abort(ns, request.ref)
+        return empty_pb2.Empty()
+
+    @streaming("Content.Write")
+    async def Write(self, request_iterator: AsyncIterator[pbc.WriteContentRequest],
+                    context: aio.ServicerContext) -> AsyncIterator[pbc.WriteContentResponse]:
+        """containerd's Write rules: stat / write / commit, offsets checked, resumable by ref."""
+        ns = namespace(context)
+        requests = request_iterator.__aiter__()
+        try:
+            req = await requests.__anext__()
+        except StopAsyncIteration:
+            return
+        if not req.ref:
+            raise InvalidArgument("first message must have a reference")
+        ref, total, expected = req.ref, req.total, req.expected
+        w: Writer = await self.content.writer(ns, ref, total, expected, _lease(context))
+        try:
+            while True:
+                msg = pbc.WriteContentResponse(action=req.action, offset=w.offset)
+                if req.expected:
+                    expected = req.expected
+                    if await self._exists(ns, req.expected):
+                        await w.close()
+                        try:
+                            await self.content.abort(ns, ref)
+                        except FlotillaError:
+                            pass
+                        raise AlreadyExists(f"blob with expected digest {req.expected} exists")
+                if req.total > 0:
+                    total = req.total
+                if req.action == pbc.STAT:
+                    st = await w.status()
+                    msg.digest, msg.total = st.digest, total
+                    set_timestamp(msg.started_at, st.started_at)
+                    set_timestamp(msg.updated_at, st.updated_at)
+                elif req.action in (pbc.WRITE, pbc.COMMIT):
+                    if req.offset > 0 and req.offset != w.offset:
+                        raise OutOfRange(f"write @{req.offset} must occur at current offset {w.offset}")
+                    if req.offset == 0 and w.offset > 0:
+                        await w.truncate()
+                        msg.offset = 0
+                    if req.data:
+                        msg.offset = await w.write(req.data)
+                    if req.action == pbc.COMMIT:
+                        info = await w.commit(total, expected, dict(req.labels))
+                        msg.digest = info.digest
+                        msg.offset = info.size
+                yield msg
+                if req.action == pbc.COMMIT:
+                    return
+                try:
+                    req = await requests.__anext__()
+                except StopAsyncIteration:
+                    return
+        finally:
+            await w.close()
+
+    async def _exists(self, ns: str, digest: str) -> bool:
+        try:
+            await self.content.info(ns, digest)
+            return True
+        except (NotFound, InvalidArgument):
+            return False
