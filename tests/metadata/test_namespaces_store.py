@@ -1,17 +1,10 @@
-"""Namespace rules of the metadata store, with containerd's messages (SQLite)."""
-
-from pathlib import Path
+"""Namespace rules of the metadata store, with containerd's messages (SQLite and PostgreSQL)."""
 
 import pytest
 
 from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
 from flotilla.services.metadata.api import Namespace
 from flotilla.services.metadata.store import MetadataStore
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> MetadataStore:
-    return MetadataStore.open(f"sqlite:///{tmp_path / 'meta.db'}")
 
 
 def test_create_get_list_update_delete(store: MetadataStore) -> None:

@@ -1,0 +1,74 @@
+"""Debian's PostgreSQL 15 in a temporary directory on a free loopback port, for tests.
+
+Runs as the ``postgres`` user (PostgreSQL refuses root); each caller gets its own
+database from ``new_database``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+from flotilla.deploy import free_port
+
+BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def available() -> bool:
+    return (BIN / "initdb").exists() and shutil.which("runuser") is not None
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="flotilla-pg-"))
+        self.data = self.base / "data"
+        self.port = free_port()
+        self.started = False
+
+    def _as_postgres(self, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+
+    def start(self) -> None:
+        shutil.chown(self.base, "postgres", "postgres")
+        self._as_postgres(str(BIN / "initdb"), "-D", str(self.data), "--auth=trust", "-U", "postgres",
+                          "-E", "UTF8", "--no-sync")
+        self._as_postgres(str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w",
+                          "-o", f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off",
+                          "start")
+        self.started = True
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg2
+        name = "t" + uuid.uuid4().hex[:12]
+        conn = psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+        conn.close()
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.started:
+            subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(self.data),
+                            "-m", "immediate", "-w", "stop"], check=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+            self.started = False
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "PostgresServer":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
