@@ -1,0 +1,257 @@
+"""The runtime service's contract: host-local subjects, records, and its client over the bus.
+
+Subjects are ``<prefix>.runtime.<host>.<method>``: a task lives on one host, and only that
+host's runtime service can act on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..bus import Bus
+from ..errors import DeadlineExceeded, Unavailable
+from ..subjects import local
+from ..wire import from_wire
+
+SERVICE = "runtime"
+
+# methods; each request is the msgpack map of the record named beside it
+CREATE = "tasks.create"          # CreateTask -> ProcessInfo
+START = "tasks.start"            # ProcessRef -> ProcessInfo
+DELETE = "tasks.delete"          # ProcessRef -> Exit
+GET = "tasks.get"                # ProcessRef -> ProcessInfo
+LIST = "tasks.list"              # TaskList -> list[ProcessInfo]
+KILL = "tasks.kill"              # Kill -> None
+EXEC = "tasks.exec"              # Exec -> None
+RESIZE = "tasks.resize"          # Resize -> None
+CLOSE_IO = "tasks.closeio"       # ProcessRef -> None
+PAUSE = "tasks.pause"            # ProcessRef -> None
+RESUME = "tasks.resume"          # ProcessRef -> None
+PIDS = "tasks.pids"              # ProcessRef -> list[PidInfo]
+CHECKPOINT = "tasks.checkpoint"  # Checkpoint -> CheckpointResult
+UPDATE = "tasks.update"          # Update -> None
+METRICS = "tasks.metrics"        # MetricsQuery -> list[TaskMetrics]
+WAIT = "tasks.wait"              # WaitFor -> Exit (exited False while still running)
+
+# task and process states, as containerd names them
+CREATED, RUNNING, STOPPED, PAUSED, PAUSING, UNKNOWN = "created", "running", "stopped", "paused", "pausing", "unknown"
+
+
+def subject(prefix: str, host: str, method: str) -> str:
+    return local(prefix, SERVICE, host, method)
+
+
+@dataclass
+class Mount:
+    """A rootfs mount as containerd's snapshotters return it."""
+    type: str
+    source: str
+    target: str = ""
+    options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stdio:
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+
+
+@dataclass
+class CreateTask:
+    namespace: str
+    id: str
+    spec: bytes                            # the OCI runtime spec, JSON
+    runtime: str = "io.containerd.runc.v2"  # the container's runtime name
+    binary: str = ""                       # runc options' BinaryName, or the request's runtime path
+    rootfs: list[Mount] = field(default_factory=list)
+    stdio: Stdio = field(default_factory=Stdio)
+    checkpoint: str = ""                   # a directory of CRIU images to restore from
+
+
+@dataclass
+class ProcessRef:
+    namespace: str
+    id: str
+    exec_id: str = ""                      # "" = the task's init process
+
+
+@dataclass
+class TaskList:
+    namespace: str
+
+
+@dataclass
+class ProcessInfo:
+    id: str                                # container id
+    exec_id: str = ""
+    pid: int = 0
+    status: str = UNKNOWN
+    stdio: Stdio = field(default_factory=Stdio)
+    exit_status: int = 0
+    exited_at_ns: int = 0
+    bundle: str = ""
+    runtime: str = ""
+
+
+@dataclass
+class Exit:
+    exited: bool = True
+    pid: int = 0
+    exit_status: int = 0
+    exited_at_ns: int = 0
+
+
+@dataclass
+class Kill:
+    namespace: str
+    id: str
+    exec_id: str = ""
+    signal: int = 15
+    all: bool = False
+
+
+@dataclass
+class Exec:
+    namespace: str
+    id: str
+    exec_id: str
+    spec: bytes                            # the OCI process spec, JSON
+    stdio: Stdio = field(default_factory=Stdio)
+
+
+@dataclass
+class Resize:
+    namespace: str
+    id: str
+    exec_id: str = ""
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class CloseIO:
+    namespace: str
+    id: str
+    exec_id: str = ""
+    stdin: bool = True
+
+
+@dataclass
+class PidInfo:
+    pid: int
+    exec_id: str = ""
+
+
+@dataclass
+class Checkpoint:
+    namespace: str
+    id: str
+    path: str = ""                         # image directory; "" = a new one under the state dir
+    exit: bool = False                     # stop the task after checkpointing
+
+
+@dataclass
+class CheckpointResult:
+    path: str
+
+
+@dataclass
+class Update:
+    namespace: str
+    id: str
+    resources: bytes = b""                 # OCI LinuxResources, JSON
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MetricsQuery:
+    namespace: str
+    ids: list[str] = field(default_factory=list)  # empty: every task of the namespace
+
+
+@dataclass
+class TaskMetrics:
+    id: str
+    timestamp_ns: int
+    cgroup: str = "v1"                     # which cgroup hierarchy the figures come from
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WaitFor:
+    namespace: str
+    id: str
+    exec_id: str = ""
+    max_wait: float = 20.0                 # answer ``exited=False`` after this long; call again
+
+
+class RuntimeClient:
+    """Calls one host's runtime service. Reads are retried while it restarts; Wait long-polls."""
+
+    def __init__(self, bus: Bus, prefix: str, host: str) -> None:
+        self.bus, self.prefix, self.host = bus, prefix, host
+
+    async def _call(self, method: str, payload: object, timeout: float, idempotent: bool = False) -> Any:
+        return await self.bus.request(subject(self.prefix, self.host, method), payload,
+                                      timeout=timeout, idempotent=idempotent)
+
+    async def create(self, req: CreateTask, timeout: float = 60.0) -> ProcessInfo:
+        return from_wire(ProcessInfo, await self._call(CREATE, req, timeout))
+
+    async def start(self, ref: ProcessRef, timeout: float = 60.0) -> ProcessInfo:
+        return from_wire(ProcessInfo, await self._call(START, ref, timeout))
+
+    async def delete(self, ref: ProcessRef, timeout: float = 60.0) -> Exit:
+        return from_wire(Exit, await self._call(DELETE, ref, timeout))
+
+    async def get(self, ref: ProcessRef, timeout: float = 10.0) -> ProcessInfo:
+        return from_wire(ProcessInfo, await self._call(GET, ref, timeout, True))
+
+    async def list(self, namespace: str, timeout: float = 10.0) -> list[ProcessInfo]:
+        return [from_wire(ProcessInfo, d) for d in await self._call(LIST, TaskList(namespace), timeout, True)]
+
+    async def kill(self, req: Kill, timeout: float = 10.0) -> None:
+        await self._call(KILL, req, timeout)
+
+    async def exec(self, req: Exec, timeout: float = 10.0) -> None:
+        await self._call(EXEC, req, timeout)
+
+    async def resize(self, req: Resize, timeout: float = 10.0) -> None:
+        await self._call(RESIZE, req, timeout, True)
+
+    async def close_io(self, req: CloseIO, timeout: float = 10.0) -> None:
+        await self._call(CLOSE_IO, req, timeout, True)
+
+    async def pause(self, ref: ProcessRef, timeout: float = 30.0) -> None:
+        await self._call(PAUSE, ref, timeout)
+
+    async def resume(self, ref: ProcessRef, timeout: float = 30.0) -> None:
+        await self._call(RESUME, ref, timeout)
+
+    async def pids(self, ref: ProcessRef, timeout: float = 10.0) -> list[PidInfo]:
+        return [from_wire(PidInfo, d) for d in await self._call(PIDS, ref, timeout, True)]
+
+    async def checkpoint(self, req: Checkpoint, timeout: float = 120.0) -> CheckpointResult:
+        return from_wire(CheckpointResult, await self._call(CHECKPOINT, req, timeout))
+
+    async def update(self, req: Update, timeout: float = 30.0) -> None:
+        await self._call(UPDATE, req, timeout)
+
+    async def metrics(self, query: MetricsQuery, timeout: float = 10.0) -> list[TaskMetrics]:
+        return [from_wire(TaskMetrics, d) for d in await self._call(METRICS, query, timeout, True)]
+
+    async def wait(self, ref: ProcessRef, poll: float = 20.0) -> Exit:
+        """Block until the process exits, across restarts of the runtime service."""
+        import asyncio
+        while True:
+            try:
+                data = await self._call(WAIT, WaitFor(ref.namespace, ref.id, ref.exec_id, poll), poll + 5.0)
+            except (DeadlineExceeded, Unavailable):
+                await asyncio.sleep(0.2)  # the service is restarting: ask again
+                continue
+            exit_ = from_wire(Exit, data)
+            if exit_.exited:
+                return exit_

@@ -1,0 +1,510 @@
+"""The runtime engine: tasks on an OCI runtime, each process under its own supervisor.
+
+Importable and testable without NATS: events go through the ``publish`` callable it is given.
+Every process runs under a ``flotilla-shim`` (see supervisor.py), so the engine holds no
+container's stdio or exit: it can be killed and restarted at any time, and ``recover``
+re-adopts what is still running and reports exits that happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from flotilla.libs.api.runtime import (
+    CREATED, PAUSED, RUNNING, STOPPED, CheckpointResult, Exit, Mount, PidInfo, ProcessInfo, Stdio,
+    TaskMetrics,
+)
+from flotilla.libs.errors import (
+    AlreadyExists, FailedPrecondition, FlotillaError, InvalidArgument, NotFound, Unknown,
+)
+from flotilla.libs.identifiers import validate_identifier
+
+from . import cgroups, mounts, supervisor
+from .oci import OciRuntime, RuntimeFailed, log_error
+from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
+
+log = logging.getLogger("flotilla.runtime")
+
+Publish = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+RUNC_V2 = "io.containerd.runc.v2"
+
+
+def default_binary() -> str:
+    """The OCI runtime used when the container names none (``FLOTILLA_OCI_RUNTIME``)."""
+    return os.environ.get("FLOTILLA_OCI_RUNTIME", "runc")
+
+
+def binary_for(runtime_name: str, binary: str) -> str:
+    """runc options' BinaryName wins; a runtime name mentioning crun or runc selects it."""
+    if binary:
+        return binary
+    last = runtime_name.rsplit("/", 1)[-1]
+    for known in ("crun", "runc"):
+        if known in last and last != RUNC_V2 and "runc.v1" not in last:
+            return known
+    return default_binary()
+
+
+def _not_found(id: str) -> NotFound:
+    return NotFound(f"task {id} not found")
+
+
+def _unknown(text: str) -> Unknown:
+    return Unknown(text if text.endswith(": unknown") else f"{text}: unknown")
+
+
+class Engine:
+    def __init__(self, state: Path, publish: Publish, shim: Path | None = None) -> None:
+        self.base = state / "runtime"
+        self.publish = publish
+        self.shim = shim or supervisor.locate()
+        self.tasks: dict[tuple[str, str], Task] = {}
+        self._watchers: set[asyncio.Future[None]] = set()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _bundle(self, ns: str, id: str) -> Path:
+        return self.base / "tasks" / ns / id
+
+    def _task(self, ns: str, id: str) -> Task:
+        task = self.tasks.get((ns, id))
+        if task is None or task.deleted:
+            raise _not_found(id)
+        return task
+
+    def _proc(self, task: Task, exec_id: str) -> Proc:
+        if not exec_id:
+            return task.init
+        proc = task.execs.get(exec_id)
+        if proc is None:
+            raise NotFound(f"process {exec_id} does not exist: not found")
+        return proc
+
+    async def _event(self, topic: str, ns: str, type_name: str, **fields: Any) -> None:
+        try:
+            await self.publish(topic, ns, f"containerd.events.{type_name}", fields)
+        except Exception:  # an event lost must not fail the call that changed the state
+            log.exception("publishing %s failed", topic)
+
+    def _watch(self, task: Task, proc: Proc) -> None:
+        fut = supervisor.watch(proc.rec.shim_pid)
+        self._watchers.add(fut)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._watchers.discard(f)
+            if not f.cancelled():
+                t = asyncio.ensure_future(self._exited(task, proc))
+                self._watchers.add(t)  # type: ignore[arg-type]
+                t.add_done_callback(self._watchers.discard)  # type: ignore[arg-type]
+        fut.add_done_callback(done)
+
+    async def _exited(self, task: Task, proc: Proc) -> None:
+        """The supervisor is gone: take the exit it recorded and report it once."""
+        async with proc.lock:
+            if proc.exit is None:
+                recorded = await asyncio.to_thread(read_exit, proc.exit_file)
+                # a supervisor killed without recording: containerd reports a dead shim as 255
+                status, at = recorded or (255, time.time_ns())
+                proc.set_exit(proc.rec.pid, status, at)
+            await self._report_exit(task, proc)
+
+    async def _report_exit(self, task: Task, proc: Proc) -> None:
+        if proc.reported_file.exists() or task.deleted or proc.exit is None:
+            return
+        ns, id = task.rec.namespace, task.rec.id
+        if proc is task.init and task.rec.cgroups_path:
+            kills = await asyncio.to_thread(cgroups.oom_kills, task.rec.cgroups_path)
+            if kills:
+                await self._event("/tasks/oom", ns, "TaskOOM", container_id=id)
+        await self._event("/tasks/exit", ns, "TaskExit", container_id=id, id=proc.rec.exec_id or id,
+                          pid=proc.exit.pid, exit_status=proc.exit.exit_status, exited_at=proc.exit.exited_at_ns)
+        try:
+            proc.reported_file.touch()
+        except OSError:
+            pass  # the task was deleted meanwhile
+
+    # -- create / start / delete -------------------------------------------------------
+
+    async def create(self, ns: str, id: str, spec_json: bytes, runtime_name: str = RUNC_V2, binary: str = "",
+                     rootfs: list[Mount] | None = None, stdio: Stdio | None = None,
+                     checkpoint: str = "") -> ProcessInfo:
+        validate_identifier(ns)
+        validate_identifier(id)
+        stdio = stdio or Stdio()
+        rootfs = rootfs or []
+        if (ns, id) in self.tasks and not self.tasks[(ns, id)].deleted:
+            raise AlreadyExists(f"task {id}: already exists")
+        try:
+            spec = json.loads(spec_json or b"null")
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid OCI spec: {exc}: invalid argument") from None
+        if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
+            raise InvalidArgument("invalid OCI spec: no process: invalid argument")
+        bundle = self._bundle(ns, id)
+        name = binary_for(runtime_name, binary)
+        oci = OciRuntime(name, self.base / "oci" / Path(name).name / ns)
+        rec = TaskRecord(namespace=ns, id=id, runtime_name=runtime_name or RUNC_V2, binary=name,
+                         root=str(oci.root), cgroups_path=str((spec.get("linux") or {}).get("cgroupsPath") or ""),
+                         rootfs=rootfs, checkpoint=checkpoint, init=ProcRecord(stdio=stdio))
+        task = Task(bundle, rec, Proc(bundle, rec.init))
+        self.tasks[(ns, id)] = task  # reserved: a concurrent create of the same id fails
+        try:
+            async with task.lock:
+                await self._create(task, spec_json, oci)
+        except BaseException:
+            self.tasks.pop((ns, id), None)
+            raise
+        await self._event("/tasks/create", ns, "TaskCreate", container_id=id, bundle=str(bundle),
+                          rootfs=[asdict(m) for m in rootfs], io=asdict(stdio), checkpoint=checkpoint,
+                          pid=task.init.rec.pid)
+        return task.init.info(id)
+
+    async def _create(self, task: Task, spec_json: bytes, oci: OciRuntime) -> None:
+        bundle, rec = task.bundle, task.rec
+        if bundle.exists():  # left by a task whose delete was interrupted
+            await mounts.unmount_all(bundle / "rootfs")
+            await asyncio.to_thread(shutil.rmtree, bundle, True)
+        await asyncio.to_thread(lambda: (bundle / "rootfs").mkdir(parents=True))
+        await asyncio.to_thread(oci.root.mkdir, parents=True, exist_ok=True)
+        try:
+            await asyncio.to_thread((bundle / "config.json").write_bytes, spec_json)
+            if rec.rootfs:
+                await mounts.mount_all(rec.rootfs, bundle / "rootfs")
+            task.save()
+            logf = bundle / "log.json"
+            if rec.checkpoint:
+                cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
+                       "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
+            else:
+                cmd = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
+            if rec.init.stdio.terminal:
+                cmd += ["--console-socket", "@CONSOLE@"]
+            argv = oci.argv("--log", str(logf), "--log-format", "json", *cmd, rec.id)
+            try:
+                started = await supervisor.spawn(self.shim, bundle, rec.init.stdio, argv)
+            except supervisor.SupervisorFailed as exc:
+                text = await asyncio.to_thread(log_error, logf) or str(exc)
+                verb = "restore" if rec.checkpoint else "create"
+                raise _unknown(f"OCI runtime {verb} failed: {Path(rec.binary).name} {verb} failed: {text}") from None
+            rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
+            rec.init.started = bool(rec.checkpoint)
+            task.init.status = RUNNING if rec.checkpoint else CREATED
+            task.save()
+        except BaseException:
+            await oci.delete(rec.id, force=True)
+            await mounts.unmount_all(bundle / "rootfs")
+            await asyncio.to_thread(shutil.rmtree, bundle, True)
+            raise
+        self._watch(task, task.init)
+
+    async def start(self, ns: str, id: str, exec_id: str = "") -> ProcessInfo:
+        task = self._task(ns, id)
+        if exec_id:
+            return await self._start_exec(task, self._proc(task, exec_id))
+        proc = task.init
+        async with task.lock, proc.lock:
+            if proc.status == RUNNING or proc.status == PAUSED:
+                raise _unknown(f"cannot start a {'running' if proc.status == RUNNING else 'paused'} process")
+            if proc.status == STOPPED:
+                raise _unknown("cannot start a stopped process")
+            try:
+                await task.oci.start(id)
+            except RuntimeFailed as exc:
+                raise _unknown(f"OCI runtime start failed: {exc.text}") from None
+            proc.status = RUNNING
+            proc.rec.started = True
+            await asyncio.to_thread(task.save)
+            await self._event("/tasks/start", ns, "TaskStart", container_id=id, pid=proc.rec.pid)
+        return proc.info(id)
+
+    async def _start_exec(self, task: Task, proc: Proc) -> ProcessInfo:
+        id = task.rec.id
+        async with proc.lock:
+            if proc.rec.started:
+                raise _unknown("cannot start a running process" if proc.exit is None else "cannot start a stopped process")
+            if task.init.status != RUNNING:
+                raise _unknown(f"cannot exec in a {task.init.status} state")
+            cmd = ["exec", "--detach", "--process", str(proc.dir / "process.json"),
+                   "--pid-file", str(proc.dir / "pid")]
+            if proc.rec.stdio.terminal:
+                cmd += ["--console-socket", "@CONSOLE@"]
+            logf = proc.dir / "log.json"
+            argv = task.oci.argv("--log", str(logf), "--log-format", "json", *cmd, id)
+            try:
+                started = await supervisor.spawn(self.shim, proc.dir, proc.rec.stdio, argv)
+            except supervisor.SupervisorFailed as exc:
+                text = await asyncio.to_thread(log_error, logf) or str(exc)
+                raise _unknown(f"OCI runtime exec failed: {text}") from None
+            proc.rec.pid, proc.rec.shim_pid, proc.rec.started = started.pid, started.shim_pid, True
+            proc.status = RUNNING
+            await asyncio.to_thread(save_proc, proc)
+            await self._event("/tasks/exec-started", task.rec.namespace, "TaskExecStarted", container_id=id,
+                              exec_id=proc.rec.exec_id, pid=proc.rec.pid)
+        self._watch(task, proc)
+        return proc.info(id)
+
+    async def delete(self, ns: str, id: str, exec_id: str = "") -> Exit:
+        task = self._task(ns, id)
+        if exec_id:
+            return await self._delete_exec(task, exec_id)
+        proc = task.init
+        async with task.lock:
+            if proc.status in (RUNNING, PAUSED):
+                raise FailedPrecondition(f"cannot delete a {'running' if proc.status == RUNNING else 'paused'} "
+                                         "process: failed precondition")
+            if proc.status == CREATED and proc.exit is None:
+                # a created task is killed and removed, as containerd's createdState.Delete does
+                await task.oci.delete(id, force=True)
+                await proc.exited.wait()
+            for e in list(task.execs.values()):
+                if e.rec.started and e.exit is None:
+                    await e.exited.wait()
+            # report an exit not yet reported (e.g. it happened while we were down)
+            async with proc.lock:
+                await self._report_exit(task, proc)
+            try:
+                await task.oci.delete(id, force=True)
+            except RuntimeFailed as exc:
+                raise _unknown(f"failed to delete task: {exc.text}") from None
+            await mounts.unmount_all(task.bundle / "rootfs")
+            task.deleted = True
+            self.tasks.pop((ns, id), None)
+            await asyncio.to_thread(shutil.rmtree, task.bundle, True)
+        exit_ = proc.exit or Exit(True, proc.rec.pid, 255, time.time_ns())
+        await self._event("/tasks/delete", ns, "TaskDelete", container_id=id, pid=exit_.pid,
+                          exit_status=exit_.exit_status, exited_at=exit_.exited_at_ns)
+        return exit_
+
+    async def _delete_exec(self, task: Task, exec_id: str) -> Exit:
+        proc = self._proc(task, exec_id)
+        if proc.rec.started and proc.exit is None:
+            raise FailedPrecondition("cannot delete a running process: failed precondition")
+        task.execs.pop(exec_id, None)
+        await asyncio.to_thread(shutil.rmtree, proc.dir, True)
+        return proc.exit or Exit(True, 0, 0, 0)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def get(self, ns: str, id: str, exec_id: str = "") -> ProcessInfo:
+        task = self._task(ns, id)
+        info = self._proc(task, exec_id).info(id)
+        info.bundle, info.runtime = str(task.bundle), task.rec.runtime_name
+        return info
+
+    def list(self, ns: str) -> list[ProcessInfo]:
+        out = []
+        for (tns, id), task in sorted(self.tasks.items()):
+            if tns == ns and not task.deleted:
+                info = task.init.info(id)
+                info.bundle, info.runtime = str(task.bundle), task.rec.runtime_name
+                out.append(info)
+        return out
+
+    async def wait(self, ns: str, id: str, exec_id: str = "", max_wait: float = 20.0) -> Exit:
+        proc = self._proc(self._task(ns, id), exec_id)
+        try:
+            await asyncio.wait_for(proc.exited.wait(), max_wait)
+        except asyncio.TimeoutError:
+            return Exit(exited=False)
+        assert proc.exit is not None
+        return proc.exit
+
+    async def pids(self, ns: str, id: str) -> list[PidInfo]:
+        task = self._task(ns, id)
+        if task.init.exit is not None:
+            return []
+        by_pid = {p.rec.pid: e for e, p in task.execs.items() if p.rec.pid and p.exit is None}
+        return [PidInfo(pid, by_pid.get(pid, "")) for pid in await task.oci.ps(id)]
+
+    # -- signals and state changes -----------------------------------------------------
+
+    async def kill(self, ns: str, id: str, exec_id: str = "", signal: int = 15, all: bool = False) -> None:
+        task = self._task(ns, id)
+        proc = self._proc(task, exec_id)
+        if exec_id:
+            if not proc.rec.started:
+                raise FailedPrecondition("process not created: failed precondition")
+            if proc.exit is not None:
+                raise NotFound("process already finished: not found")
+            try:
+                os.kill(proc.rec.pid, signal)
+            except ProcessLookupError:
+                raise NotFound("process already finished: not found") from None
+            return
+        if proc.exit is not None:
+            raise NotFound("process already finished: not found")
+        await task.oci.kill(id, signal, all)
+
+    async def pause(self, ns: str, id: str) -> None:
+        task = self._task(ns, id)
+        async with task.lock:
+            status = task.init.status
+            if status == CREATED:
+                raise _unknown("cannot pause task in created state")
+            if status == PAUSED:
+                raise _unknown("cannot pause a paused container")
+            if status == STOPPED:
+                raise _unknown("cannot pause a stopped container")
+            try:
+                await task.oci.pause(id)
+            except RuntimeFailed as exc:
+                raise _unknown(exc.text) from None
+            task.init.status = PAUSED
+        await self._event("/tasks/paused", ns, "TaskPaused", container_id=id)
+
+    async def resume(self, ns: str, id: str) -> None:
+        task = self._task(ns, id)
+        async with task.lock:
+            status = task.init.status
+            if status == CREATED:
+                raise _unknown("cannot resume task in created state")
+            if status == RUNNING:
+                raise _unknown("cannot resume a running process")
+            if status == STOPPED:
+                raise _unknown("cannot resume a stopped container")
+            try:
+                await task.oci.resume(id)
+            except RuntimeFailed as exc:
+                raise _unknown(exc.text) from None
+            task.init.status = RUNNING
+        await self._event("/tasks/resumed", ns, "TaskResumed", container_id=id)
+
+    async def exec(self, ns: str, id: str, exec_id: str, spec_json: bytes, stdio: Stdio | None = None) -> None:
+        task = self._task(ns, id)
+        if not exec_id:
+            raise InvalidArgument("exec id cannot be empty")
+        validate_identifier(exec_id)
+        if exec_id in task.execs:
+            raise AlreadyExists(f"id {exec_id}: already exists")
+        if task.init.status != RUNNING:
+            raise _unknown(f"cannot exec in a {task.init.status} state")
+        try:
+            process = json.loads(spec_json or b"null")
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid process spec: {exc}: invalid argument") from None
+        if not isinstance(process, dict) or not process.get("args"):
+            raise InvalidArgument("invalid process spec: args must not be empty: invalid argument")
+        d = task.bundle / "execs" / exec_id
+        proc = Proc(d, ProcRecord(exec_id=exec_id, stdio=stdio or Stdio()))
+        task.execs[exec_id] = proc
+
+        def write() -> None:
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "process.json").write_text(json.dumps(process))
+            save_proc(proc)
+        await asyncio.to_thread(write)
+        await self._event("/tasks/exec-added", ns, "TaskExecAdded", container_id=id, exec_id=exec_id)
+
+    def _ctl(self, proc: Proc, line: str) -> None:
+        try:
+            fd = os.open(proc.dir / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            raise NotFound("process already finished: not found") from None
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    async def resize(self, ns: str, id: str, exec_id: str, width: int, height: int) -> None:
+        proc = self._proc(self._task(ns, id), exec_id)
+        if proc.exit is not None:
+            raise _unknown("cannot resize a stopped container")
+        if proc.rec.stdio.terminal and proc.rec.shim_pid:
+            await asyncio.to_thread(self._ctl, proc, f"resize {width} {height}\n")
+
+    async def close_io(self, ns: str, id: str, exec_id: str) -> None:
+        proc = self._proc(self._task(ns, id), exec_id)
+        if proc.exit is None and proc.rec.shim_pid:
+            await asyncio.to_thread(self._ctl, proc, "closestdin\n")
+
+    async def update(self, ns: str, id: str, resources: bytes) -> None:
+        task = self._task(ns, id)
+        if task.init.exit is not None:
+            raise _unknown("cannot update a stopped container")
+        try:
+            json.loads(resources or b"{}")
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid resources: {exc}: invalid argument") from None
+        try:
+            await task.oci.update(id, resources or b"{}")
+        except RuntimeFailed as exc:
+            raise _unknown(exc.text) from None
+
+    async def checkpoint(self, ns: str, id: str, path: str = "", exit: bool = False) -> CheckpointResult:
+        task = self._task(ns, id)
+        if task.init.status != RUNNING:
+            raise FailedPrecondition(f"cannot checkpoint a task in {task.init.status} state: failed precondition")
+        image = Path(path) if path else task.bundle / "checkpoint" / str(time.time_ns())
+        work = task.bundle / "criu-work"
+        await asyncio.to_thread(image.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
+        try:
+            await task.oci.checkpoint(id, image, work, leave_running=not exit)
+        except RuntimeFailed as exc:
+            dump_log = work / "dump.log"
+            raise _unknown(f"checkpoint failed (criu refused; see {dump_log}): {exc.text}") from None
+        await self._event("/tasks/checkpointed", ns, "TaskCheckpointed", container_id=id, checkpoint=str(image))
+        return CheckpointResult(str(image))
+
+    async def metrics(self, ns: str, ids: list[str]) -> list[TaskMetrics]:
+        wanted = [t for (tns, tid), t in sorted(self.tasks.items())
+                  if tns == ns and not t.deleted and (not ids or tid in ids)]
+        out = []
+        for task in wanted:
+            kind, stats = await asyncio.to_thread(cgroups.stats, task.rec.cgroups_path) \
+                if task.rec.cgroups_path else ("v1", {})
+            out.append(TaskMetrics(task.rec.id, time.time_ns(), kind, stats))
+        return out
+
+    # -- recovery ----------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Re-adopt every task under the state dir; report exits missed while we were down."""
+        root = self.base / "tasks"
+        found = await asyncio.to_thread(lambda: sorted(root.glob("*/*/task.json")) if root.exists() else [])
+        for path in found:
+            bundle = path.parent
+            try:
+                task = await asyncio.to_thread(Task.load, bundle)
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("skipping %s: %s", bundle, exc)
+                continue
+            if not task.rec.init.shim_pid:
+                continue  # its create never finished; a later create of the id clears it
+            for d in await asyncio.to_thread(lambda: sorted((bundle / "execs").glob("*/proc.json"))):
+                try:
+                    proc = await asyncio.to_thread(load_proc, d.parent)
+                except (OSError, ValueError, TypeError):
+                    continue
+                task.execs[proc.rec.exec_id] = proc
+            self.tasks[(task.rec.namespace, task.rec.id)] = task
+            await self._adopt(task, task.init)
+            for proc in task.execs.values():
+                if proc.rec.started:
+                    await self._adopt(task, proc)
+        return len(found)
+
+    async def _adopt(self, task: Task, proc: Proc) -> None:
+        if await asyncio.to_thread(supervisor.is_supervisor, proc.rec.shim_pid):
+            if proc is task.init:
+                state = await task.oci.state(task.rec.id)
+                status = (state or {}).get("status", "")
+                proc.status = {"created": CREATED, "paused": PAUSED}.get(status, RUNNING)
+            else:
+                proc.status = RUNNING
+            self._watch(task, proc)
+        else:
+            await self._exited(task, proc)
+
+    async def close(self) -> None:
+        for fut in list(self._watchers):
+            fut.cancel()

@@ -1,0 +1,120 @@
+"""The OCI runtime binary (runc or crun): its commands, run as asyncio subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flotilla.libs.errors import FailedPrecondition, NotFound, Unknown
+
+_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+def error_text(stderr: str) -> str:
+    """runc's last error message (``level=error msg="..."``), or crun's last line."""
+    found = _MSG.findall(stderr)
+    if found:
+        return found[-1].replace('\\"', '"')
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def log_error(path: Path) -> str:
+    """The last error runc/crun wrote to its JSON log (``--log --log-format json``)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") == "error" and entry.get("msg"):
+            return str(entry["msg"])
+    return ""
+
+
+def kill_error(text: str) -> Exception:
+    """containerd's mapping of a failed kill (pkg/process' checkKillError)."""
+    low = text.lower()
+    if "container not running" in text or "no such process" in low or "process already finished" in text:
+        return NotFound("process already finished: not found")
+    if "does not exist" in text:
+        return NotFound("no such container: not found")
+    return Unknown(f"unknown error after kill: {text}: unknown")
+
+
+class RuntimeFailed(Exception):
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+@dataclass(frozen=True)
+class OciRuntime:
+    binary: str         # "runc", "crun" or a path
+    root: Path          # its state root (--root), one per binary and namespace
+
+    @property
+    def path(self) -> str:
+        return shutil.which(self.binary) or self.binary
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.path, "--root", str(self.root), *args]
+
+    async def run(self, *args: str, stdin: bytes | None = None) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(*args), stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate(stdin)
+        if proc.returncode != 0:
+            raise RuntimeFailed(error_text(err.decode(errors="replace")))
+        return out.decode(errors="replace")
+
+    async def start(self, id: str) -> None:
+        await self.run("start", id)
+
+    async def kill(self, id: str, signal: int, all: bool = False) -> None:
+        try:
+            await self.run("kill", *(["--all"] if all else []), id, str(signal))
+        except RuntimeFailed as exc:
+            raise kill_error(exc.text) from None
+
+    async def delete(self, id: str, force: bool = False) -> None:
+        try:
+            await self.run("delete", *(["--force"] if force else []), id)
+        except RuntimeFailed as exc:
+            if "does not exist" not in exc.text and "No such file" not in exc.text:
+                raise
+
+    async def pause(self, id: str) -> None:
+        await self.run("pause", id)
+
+    async def resume(self, id: str) -> None:
+        await self.run("resume", id)
+
+    async def state(self, id: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(await self.run("state", id))
+        except (RuntimeFailed, ValueError):
+            return None
+
+    async def ps(self, id: str) -> list[int]:
+        try:
+            out = await self.run("ps", "--format", "json", id)
+        except RuntimeFailed as exc:
+            raise FailedPrecondition(f"{exc.text}: failed precondition") from None
+        return [int(p) for p in (json.loads(out) or [])]
+
+    async def update(self, id: str, resources: bytes) -> None:
+        await self.run("update", "--resources", "-", id, stdin=resources)
+
+    async def checkpoint(self, id: str, image: Path, work: Path, leave_running: bool) -> None:
+        await self.run("checkpoint", "--image-path", str(image), "--work-path", str(work),
+                       *(["--leave-running"] if leave_running else []), id)

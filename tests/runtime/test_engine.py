@@ -1,0 +1,184 @@
+"""The runtime engine on real runc and crun, with the real C supervisor; no NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flotilla.libs.api.runtime import CREATED, PAUSED, RUNNING, STOPPED, Stdio
+from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown
+from flotilla.services.runtime.engine import Engine
+
+from .conftest import Recorder, fifo_paths, make_spec, process_spec
+
+NS = "rt-test"
+
+
+def _reader(path: str, out: list[bytes]) -> threading.Thread:
+    """Read a FIFO to EOF, as ctr does with a task's stdout."""
+    def run() -> None:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _id() -> str:
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+@pytest.mark.parametrize("binary", ["runc"])
+async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder], rootfs: Path, tmp_path: Path,
+                                                binary: str) -> None:
+    eng, rec = engine
+    id = _id()
+    stdin, stdout, stderr = fifo_paths(tmp_path)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    threads = [_reader(stdout, out), _reader(stderr, err)]
+    spec = make_spec(str(rootfs), ["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+    info = await eng.create(NS, id, spec, binary=binary, stdio=Stdio(stdin, stdout, stderr))
+    assert info.status == CREATED and info.pid > 0
+    assert (await eng.start(NS, id)).status == RUNNING
+    exit_ = await eng.wait(NS, id)
+    assert exit_.exited and exit_.exit_status == 3
+    for t in threads:
+        t.join(10)
+    assert out == [b"hi\n"] and err == [b"oops\n"]
+    assert eng.get(NS, id).status == STOPPED
+    with pytest.raises(NotFound, match="process already finished"):
+        await eng.kill(NS, id, signal=9)
+    deleted = await eng.delete(NS, id)
+    assert deleted.exit_status == 3
+    assert rec.topics(id) == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    with pytest.raises(NotFound):
+        eng.get(NS, id)
+    assert not (eng.base / "tasks" / NS / id).exists()
+
+
+async def test_stdin_reaches_the_process_and_closes(engine: tuple[Engine, Recorder], rootfs: Path,
+                                                    tmp_path: Path) -> None:
+    eng, _ = engine
+    id = _id()
+    stdin, stdout, stderr = fifo_paths(tmp_path)
+    out: list[bytes] = []
+    reader = _reader(stdout, out)
+    await eng.create(NS, id, make_spec(str(rootfs), ["cat"]), stdio=Stdio(stdin, stdout, stderr))
+    await eng.start(NS, id)
+
+    def feed() -> None:
+        with open(stdin, "wb") as f:
+            f.write(b"through stdin\n")
+    await asyncio.to_thread(feed)  # closing the FIFO is EOF for cat
+    assert (await eng.wait(NS, id)).exit_status == 0
+    reader.join(10)
+    assert out == [b"through stdin\n"]
+    await eng.delete(NS, id)
+
+
+async def test_exec_kill_pause_resume_pids(engine: tuple[Engine, Recorder], rootfs: Path, tmp_path: Path) -> None:
+    eng, rec = engine
+    id = _id()
+    await eng.create(NS, id, make_spec(str(rootfs), ["sleep", "1000"]))
+    with pytest.raises(Unknown, match="cannot pause task in created state"):
+        await eng.pause(NS, id)
+    await eng.start(NS, id)
+    with pytest.raises(Unknown, match="cannot start a running process"):
+        await eng.start(NS, id)
+    with pytest.raises(AlreadyExists):
+        await eng.create(NS, id, make_spec(str(rootfs), ["true"]))
+    _, stdout, _ = fifo_paths(tmp_path)
+    out: list[bytes] = []
+    reader = _reader(stdout, out)
+    await eng.exec(NS, id, "e1", process_spec(["sh", "-c", "echo from exec; exit 4"]), Stdio(stdout=stdout))
+    with pytest.raises(AlreadyExists):
+        await eng.exec(NS, id, "e1", process_spec(["true"]))
+    with pytest.raises(FailedPrecondition):
+        await eng.kill(NS, id, "e1", 9)
+    started = await eng.start(NS, id, "e1")
+    assert started.pid > 0
+    assert (await eng.wait(NS, id, "e1")).exit_status == 4
+    reader.join(10)
+    assert out == [b"from exec\n"]
+    await eng.delete(NS, id, "e1")
+    pids = await eng.pids(NS, id)
+    assert [p.pid for p in pids] == [eng.get(NS, id).pid]
+    await eng.pause(NS, id)
+    assert eng.get(NS, id).status == PAUSED
+    await eng.resume(NS, id)
+    await eng.update(NS, id, b'{"pids": {"limit": 64}}')
+    [metrics] = await eng.metrics(NS, [id])
+    assert metrics.stats["pids"] == {"current": 1, "limit": 64}
+    assert metrics.stats["memory"]["usage"]["usage"] > 0
+    with pytest.raises(FailedPrecondition):
+        await eng.delete(NS, id)
+    await eng.kill(NS, id, signal=9)
+    assert (await eng.wait(NS, id)).exit_status == 137
+    await eng.delete(NS, id)
+    assert rec.topics(id) == ["/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started",
+                              "/tasks/exit", "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"]
+
+
+async def test_bad_spec_and_missing_rootfs_leave_nothing(engine: tuple[Engine, Recorder], tmp_path: Path) -> None:
+    eng, _ = engine
+    with pytest.raises(InvalidArgument):
+        await eng.create(NS, _id(), b"{not json")
+    id = _id()
+    with pytest.raises(Unknown, match="OCI runtime create failed"):
+        await eng.create(NS, id, make_spec(str(tmp_path / "missing"), ["true"]))
+    assert eng.list(NS) == []
+    assert not (eng.base / "tasks" / NS / id).exists()
+
+
+async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, rootfs: Path, tmp_path: Path) -> None:
+    rec = Recorder()
+    state = tmp_path / "state"
+    first = Engine(state, rec, shim_binary)
+    keep, gone = _id(), _id()
+    flag = rootfs / "tmp" / gone
+    script = f"while [ ! -e /tmp/{gone} ]; do sleep 0.02; done; exit 5"
+    for id, args in ((keep, ["sleep", "1000"]), (gone, ["sh", "-c", script])):
+        await first.create(NS, id, make_spec(str(rootfs), args))
+        await first.start(NS, id)
+    await first.close()  # the service "dies"; supervisors live on
+    del first
+    flag.touch()  # the container exits while no service watches it
+    exit_file = state / "runtime" / "tasks" / NS / gone / "exit"
+    while not exit_file.exists():
+        await asyncio.sleep(0.02)
+    rec.events.clear()
+    second = Engine(state, rec, shim_binary)
+    try:
+        assert await second.recover() == 2
+        assert second.get(NS, keep).status == RUNNING
+        assert second.get(NS, gone).status == STOPPED
+        assert (await second.wait(NS, gone)).exit_status == 5
+        assert rec.topics(gone) == ["/tasks/exit"]
+        assert rec.events[0][2]["exit_status"] == 5
+        await second.exec(NS, keep, "x", process_spec(["true"]))
+        await second.start(NS, keep, "x")
+        assert (await second.wait(NS, keep, "x")).exit_status == 0
+        await second.kill(NS, keep, signal=9)
+        assert (await second.wait(NS, keep)).exit_status == 137
+        # a third life reports nothing twice
+        rec.events.clear()
+        third = Engine(state, rec, shim_binary)
+        assert await third.recover() == 2
+        assert rec.events == []
+        await third.close()
+    finally:
+        for id in (keep, gone):
+            try:
+                await second.kill(NS, id, signal=9)
+            except NotFound:
+                pass
+            await second.wait(NS, id)
+            await second.delete(NS, id)
+        await second.close()
+        flag.unlink()
