@@ -138,3 +138,69 @@ def nats_server() -> Iterator[str]:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1 with storage in a temporary directory;
+    with ``auth`` it asks for HTTP basic credentials (htpasswd, bcrypt)."""
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="flotilla-registry-"))
+        self.port = free_port()
+        self.auth = auth
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> None:
+        auth = ""
+        if self.auth:
+            line = subprocess.run(["htpasswd", "-Bbn", *self.auth], capture_output=True, text=True, check=True).stdout
+            (self.base / "htpasswd").write_text(line.strip() + "\n")
+            auth = f"auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {self.base / 'htpasswd'}\n"
+        conf = self.base / "config.yml"
+        conf.write_text(f"""version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {self.base / 'data'}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{self.port}
+{auth}""")
+        log = open(self.base / "registry.log", "wb")
+        self.proc = subprocess.Popen([shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(conf)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        import urllib.error
+        import urllib.request
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                return
+            except urllib.error.HTTPError:
+                return  # 401 with auth: it answers
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("docker-registry did not start; see " + str(self.base / "registry.log"))
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> "Registry":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
