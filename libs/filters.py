@@ -54,8 +54,12 @@ class _Scanner:
         self.text, self.pos = text, 0
 
     def error(self, what: str) -> InvalidArgument:
-        return InvalidArgument(f"filters: parse error: [{self.text} >|{self.text[self.pos:self.pos + 1]}|<]: "
-                               f"{what}: invalid argument")
+        # containerd's shape: the input split around the failing position, or whole at its end
+        if self.pos < len(self.text):
+            where = (f"{self.text[:self.pos]} >|{self.text[self.pos]}|< {self.text[self.pos + 1:]}")
+        else:
+            where = self.text
+        return InvalidArgument(f"filters: parse error: [{where}]: {what}: invalid argument")
 
     def skip_space(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():

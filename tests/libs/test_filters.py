@@ -39,3 +39,16 @@ def test_no_filter_matches_everything() -> None:
 def test_bad_filters_are_invalid_argument(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         filters.parse([bad])
+
+
+def test_parse_error_shows_position_as_containerd() -> None:
+    import pytest as _pytest
+    from flotilla.libs import filters as _filters
+    from flotilla.libs.errors import InvalidArgument as _IA
+    with _pytest.raises(_IA) as end:
+        _filters.parse(["labels.x=="])
+    assert end.value.message == "filters: parse error: [labels.x==]: expected value or quoted: invalid argument"
+    with _pytest.raises(_IA) as mid:
+        _filters.parse(["a==b c"])
+    assert ">|c|<" in mid.value.message or ">| |<" in mid.value.message
+
