@@ -117,6 +117,8 @@ def _parse_one(text: str) -> tuple[Selector, ...]:
             scan.pos += 1
             path.append(scan.field())
         op = next((o for o in _OPERATORS if scan.peek(o)), "")
+        if not op and not scan.at_end() and not scan.peek(","):
+            raise scan.error('expected an operator ("=="|"!="|"~=")')
         value, regex = "", None
         if op:
             scan.pos += 2
@@ -130,7 +132,7 @@ def _parse_one(text: str) -> tuple[Selector, ...]:
         if scan.at_end():
             return tuple(selectors)
         if not scan.peek(","):
-            raise scan.error("expected a comma or end of input")
+            raise scan.error(f"unexpected input: {scan.text[scan.pos]}")
         scan.pos += 1
 
 

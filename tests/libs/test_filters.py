@@ -52,3 +52,11 @@ def test_parse_error_shows_position_as_containerd() -> None:
         _filters.parse(["a==b c"])
     assert ">|c|<" in mid.value.message or ">| |<" in mid.value.message
 
+
+
+def test_parse_error_texts_for_missing_operator_and_trailing_input() -> None:
+    from flotilla.libs.errors import InvalidArgument as _IA
+    with pytest.raises(_IA, match=r'^filters: parse error: \[ref >\|-\|< w\]: expected an operator'):
+        filters.parse(["ref-w"])
+    with pytest.raises(_IA, match=r"unexpected input: "):
+        filters.parse(['a=="b"c'])
