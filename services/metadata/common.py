@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
+from flotilla.libs import filters
 from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.identifiers import validate_labels
 
@@ -38,6 +39,14 @@ def digest_error(digest: str) -> str:
     if not _HEX.match(encoded):
         return "invalid checksum digest format"
     return ""
+
+
+def parse_filters(fs: list[str] | None) -> filters.Filter:
+    """containerd's stores wrap the parser's error once more: '...: invalid argument: invalid argument'."""
+    try:
+        return filters.parse(list(fs or []))
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{exc.message}: invalid argument") from None
 
 
 def check_labels(labels: dict[str, str], what: str) -> None:

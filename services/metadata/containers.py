@@ -16,7 +16,7 @@ from flotilla.libs.identifiers import validate_identifier
 
 from . import db
 from .api import AnyValue, Container, Runtime
-from .common import StoreBase, check_labels, dump_map, kept, load_map, pack, unpack
+from .common import StoreBase, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
 
 _T = db.containers
 # the fields a full replace (no field mask) may change
@@ -94,10 +94,6 @@ def map_lookup(m: dict[str, str], path: Sequence[str]) -> tuple[str, bool]:
     return m.get(key, ""), key in m
 
 
-def _parse(fs: list[str]) -> filters.Filter:
-    return filters.parse(fs)  # raises InvalidArgument with containerd's text
-
-
 class ContainersMixin(StoreBase):
     def get_container(self, namespace: str, id: str) -> Container:
         with self._read() as conn:
@@ -107,7 +103,7 @@ class ContainersMixin(StoreBase):
         return _row_to_container(row)
 
     def list_containers(self, namespace: str, fs: list[str] | None = None) -> list[Container]:
-        wanted = _parse(list(fs or []))
+        wanted = parse_filters(fs)
         with self._read() as conn:
             rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.id)).all()
         out = (_row_to_container(r) for r in rows)

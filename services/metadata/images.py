@@ -15,7 +15,7 @@ from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
 
 from . import db
 from .api import Descriptor, Image
-from .common import StoreBase, check_labels, digest_error, dump_map, kept, load_map
+from .common import StoreBase, parse_filters, check_labels, digest_error, dump_map, kept, load_map
 from .containers import map_lookup
 
 _T = db.images
@@ -81,7 +81,7 @@ class ImagesMixin(StoreBase):
         return _row_to_image(row)
 
     def list_images(self, namespace: str, fs: list[str] | None = None) -> list[Image]:
-        wanted = filters.parse(list(fs or []))
+        wanted = parse_filters(fs)
         with self._read() as conn:
             rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.name)).all()
         out = (_row_to_image(r) for r in rows)

@@ -17,7 +17,7 @@ from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound, Unimp
 
 from . import db
 from .api import Lease, Resource
-from .common import StoreBase, digest_error, dump_map, kept, load_map
+from .common import StoreBase, parse_filters, digest_error, dump_map, kept, load_map
 
 _L, _R = db.leases, db.lease_resources
 
@@ -80,7 +80,7 @@ class LeasesMixin(StoreBase):
                 raise NotFound(f'lease "{id}": not found')
 
     def list_leases(self, namespace: str, fs: list[str] | None = None) -> list[Lease]:
-        wanted = filters.parse(list(fs or []))
+        wanted = parse_filters(fs)
         with self._read() as conn:
             rows = conn.execute(select(_L).where(_L.c.namespace == namespace).order_by(_L.c.id)).all()
         out = (Lease(r.id, load_map(r.labels), r.created_at) for r in rows)

@@ -126,21 +126,21 @@ class MetadataServer:
     async def i_create(self, req: dict[str, Any]) -> Any:
         cr = from_wire(api.ImageCreate, req)
         i = await self._write(self.store.create_image, cr.namespace, cr.image)
-        await self._event("/images/create", cr.namespace, "containerd.events.ImageCreate",
+        await self._event("/images/create", cr.namespace, "containerd.services.images.v1.ImageCreate",
                           name=i.name, labels=i.labels)
         return i
 
     async def i_update(self, req: dict[str, Any]) -> Any:
         up = from_wire(api.ImageUpdate, req)
         i = await self._write(self.store.update_image, up.namespace, up.image, up.paths)
-        await self._event("/images/update", up.namespace, "containerd.events.ImageUpdate",
+        await self._event("/images/update", up.namespace, "containerd.services.images.v1.ImageUpdate",
                           name=i.name, labels=i.labels)
         return i
 
     async def i_delete(self, req: dict[str, Any]) -> Any:
         d = from_wire(api.ImageDelete, req)
         await self._write(self.store.delete_image, d.namespace, d.name)
-        await self._event("/images/delete", d.namespace, "containerd.events.ImageDelete", name=d.name)
+        await self._event("/images/delete", d.namespace, "containerd.services.images.v1.ImageDelete", name=d.name)
         await self._after_delete(d.sync)
         return None
 

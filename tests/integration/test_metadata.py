@@ -1,0 +1,261 @@
+"""Issue 4: images, containers and leases through ctr, side by side with containerd, on
+SQLite and PostgreSQL; GC through the real content service; SIGKILL under load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 as pbc
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
+from flotilla._api.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
+from flotilla._api.containerd.api.services.images.v1 import images_pb2 as pbi
+from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as pbi_grpc
+from flotilla._api.containerd.api.services.leases.v1 import leases_pb2 as pbl
+from flotilla._api.containerd.api.services.leases.v1 import leases_pb2_grpc as pbl_grpc
+from flotilla._api.containerd.api.events import image_pb2 as ev_image
+from flotilla.libs.api.content import ContentClient
+from flotilla.libs.bus import Bus
+from flotilla.libs.errors import FlotillaError
+from flotilla.testing import ContainerdPeer, PrivateSuite, ctr
+from tests.metadata.pg import PostgresServer
+
+MT = "application/vnd.oci.image.manifest.v1+json"
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+_LOGTIME = re.compile(r'time="[^"]+"')
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def md(request: pytest.FixtureRequest) -> Iterator[PrivateSuite]:
+    """A private suite per backend: the same tests run on SQLite and on PostgreSQL."""
+    env = {}
+    if request.param == "postgres":
+        env["FLOTILLA_DB_URL"] = request.getfixturevalue("pg").new_database()
+    with PrivateSuite(**env) as suite:
+        yield suite
+
+
+@pytest.fixture
+def rootfs(tmp_path: Path) -> str:
+    (tmp_path / "rootfs").mkdir()
+    return str(tmp_path / "rootfs")
+
+
+def _norm(text: str, address: str) -> str:
+    return _LOGTIME.sub('time="T"', _TIME.sub("TIME", text.replace(address, "ADDRESS")))
+
+
+def _same(suite: PrivateSuite, peer: ContainerdPeer, steps: list[list[str]], ns: str) -> list[str]:
+    outs = []
+    for step in steps:
+        ours = suite.ctr(*step, namespace=ns)
+        theirs = ctr(peer.address, *step, namespace=ns)
+        assert (ours.returncode, _norm(ours.stdout, suite.address), _norm(ours.stderr, suite.address)) == \
+               (theirs.returncode, _norm(theirs.stdout, peer.address), _norm(theirs.stderr, peer.address)), step
+        outs.append(ours.stdout)
+    return outs
+
+
+def test_ctr_containers_match_containerd(md: PrivateSuite, containerd: ContainerdPeer, rootfs: str) -> None:
+    ns = "c-" + uuid.uuid4().hex[:8]
+    outs = _same(md, containerd, [
+        ["containers", "create", "--rootfs", rootfs, "--label", "role=web", "one"],
+        ["containers", "create", "--rootfs", rootfs, "--runtime", "io.containerd.runsc.v1", "two"],
+        ["containers", "create", "--rootfs", rootfs, "one"],             # AlreadyExists
+        ["containers", "create", "--rootfs", rootfs, "bad name"],        # InvalidArgument
+        ["containers", "ls"],
+        ["containers", "ls", "-q"],
+        ["containers", "ls", "labels.role==web"],
+        ["containers", "ls", "runtime.name==io.containerd.runsc.v1"],
+        ["containers", "ls", "labels.role=="],                           # bad filter
+        ["containers", "info", "one"],
+        ["containers", "info", "nope"],
+        ["containers", "label", "one", "a=b", "role="],
+        ["containers", "info", "one"],
+        ["containers", "rm", "one", "nope"],
+        ["containers", "rm", "two"],
+        ["containers", "ls"],
+    ], ns)
+    assert "one" in outs[4] and '"a": "b"' in outs[12]
+    md.ctr("namespaces", "rm", ns)
+
+
+def _image_pb(name: str, digest: str, labels: dict[str, str] | None = None) -> pbi.Image:
+    img = pbi.Image(name=name, labels=labels or {})
+    img.target.media_type, img.target.digest, img.target.size = MT, digest, 100
+    return img
+
+
+def _codes(address: str, ns: str) -> list[str]:
+    """Status codes and messages of image and lease calls, sent as any gRPC client would."""
+    md = [("containerd-namespace", ns)]
+    out = []
+    with grpc.insecure_channel(f"unix://{address}") as ch:
+        images, leases = pbi_grpc.ImagesStub(ch), pbl_grpc.LeasesStub(ch)
+        containers = pbc_grpc.ContainersStub(ch)
+        good = "sha256:" + "1" * 64
+        calls = [
+            lambda: images.Create(pbi.CreateImageRequest(image=_image_pb("a:1", good)), metadata=md),
+            lambda: images.Create(pbi.CreateImageRequest(image=_image_pb("a:1", good)), metadata=md),
+            lambda: images.Create(pbi.CreateImageRequest(image=_image_pb("", good)), metadata=md),
+            lambda: images.Create(pbi.CreateImageRequest(image=_image_pb("b:1", "sha256:12")), metadata=md),
+            lambda: images.Create(pbi.CreateImageRequest(image=pbi.Image(name="c:1")), metadata=md),
+            lambda: images.Update(pbi.UpdateImageRequest(image=_image_pb("a:1", good, {"x": "y"}),
+                                                         update_mask={"paths": ["labels.x"]}), metadata=md),
+            lambda: images.Update(pbi.UpdateImageRequest(image=_image_pb("a:1", good),
+                                                         update_mask={"paths": ["name"]}), metadata=md),
+            lambda: images.Update(pbi.UpdateImageRequest(image=_image_pb("zz", good)), metadata=md),
+            lambda: images.Get(pbi.GetImageRequest(name="zz"), metadata=md),
+            lambda: images.List(pbi.ListImagesRequest(filters=["labels.x==y"]), metadata=md),
+            lambda: images.List(pbi.ListImagesRequest(filters=["name=="]), metadata=md),
+            lambda: images.Get(pbi.GetImageRequest(name="a:1")),
+            lambda: images.Delete(pbi.DeleteImageRequest(name="a:1", sync=True), metadata=md),
+            lambda: images.Delete(pbi.DeleteImageRequest(name="a:1"), metadata=md),
+            lambda: leases.Create(pbl.CreateRequest(id="l1", labels={"k": "v"}), metadata=md),
+            lambda: leases.Create(pbl.CreateRequest(id="l1"), metadata=md),
+            lambda: leases.AddResource(pbl.AddResourceRequest(id="l1", resource=pbl.Resource(id=good, type="content")), metadata=md),
+            lambda: leases.AddResource(pbl.AddResourceRequest(id="l1", resource=pbl.Resource(id="x", type="content")), metadata=md),
+            lambda: leases.AddResource(pbl.AddResourceRequest(id="l1", resource=pbl.Resource(id="x", type="snapshots")), metadata=md),
+            lambda: leases.AddResource(pbl.AddResourceRequest(id="l1", resource=pbl.Resource(id="x", type="what")), metadata=md),
+            lambda: leases.AddResource(pbl.AddResourceRequest(id="l9", resource=pbl.Resource(id=good, type="content")), metadata=md),
+            lambda: leases.ListResources(pbl.ListResourcesRequest(id="l1"), metadata=md),
+            lambda: leases.DeleteResource(pbl.DeleteResourceRequest(id="l1", resource=pbl.Resource(id=good, type="content")), metadata=md),
+            lambda: leases.List(pbl.ListRequest(filters=["labels.k==v"]), metadata=md),
+            lambda: leases.Delete(pbl.DeleteRequest(id="l1", sync=True), metadata=md),
+            lambda: leases.Delete(pbl.DeleteRequest(id="l1"), metadata=md),
+            lambda: containers.Update(pbc.UpdateContainerRequest(container=pbc.Container(id="")), metadata=md),
+            lambda: containers.Get(pbc.GetContainerRequest(id="zz"), metadata=md),
+            lambda: containers.Create(pbc.CreateContainerRequest(container=pbc.Container(id="c1")), metadata=md),
+        ]
+        for call in calls:
+            try:
+                res = call()
+                text = "OK"
+                if isinstance(res, pbi.ListImagesResponse):
+                    text += " " + ",".join(i.name for i in res.images)
+                elif isinstance(res, pbl.ListResourcesResponse):
+                    text += " " + ",".join(f"{r.type}:{r.id}" for r in res.resources)
+                elif isinstance(res, pbl.ListResponse):
+                    text += " " + ",".join(x.id for x in res.leases)
+                out.append(text)
+            except grpc.RpcError as exc:
+                out.append(f"{exc.code().name}: {exc.details()}")
+    return out
+
+
+def test_images_and_leases_api_match_containerd(md: PrivateSuite, containerd: ContainerdPeer) -> None:
+    ns = "api-" + uuid.uuid4().hex[:8]
+    ours, theirs = _codes(md.address, ns), _codes(containerd.address, ns)
+    assert ours == theirs
+    assert "ALREADY_EXISTS" in " ".join(ours) and "NOT_FOUND" in " ".join(ours)
+
+
+def test_ctr_images_match_containerd(md: PrivateSuite, containerd: ContainerdPeer) -> None:
+    ns = "i-" + uuid.uuid4().hex[:8]
+    for address in (md.address, containerd.address):
+        with grpc.insecure_channel(f"unix://{address}") as ch:
+            stub = pbi_grpc.ImagesStub(ch)
+            for name, c in (("docker.io/library/a:1", "a"), ("docker.io/library/b:1", "b")):
+                stub.Create(pbi.CreateImageRequest(image=_image_pb(name, "sha256:" + c * 64)),
+                            metadata=[("containerd-namespace", ns)])
+    _same(md, containerd, [
+        ["images", "ls", "-q"],
+        ["images", "ls", "-q", "name==docker.io/library/b:1"],
+        ["images", "label", "docker.io/library/a:1", "team=x"],
+        ["images", "ls", "-q", "labels.team==x"],
+        ["images", "label", "docker.io/library/a:1", "team="],
+        ["images", "ls", "-q", "labels.team"],
+        ["images", "label", "docker.io/library/zz:1", "team=x"],
+        ["images", "rm", "docker.io/library/a:1", "docker.io/library/zz:1"],
+        ["images", "rm", "--sync", "docker.io/library/b:1"],
+        ["images", "ls", "-q"],
+        ["images", "ls"],
+        ["images", "check"],
+    ], ns)
+
+
+def test_ctr_leases_match_containerd(md: PrivateSuite, containerd: ContainerdPeer) -> None:
+    ns = "l-" + uuid.uuid4().hex[:8]
+    _same(md, containerd, [
+        ["leases", "create", "--id", "one"],
+        ["leases", "create", "--id", "two", "--expires", "1h"],
+        ["leases", "create", "--id", "one"],
+        ["leases", "ls"],
+        ["leases", "ls", "-q"],
+        ["leases", "ls", "id==two"],
+        ["leases", "rm", "one"],
+        ["leases", "rm", "one"],
+        ["leases", "rm", "--sync", "two"],
+        ["leases", "ls"],
+    ], ns)
+    made = md.ctr("leases", "create", namespace=ns, check=True).stdout.strip()  # a random id
+    assert re.fullmatch(r"\d+-[A-Za-z0-9_=-]{4}", made)
+    md.ctr("leases", "rm", made, namespace=ns, check=True)
+
+
+def test_namespace_isolation(md: PrivateSuite, rootfs: str) -> None:
+    a, b = "iso-a-" + uuid.uuid4().hex[:6], "iso-b-" + uuid.uuid4().hex[:6]
+    md.ctr("containers", "create", "--rootfs", rootfs, "shared-name", namespace=a, check=True)
+    md.ctr("leases", "create", "--id", "shared-lease", namespace=a, check=True)
+    with grpc.insecure_channel(f"unix://{md.address}") as ch:
+        pbi_grpc.ImagesStub(ch).Create(pbi.CreateImageRequest(image=_image_pb("img:1", "sha256:" + "c" * 64)),
+                                       metadata=[("containerd-namespace", a)])
+    for what in ("containers", "images", "leases"):
+        assert md.ctr(what, "ls", "-q", namespace=b, check=True).stdout == ""
+        assert md.ctr(what, "ls", "-q", namespace=a, check=True).stdout != ""
+    assert "not found" in md.ctr("containers", "info", "shared-name", namespace=b).stderr
+    # the same names live independently in b
+    md.ctr("containers", "create", "--rootfs", rootfs, "shared-name", namespace=b, check=True)
+    md.ctr("containers", "rm", "shared-name", namespace=b, check=True)
+    assert md.ctr("containers", "ls", "-q", namespace=a, check=True).stdout.split() == ["shared-name"]
+    res = md.ctr("namespaces", "rm", a)
+    assert res.returncode == 1 and 'must be empty, but it still has images, containers' in res.stderr
+    md.ctr("containers", "rm", "shared-name", namespace=a, check=True)
+    md.ctr("images", "rm", "img:1", namespace=a, check=True)
+    md.ctr("namespaces", "rm", a, check=True)
+    assert md.ctr("leases", "ls", "-q", namespace=a, check=True).stdout == ""  # went with the namespace
+
+
+def test_image_events_carry_containerd_payloads(md: PrivateSuite) -> None:
+    ns = "ev-" + uuid.uuid4().hex[:6]
+    with grpc.insecure_channel(f"unix://{md.address}") as ch:
+        stream = events_pb2_grpc.EventsStub(ch).Subscribe(
+            events_pb2.SubscribeRequest(filters=[f'namespace=={ns},topic~="^/images/"']), timeout=30)
+        got: list[events_pb2.Envelope] = []
+        reader = threading.Thread(target=lambda: got.extend(e for _, e in zip(range(2), stream)), daemon=True)
+        reader.start()
+        images = pbi_grpc.ImagesStub(ch)
+        n = 0
+        deadline = time.monotonic() + 20
+        while reader.is_alive() and time.monotonic() < deadline:  # until the subscription is live
+            name = f"img-{n}:1"
+            images.Create(pbi.CreateImageRequest(image=_image_pb(name, "sha256:" + "d" * 64, {"k": "v"})),
+                          metadata=[("containerd-namespace", ns)])
+            images.Delete(pbi.DeleteImageRequest(name=name), metadata=[("containerd-namespace", ns)])
+            n += 1
+            reader.join(0.2)
+        stream.cancel()
+    assert [e.topic for e in got] == ["/images/create", "/images/delete"]
+    assert got[0].event.type_url == "containerd.services.images.v1.ImageCreate"  # containerd 1.6 files them there
+    created = ev_image.ImageCreate.FromString(got[0].event.value)
+    assert created.labels == {"k": "v"} and created.name.startswith("img-")
+    assert ev_image.ImageDelete.FromString(got[1].event.value).name == created.name
