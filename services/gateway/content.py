@@ -65,7 +65,9 @@ def _valid(digest: str) -> None:
 class ContentServicer(pbc_grpc.ContentServicer):
     def __init__(self, bus: Bus, cfg: Config) -> None:
         self.bus, self.cfg = bus, cfg
-        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout)
+        # FLOTILLA_CONTENT_LOCAL=0 sends bytes over NATS as from another host (tests, benchmarks)
+        local = os.environ.get("FLOTILLA_CONTENT_LOCAL", "1") != "0"
+        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
         # (namespace, digest) -> (file, when): ctr reads a blob as one Read call per MiB
         self._files: dict[tuple[str, str], tuple[LocalFile | None, float]] = {}
 
@@ -85,7 +87,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         hit = self._files.get((ns, digest))
         if hit is not None and time.monotonic() - hit[1] < _CACHE_TTL:
             return hit[0]
-        f = await self.content.local_file(ns, digest)
+        f = await self.content.local_file(ns, digest) if self.content.local else None
         if len(self._files) > 4096:
             self._files.clear()
         self._files[(ns, digest)] = (f, time.monotonic())
