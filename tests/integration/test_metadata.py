@@ -259,3 +259,93 @@ def test_image_events_carry_containerd_payloads(md: PrivateSuite) -> None:
     created = ev_image.ImageCreate.FromString(got[0].event.value)
     assert created.labels == {"k": "v"} and created.name.startswith("img-")
     assert ev_image.ImageDelete.FromString(got[1].event.value).name == created.name
+
+
+def _ingest(address: str, ns: str, data: bytes, ref: str) -> None:
+    res = subprocess.run(["ctr", "--address", address, "--namespace", ns, "content", "ingest", ref],
+                         input=data, capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def _gc_fixture(address: str, ns: str) -> dict[str, object]:
+    """Two images sharing a layer, their snapshots (one shared parent), an orphan snapshot,
+    and a blob held only by a lease: all made through containerd's API with ctr."""
+    from flotilla.testing.images import Entry, build_image, busybox_entries
+    a = build_image([busybox_entries(), [Entry("only-a", data=b"a\n")]])
+    b = build_image([busybox_entries(), [Entry("only-b", data=b"b\n")]])
+    held = (ns * 1000).encode()[:4096]  # the same bytes on both sides
+    md = [("containerd-namespace", ns)]
+    ctr(address, "leases", "create", "--id", "hold", namespace=ns, check=True)
+    ctr(address, "leases", "create", "--id", "setup", namespace=ns, check=True)
+    blobs = {x.digest: x for x in a.blobs() + b.blobs()}
+    from flotilla.testing.images import sha256
+    with grpc.insecure_channel(f"unix://{address}") as ch:
+        leases = pbl_grpc.LeasesStub(ch)
+        # everything is held by the "setup" lease until the images reference it
+        for digest in blobs:
+            leases.AddResource(pbl.AddResourceRequest(id="setup", resource=pbl.Resource(id=digest, type="content")), metadata=md)
+        for key in ("k-base", "base", "k-a", "snap-a", "k-b", "snap-b"):
+            leases.AddResource(pbl.AddResourceRequest(id="setup", resource=pbl.Resource(id=key, type="snapshots/overlayfs")), metadata=md)
+        leases.AddResource(pbl.AddResourceRequest(id="hold", resource=pbl.Resource(id=sha256(held), type="content")), metadata=md)
+        for i, (digest, blob) in enumerate(blobs.items()):
+            _ingest(address, ns, blob.data, f"gc-{i}")
+        _ingest(address, ns, held, "gc-held")
+        for img, snap in ((a, "snap-a"), (b, "snap-b")):
+            refs = [f"containerd.io/gc.ref.content.config={img.config.digest}"] + \
+                   [f"containerd.io/gc.ref.content.l.{i}={layer.digest}" for i, layer in enumerate(img.layers)]
+            ctr(address, "content", "label", img.manifest.digest, *refs, namespace=ns, check=True)
+            ctr(address, "content", "label", img.config.digest, f"containerd.io/gc.ref.snapshot.overlayfs={snap}",
+                namespace=ns, check=True)
+        for key, name, parent in (("k-base", "base", ""), ("k-a", "snap-a", "base"), ("k-b", "snap-b", "base"),
+                                  ("k-orphan", "orphan", "base")):
+            ctr(address, "snapshots", "prepare", key, *([parent] if parent else []), namespace=ns, check=True)
+            ctr(address, "snapshots", "commit", name, key, namespace=ns, check=True)
+            # ctr makes every snapshot a GC root; these must live by their references only
+            ctr(address, "snapshots", "label", name, "containerd.io/gc.root=", namespace=ns, check=True)
+        images = pbi_grpc.ImagesStub(ch)
+        for name, img in (("gc/a:1", a), ("gc/b:1", b)):
+            pb_img = pbi.Image(name=name)
+            pb_img.target.media_type, pb_img.target.digest = img.manifest.media_type, img.manifest.digest
+            pb_img.target.size = len(img.manifest.data)
+            images.Create(pbi.CreateImageRequest(image=pb_img), metadata=md)
+        leases.Delete(pbl.DeleteRequest(id="setup", sync=True), metadata=md)
+    return {"a": a, "b": b, "held": sha256(held)}
+
+
+def _state(address: str, ns: str) -> tuple[list[str], list[str]]:
+    content = sorted(ctr(address, "content", "ls", "-q", namespace=ns, check=True).stdout.split())
+    snaps = sorted(line.split()[0] for line in ctr(address, "snapshots", "ls", namespace=ns, check=True)
+                   .stdout.splitlines()[1:])
+    return content, snaps
+
+
+def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd: ContainerdPeer) -> None:
+    ns = "gc-" + uuid.uuid4().hex[:8]
+    made = {}
+    for address in (md.address, containerd.address):
+        made[address] = _gc_fixture(address, ns)
+    a, b, held = made[md.address]["a"], made[md.address]["b"], made[md.address]["held"]
+    # "orphan" is nobody's: the collection after "setup" ended took it, on both sides
+    assert _state(md.address, ns) == _state(containerd.address, ns)
+    assert _state(md.address, ns)[1] == ["base", "snap-a", "snap-b"]
+    _same(md, containerd, [["images", "ls"], ["images", "check"]], ns)
+
+    blob_dir = md.suite.root / "content" / "blobs" / "sha256"
+    on_disk = lambda digest: (blob_dir / digest.split(":")[1]).exists()  # noqa: E731
+    assert all(on_disk(x.digest) for x in a.blobs())  # type: ignore[attr-defined]
+
+    _same(md, containerd, [["images", "rm", "--sync", "gc/a:1"]], ns)
+    content, snaps = _state(md.address, ns)
+    assert (content, snaps) == _state(containerd.address, ns)
+    only_a = {a.manifest.digest, a.config.digest, a.layers[1].digest}  # type: ignore[attr-defined]
+    assert not only_a & set(content) and not any(on_disk(d) for d in only_a)
+    kept = {x.digest for x in b.blobs()} | {held}  # type: ignore[attr-defined]
+    assert kept == set(content) and all(on_disk(d) for d in kept)
+    assert snaps == ["base", "snap-b"]  # snap-a went, its parent stays for snap-b
+
+    _same(md, containerd, [["leases", "rm", "--sync", "hold"]], ns)
+    content, _ = _state(md.address, ns)
+    assert content == _state(containerd.address, ns)[0] and held not in content and not on_disk(held)
+    _same(md, containerd, [["images", "rm", "--sync", "gc/b:1"]], ns)
+    assert _state(md.address, ns) == _state(containerd.address, ns) == ([], [])
+    _same(md, containerd, [["namespaces", "rm", ns]], "default")
