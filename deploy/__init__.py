@@ -21,6 +21,7 @@ from pathlib import Path
 SERVICES: tuple[tuple[str, str], ...] = (
     ("metadata", "flotilla.services.metadata"),
     ("content", "flotilla.services.content"),
+    ("snapshots", "flotilla.services.snapshots"),
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222

@@ -22,6 +22,8 @@ from .containers import ContainersServicer
 from .content import ContentServicer
 from .images import ImagesServicer
 from .leases import LeasesServicer
+from .snapshots import SnapshotsServicer
+from .diff import DiffServicer
 from .version import VersionServicer
 
 log = logging.getLogger("flotilla.gateway")
@@ -51,6 +53,8 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     ImagesServicer.register(server, metadata, cfg.request_timeout)
     LeasesServicer.register(server, metadata, cfg.request_timeout)
     await ContentServicer.register(server, bus, cfg)
+    SnapshotsServicer.register(server, bus, cfg)
+    DiffServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

@@ -15,13 +15,14 @@ directory gets ``trusted.overlay.opaque=y``) for an overlay upper dir, and ``pla
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -146,6 +147,8 @@ class Root:
         self.fd = os.open(path, _DIR_FLAGS)
         self._cache: dict[tuple[str, ...], int] = {}
         self._real: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # called as (parent fd, name, real parts) after a missing parent dir is made
+        self.on_mkdir: Callable[[int, str, list[str]], None] | None = None
 
     def close(self) -> None:
         self.forget()
@@ -193,6 +196,8 @@ class Root:
                         raise
                     os.mkdir(c, 0o755, dir_fd=dfd)
                     resolved.append(c)
+                    if self.on_mkdir is not None:
+                        self.on_mkdir(dfd, c, list(resolved))
                     continue
                 if stat.S_ISLNK(st.st_mode):
                     links += 1
@@ -425,8 +430,11 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
             ldfd, lbase, _ = root.parent(member.linkname, create=False)
             dfd, base, real_parent = root.parent(member.name)
         os.link(lbase, base, src_dir_fd=ldfd, dst_dir_fd=dfd, follow_symlinks=False)
-        state.created.add(path)
-        return  # a hardlink shares the target's metadata
+        # as containerd does, the link's own header then sets owner, mode and times of the
+        # shared inode (unless it links a symlink)
+        if stat.S_ISLNK(os.stat(base, dir_fd=dfd, follow_symlinks=False).st_mode):
+            state.created.add(path)
+            return
     elif member.ischr() or member.isblk():
         kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
         os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=dfd)
@@ -440,12 +448,23 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
     if not member.issym():
         _chmod(dfd, base, member.mode)
     _set_xattrs(dfd, base, member, member.isdir())
-    ns = int(member.mtime * 1e9)
+    ns = _time_ns(member.pax_headers.get("mtime"), member.mtime)
     if member.isdir():
         state.dir_times.append((path, ns, ns))  # set last: entries inside change it
     else:
-        atime = member.pax_headers.get("atime")
-        os.utime(base, ns=(int(float(atime) * 1e9) if atime else ns, ns), dir_fd=dfd, follow_symlinks=False)
+        atime = _time_ns(member.pax_headers.get("atime"), ns / 1e9)
+        os.utime(base, ns=(atime, ns), dir_fd=dfd, follow_symlinks=False)
+
+
+def _time_ns(pax: str | None, fallback: float) -> int:
+    """A pax time ("sec[.frac]") to exact nanoseconds; floats would round them."""
+    if pax:
+        try:
+            sec, _, frac = pax.partition(".")
+            return int(sec) * 1_000_000_000 + (int((frac + "000000000")[:9]) if frac else 0) * (-1 if sec.startswith("-") else 1)
+        except ValueError:
+            pass
+    return int(round(fallback * 1e9))
 
 
 def _chmod(dfd: int, name: str, mode: int) -> None:
@@ -456,10 +475,40 @@ def _chmod(dfd: int, name: str, mode: int) -> None:
         os.close(fd)
 
 
+def _lower_dir_meta(parents: list[str]) -> Callable[[int, str, list[str]], None]:
+    """Overlay mode: a parent dir made in the upper takes the lower dir's owner, mode,
+    times and xattrs, or the merged view would show ours instead (containerd's mkparent)."""
+    def copy(dfd: int, name: str, parts: list[str]) -> None:
+        for lower_path in parents:
+            lower = Root(lower_path)
+            try:
+                fd = lower._open_real(parts)  # O_NOFOLLOW all the way: a symlink is a miss
+            except OSError:
+                continue
+            finally:
+                lower.forget()
+                os.close(lower.fd)
+            try:
+                st = os.fstat(fd)
+                for key in os.listxattr(fd):
+                    if not key.startswith("trusted.overlay."):
+                        with contextlib.suppress(OSError):
+                            os.setxattr(f"/proc/self/fd/{dfd}/{name}", key, os.getxattr(fd, key))
+                os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+                _chmod(dfd, name, st.st_mode)
+                os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dfd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+            return
+    return copy
+
+
 def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str] | None = None) -> None:
     """Apply an uncompressed tar stream onto ``root_path``."""
     root = Root(root_path)
     state = _State(overlay=overlay, parents=list(parents or []))
+    if overlay and state.parents:
+        root.on_mkdir = _lower_dir_meta(state.parents)
     try:
         try:
             tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=2)  # type: ignore[arg-type]

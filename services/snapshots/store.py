@@ -136,7 +136,7 @@ class SnapshotStore:
         own = self.snap_dir(sn, row.id)
         if sn == "native":
             return [Mount(type="bind", source=str(own / "fs"),
-                          options=["ro" if row.kind == KIND_VIEW else "rw", "rbind"])]
+                          options=["rbind", "ro" if row.kind == KIND_VIEW else "rw"])]
         if not parents:
             return [Mount(type="bind", source=str(own / "fs"),
                           options=["ro" if row.kind == KIND_VIEW else "rw", "rbind"])]
@@ -199,7 +199,8 @@ class SnapshotStore:
         if row is None:
             raise NotFound(f"parent snapshot {parent} does not exist: not found")
         if row.kind != KIND_COMMITTED:
-            raise InvalidArgument(f'parent "{parent}" is not committed snapshot: invalid argument')
+            raise InvalidArgument(f'failed to create snapshot: parent "{_bkey(row)}" is not committed snapshot: '
+                                  'invalid argument')
         return row
 
     def prepare(self, ns: str, sn: str, key: str, parent: str = "", labels: dict[str, str] | None = None,
@@ -217,7 +218,9 @@ class SnapshotStore:
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist: not found")
             if row.kind == KIND_COMMITTED:
-                raise FailedPrecondition(f"requested snapshot {key} not active or view: failed precondition")
+                what = "active" if sn == "overlayfs" else "snapshot"
+                raise FailedPrecondition(f"failed to get {what} mount: requested snapshot {_bkey(row)} "
+                                         "not active or view: failed precondition")
             return self._mounts(conn, sn, row)
 
     # -- commit / remove ---------------------------------------------------------------
@@ -247,7 +250,8 @@ class SnapshotStore:
         if row is None:
             raise NotFound(f"snapshot {key} does not exist: not found")
         if row.kind != KIND_ACTIVE:
-            raise FailedPrecondition(f'snapshot "{key}" is not active: failed precondition')
+            raise FailedPrecondition(f'failed to commit snapshot: snapshot "{_bkey(row)}" is not active: '
+                                     'failed precondition')
         return row
 
     def remove(self, ns: str, sn: str, key: str) -> None:
@@ -360,6 +364,11 @@ class SnapshotStore:
                     shutil.rmtree(base / entry, ignore_errors=True)
                 removed.append(entry)
         return removed
+
+
+def _bkey(row: Any) -> str:
+    """containerd's backend name of a snapshot, which its messages show: <ns>/<id>/<key>."""
+    return f"{row.namespace}/{row.id}/{row.key}"
 
 
 def _lookup(info: Info) -> filters.Lookup:

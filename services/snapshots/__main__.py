@@ -1,0 +1,31 @@
+"""``python -m flotilla.services.snapshots``: run this host's snapshots and diff service."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flotilla.libs.api.content import ContentClient
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.service import Cleanup, run
+
+from .diffs import Differ, clear_scratch
+from .server import SnapshotsServer
+from .store import SnapshotStore
+
+
+async def setup(bus: Bus, cfg: Config) -> Cleanup:
+    scratch = cfg.state / "snapshots"
+    await asyncio.to_thread(clear_scratch, scratch)  # mounts a killed instance left behind
+    store = await asyncio.to_thread(SnapshotStore.open, cfg.root / "snapshots")
+    differ = Differ(ContentClient(bus, cfg.prefix), scratch)
+    await SnapshotsServer(bus, cfg, store, differ).start()
+
+    async def stop() -> None:
+        differ.close()
+
+    return stop
+
+
+if __name__ == "__main__":
+    run("snapshots", setup, host_local=True)

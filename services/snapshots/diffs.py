@@ -1,0 +1,172 @@
+"""Diff Apply and Diff: where a layer goes, getting its bytes, and the worker processes.
+
+Tar work runs in a process pool (one worker per CPU), so independent layers, each applied
+into its own snapshot, unpack in parallel instead of taking turns on one interpreter lock.
+
+Apply targets, as containerd's applier chooses them:
+* one overlay mount with an ``upperdir``: the layer goes straight into the upper dir,
+  whiteouts in overlay form, the lowerdirs consulted for hardlinks to lower files;
+* one read-write bind mount: straight into its source directory, whiteouts as deletions;
+* anything else: mounted on a temporary directory, whiteouts as deletions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from flotilla.libs import mount as mnt
+from flotilla.libs.api.content import ContentClient
+from flotilla.libs.errors import InvalidArgument, NotFound, Unknown
+
+from . import applier, differ
+from .api import LABEL_UNCOMPRESSED, Descriptor, Mount
+
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+_COMPRESSION = {LAYER_TAR: "", LAYER_GZIP: "gzip", "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip"}
+
+
+def _option(m: Mount, key: str) -> str | None:
+    prefix = key + "="
+    return next((o[len(prefix):] for o in m.options if o.startswith(prefix)), None)
+
+
+def readonly(mounts: list[Mount]) -> list[Mount]:
+    """The same tree, read-only: an overlay's upper dir becomes its top lowerdir."""
+    out = []
+    for m in mounts:
+        if m.type == "overlay":
+            upper, lower = _option(m, "upperdir"), _option(m, "lowerdir") or ""
+            dirs = ([upper] if upper else []) + [d for d in lower.split(":") if d]
+            if len(dirs) == 1:
+                out.append(Mount(type="bind", source=dirs[0], options=["ro", "rbind"]))
+                continue
+            opts = [o for o in m.options if not o.startswith(("upperdir=", "workdir=", "lowerdir="))]
+            out.append(Mount(type="overlay", source=m.source, options=opts + ["lowerdir=" + ":".join(dirs)]))
+        else:
+            opts = [o for o in m.options if o not in ("rw", "ro")] + ["ro"]
+            out.append(Mount(type=m.type, source=m.source, target=m.target, options=opts))
+    return out
+
+
+class Differ:
+    def __init__(self, content: ContentClient, scratch: Path, workers: int | None = None) -> None:
+        self.content = content
+        self.scratch = scratch
+        scratch.mkdir(parents=True, exist_ok=True)
+        # forkserver: workers never inherit the event loop or the NATS connection
+        self.pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers or os.cpu_count() or 2, mp_context=multiprocessing.get_context("forkserver"))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    @asynccontextmanager
+    async def _mounted(self, mounts: list[Mount]) -> AsyncIterator[str]:
+        if len(mounts) == 1 and mounts[0].type == "bind" and not mounts[0].target:
+            yield mounts[0].source  # a bind is its source: no mount needed
+            return
+        target = Path(tempfile.mkdtemp(prefix="mnt-", dir=self.scratch))
+        try:
+            await asyncio.to_thread(mnt.mount_all, mounts, str(target))
+            try:
+                yield str(target)
+            finally:
+                await asyncio.to_thread(mnt.unmount_all, str(target))
+        finally:
+            os.rmdir(target)
+
+    @asynccontextmanager
+    async def _blob(self, namespace: str, desc: Descriptor) -> AsyncIterator[str]:
+        path = await self.content.local_path(namespace, desc.digest)
+        if path is not None:
+            yield path
+            return
+        tmp = self.scratch / f"blob-{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                async for piece in self.content.read(namespace, desc.digest):
+                    await asyncio.to_thread(f.write, piece)
+            yield str(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def apply(self, namespace: str, desc: Descriptor, mounts: list[Mount]) -> Descriptor:
+        if desc.media_type not in applier.MEDIA_TYPES:
+            raise Unknown(f"failed to get stream processor for {desc.media_type}: no processor for media-type")
+        if not mounts:
+            raise InvalidArgument("no mounts to apply the layer onto: invalid argument")
+        expected = desc.annotations.get(LABEL_UNCOMPRESSED, "")
+        async with self._blob(namespace, desc) as blob:
+            if len(mounts) == 1 and mounts[0].type == "overlay" and _option(mounts[0], "upperdir"):
+                upper = _option(mounts[0], "upperdir") or ""
+                lower = [d for d in (_option(mounts[0], "lowerdir") or "").split(":") if d]
+                done = await self._apply(blob, desc.media_type, upper, True, lower, expected)
+            elif len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options:
+                done = await self._apply(blob, desc.media_type, mounts[0].source, False, [], expected)
+            else:
+                async with self._mounted(mounts) as root:
+                    done = await self._apply(blob, desc.media_type, root, False, [], expected)
+        return Descriptor(media_type=LAYER_TAR, digest=done.digest, size=done.size)
+
+    async def _apply(self, blob: str, media_type: str, root: str, overlay: bool, parents: list[str],
+                     expected: str) -> applier.Applied:
+        try:
+            return await self._run(applier.apply_layer, blob, media_type, root, overlay, parents, expected)
+        except applier.LayerError as exc:
+            raise Unknown(str(exc)) from None
+        except OSError as exc:
+            raise Unknown(f"failed to apply layer: {exc}") from None
+
+    async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str,
+                   ref: str, labels: dict[str, str]) -> Descriptor:
+        media_type = media_type or LAYER_GZIP
+        if media_type not in _COMPRESSION:
+            raise Unknown(f"unsupported diff media type: {media_type}: not implemented")
+        out = self.scratch / f"diff-{uuid.uuid4().hex}"
+        try:
+            async with self._mounted(readonly(left)) as lower, self._mounted(readonly(right)) as upper:
+                written = await self._run(differ.write_diff, lower, upper, str(out), _COMPRESSION[media_type])
+            labels = {**labels, LABEL_UNCOMPRESSED: written.uncompressed}
+
+            async def chunks() -> AsyncIterator[bytes]:
+                with open(out, "rb") as f:
+                    while piece := await asyncio.to_thread(f.read, 8 << 20):
+                        yield piece
+
+            digest = await self.content.write_blob(namespace, ref or f"diff-{uuid.uuid4().hex}", chunks(),
+                                                   expected=written.digest, total=written.size, labels=labels)
+            if digest != written.digest:
+                raise Unknown(f"content store stored {digest}, expected {written.digest}")
+        except NotFound:
+            raise
+        finally:
+            out.unlink(missing_ok=True)
+        return Descriptor(media_type=media_type, digest=written.digest, size=written.size,
+                          annotations={LABEL_UNCOMPRESSED: written.uncompressed})
+
+
+def clear_scratch(scratch: Path) -> None:
+    """At start: unmount and remove what a killed process left in its scratch directory."""
+    if not scratch.exists():
+        return
+    for entry in scratch.iterdir():
+        if entry.name.startswith("mnt-"):
+            try:
+                mnt.unmount_all(str(entry))
+            except OSError:
+                mnt.unmount(str(entry), lazy=True)
+        shutil.rmtree(entry, ignore_errors=True)

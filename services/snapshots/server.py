@@ -1,0 +1,98 @@
+"""The snapshots service's NATS binding: host-local subjects, blocking work in threads."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flotilla.libs import events
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.wire import from_wire
+
+from . import api
+from .diffs import Differ
+from .store import SnapshotStore
+
+
+class SnapshotsServer:
+    def __init__(self, bus: Bus, cfg: Config, store: SnapshotStore, differ: Differ) -> None:
+        self.bus, self.cfg, self.store, self.differ = bus, cfg, store, differ
+
+    async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
+        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, **fields)
+
+    async def prepare(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.PrepareRequest, req)
+        mounts = await asyncio.to_thread(self.store.prepare, r.namespace, r.snapshotter, r.key, r.parent,
+                                         r.labels, r.lease)
+        await self._event("/snapshot/prepare", r.namespace, "containerd.events.SnapshotPrepare",
+                          key=r.key, parent=r.parent)
+        return mounts
+
+    async def view(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.PrepareRequest, req)
+        return await asyncio.to_thread(self.store.view, r.namespace, r.snapshotter, r.key, r.parent,
+                                       r.labels, r.lease)
+
+    async def mounts(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.KeyRequest, req)
+        return await asyncio.to_thread(self.store.mounts, r.namespace, r.snapshotter, r.key)
+
+    async def commit(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.CommitRequest, req)
+        await asyncio.to_thread(self.store.commit, r.namespace, r.snapshotter, r.name, r.key, r.labels, r.lease)
+        await self._event("/snapshot/commit", r.namespace, "containerd.events.SnapshotCommit",
+                          key=r.key, name=r.name)
+        return None
+
+    async def remove(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.KeyRequest, req)
+        await asyncio.to_thread(self.store.remove, r.namespace, r.snapshotter, r.key)
+        await self._event("/snapshot/remove", r.namespace, "containerd.events.SnapshotRemove", key=r.key)
+        return None
+
+    async def stat(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.KeyRequest, req)
+        return await asyncio.to_thread(self.store.stat, r.namespace, r.snapshotter, r.key)
+
+    async def update(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.UpdateRequest, req)
+        return await asyncio.to_thread(self.store.update, r.namespace, r.snapshotter, r.info, r.paths)
+
+    async def list(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ListRequest, req)
+        return await asyncio.to_thread(self.store.list, r.namespace, r.snapshotter, r.filters)
+
+    async def usage(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.KeyRequest, req)
+        return await asyncio.to_thread(self.store.usage, r.namespace, r.snapshotter, r.key)
+
+    async def cleanup(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.SnapshotterRequest, req)
+        await asyncio.to_thread(self.store.cleanup, r.snapshotter)
+        return None
+
+    async def namespace_held(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.NamespaceRequest, req)
+        return await asyncio.to_thread(self.store.namespace_held, r.namespace)
+
+    async def apply(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.ApplyRequest, req)
+        return await self.differ.apply(r.namespace, r.diff, r.mounts)
+
+    async def diff(self, req: dict[str, Any]) -> Any:
+        r = from_wire(api.DiffRequest, req)
+        return await self.differ.diff(r.namespace, r.left, r.right, r.media_type, r.ref, r.labels)
+
+    async def start(self) -> None:
+        routes = {
+            api.PREPARE: self.prepare, api.VIEW: self.view, api.MOUNTS: self.mounts,
+            api.COMMIT: self.commit, api.REMOVE: self.remove, api.STAT: self.stat,
+            api.UPDATE: self.update, api.LIST: self.list, api.USAGE: self.usage,
+            api.CLEANUP: self.cleanup, api.NAMESPACE_HELD: self.namespace_held,
+            api.APPLY: self.apply, api.DIFF: self.diff,
+        }
+        for method, handler in routes.items():
+            await self.bus.serve(api.subject(self.cfg.prefix, self.cfg.host, method), handler,
+                                 method=f"snapshots.{method}")

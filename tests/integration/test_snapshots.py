@@ -1,0 +1,286 @@
+"""Issue 5 side by side: ctr snapshots commands, mounted trees, and layers applied through
+Diff.Apply give the same results against Flotilla and containerd."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from flotilla._api.containerd.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
+from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from flotilla._api.containerd.api.types import descriptor_pb2
+from flotilla.libs import mount as mnt
+from flotilla.testing import ContainerdPeer, PrivateSuite, ctr
+from tests.snapshots.layers import Entry, gz, tar_bytes, tree, zst
+
+_ISO = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.]+Z")
+
+
+def _norm(text: str, address: str) -> str:
+    text = text.replace(address, "ADDRESS")
+    text = _ISO.sub("TIME", text)
+    # snapshot directories differ by design (their layout is each side's own)
+    text = re.sub(r"(workdir=|upperdir=|lowerdir=|:|bind )/\S+?/\d+(/fs|/work)?(?=[\s,:]|$)",
+                  lambda m: m.group(1) + "DIR" + ("/work" if m.group(2) == "/work" else ""), text)
+    text = re.sub(r"(\w)/\d+/", r"\1/ID/", text)  # backend keys <ns>/<id>/<key> number differently
+    # ctr prints labels in Go's random map order
+    return "\n".join(",".join(sorted(line.split(","))) if re.fullmatch(r"[^\s=,]+=[^\s]*", line) else line
+                     for line in text.split("\n"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _snapshots_up(suite: PrivateSuite) -> None:
+    """The suite is up once the gateway and metadata answer; wait for this service too
+    (List is idempotent, so the gateway retries it until the service subscribes)."""
+    suite.ctr("snapshots", "ls", check=True)
+
+
+def _same(suite: PrivateSuite, peer: ContainerdPeer, ns: str, steps: list[list[str]]) -> None:
+    for step in steps:
+        ours = ctr(suite.address, *step, namespace=ns)
+        theirs = ctr(peer.address, *step, namespace=ns)
+        assert (ours.returncode, _norm(ours.stdout, suite.address), _norm(ours.stderr, suite.address)) == \
+               (theirs.returncode, _norm(theirs.stdout, peer.address), _norm(theirs.stderr, peer.address)), step
+
+
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_ctr_snapshot_commands_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer, sn: str) -> None:
+    ns = "snap-" + uuid.uuid4().hex[:8]
+    s = ["snapshots", "--snapshotter", sn]
+    steps = [
+        s + ["prepare", "base", ""],
+        s + ["prepare", "base"],                       # AlreadyExists
+        s + ["ls"],
+        s + ["commit", "c-base", "base"],
+        s + ["commit", "c-base", "base"],              # NotFound now
+        s + ["prepare", "work", "c-base"],
+        s + ["prepare", "orphan", "nope"],             # parent NotFound
+        s + ["view", "look", "c-base"],
+        s + ["ls"],
+        s + ["tree"],
+        s + ["info", "work"],
+        s + ["info", "missing"],
+        s + ["label", "work", "a=b", "c=d"],
+        s + ["label", "work", "a="],
+        s + ["info", "work"],
+        s + ["mounts", "/mnt", "work"],
+        s + ["mounts", "/mnt", "look"],
+        s + ["mounts", "/mnt", "c-base"],              # committed: FailedPrecondition
+        s + ["usage", "work"],
+        s + ["rm", "c-base"],                          # has children
+        s + ["rm", "work", "look"],
+        s + ["rm", "missing"],
+        s + ["commit", "c-look", "c-base"],            # not active
+        s + ["rm", "c-base"],
+        s + ["ls"],
+        ["snapshots", "--snapshotter", "nosuch", "ls"],
+    ]
+    _same(suite, containerd, ns, steps)
+
+
+def test_same_key_in_two_namespaces_is_two_snapshots(suite: PrivateSuite) -> None:
+    a, b = "na-" + uuid.uuid4().hex[:6], "nb-" + uuid.uuid4().hex[:6]
+    suite.ctr("snapshots", "prepare", "k", namespace=a, check=True)
+    suite.ctr("snapshots", "prepare", "k", namespace=b, check=True)
+    suite.ctr("snapshots", "rm", "k", namespace=a, check=True)
+    assert "k" in suite.ctr("snapshots", "ls", namespace=b, check=True).stdout
+    suite.ctr("snapshots", "rm", "k", namespace=b, check=True)
+
+
+# -- mounted trees -------------------------------------------------------------------
+
+class Side:
+    """Snapshots and Diff over gRPC against one side, in one namespace, GC-rooted."""
+
+    def __init__(self, address: str, ns: str, snapshotter: str = "overlayfs") -> None:
+        self.address, self.ns, self.sn = address, ns, snapshotter
+        self.channel = grpc.insecure_channel(f"unix://{address}")
+        self.snaps = snapshots_pb2_grpc.SnapshotsStub(self.channel)
+        self.diff = diff_pb2_grpc.DiffStub(self.channel)
+        self.md = [("containerd-namespace", ns)]
+
+    def prepare(self, key: str, parent: str = "", view: bool = False) -> list:
+        labels = {"containerd.io/gc.root": "test"}
+        if view:
+            return list(self.snaps.View(snapshots_pb2.ViewSnapshotRequest(
+                snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md).mounts)
+        return list(self.snaps.Prepare(snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md).mounts)
+
+    def commit(self, name: str, key: str) -> None:
+        self.snaps.Commit(snapshots_pb2.CommitSnapshotRequest(snapshotter=self.sn, name=name, key=key,
+                                                              labels={"containerd.io/gc.root": "test"}), metadata=self.md)
+
+    def remove(self, key: str) -> None:
+        self.snaps.Remove(snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.sn, key=key), metadata=self.md)
+
+    def apply(self, media_type: str, blob: bytes, mounts: list) -> descriptor_pb2.Descriptor:
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        desc = descriptor_pb2.Descriptor(media_type=media_type, digest=digest, size=len(blob))
+        return self.diff.Apply(diff_pb2.ApplyRequest(diff=desc, mounts=mounts), metadata=self.md, timeout=120).applied
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _ingest(address: str, ns: str, blob: bytes) -> str:
+    import subprocess
+    from flotilla.testing import CTR
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    # a seekable stdin (a file): ctr seeks when the store already holds part of the blob
+    with tempfile.TemporaryFile() as f:
+        f.write(blob)
+        for args in (["content", "ingest", "--expected-size", str(len(blob)), "--expected-digest", digest,
+                      "ref-" + uuid.uuid4().hex[:8]],
+                     ["content", "label", digest, "containerd.io/gc.root=test"]):
+            f.seek(0)
+            res = subprocess.run([CTR, "--address", address, "--namespace", ns, *args],
+                                 stdin=f, capture_output=True, timeout=60)
+            assert res.returncode == 0, (args, res.stderr)
+    return digest
+
+
+@contextmanager
+def mounted(mounts: list) -> Iterator[Path]:
+    target = Path(tempfile.mkdtemp(prefix="flotilla-test-mnt-"))
+    try:
+        mnt.mount_all(mounts, str(target))
+        try:
+            yield target
+        finally:
+            mnt.unmount_all(str(target))
+    finally:
+        target.rmdir()
+
+
+def _busybox_layers() -> list[tuple[str, bytes]]:
+    """Three layers built offline from busybox-static: added, changed, deleted files, an
+    opaque directory, hardlinks, symlinks, a device, xattrs; gzip, zstd and plain tar."""
+    bb = Path("/bin/busybox").read_bytes()
+    one = tar_bytes([
+        Entry("bin", "dir", mode=0o755), Entry("bin/busybox", data=bb, mode=0o755),
+        Entry("bin/sh", "symlink", link="busybox"), Entry("bin/ls", "symlink", link="/bin/busybox"),
+        Entry("bin/bb", "hardlink", link="bin/busybox"),
+        Entry("etc", "dir", mode=0o755), Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n"),
+        Entry("etc/group", data=b"root:x:0:\n"),
+        Entry("opt", "dir"), Entry("opt/data", "dir"), Entry("opt/data/a", data=b"a"),
+        Entry("opt/data/b", data=b"b", uid=1000, gid=1000),
+        Entry("tmp", "dir", mode=0o1777), Entry("dev", "dir"), Entry("dev/null", "char", mode=0o666, major=1, minor=3),
+    ])
+    two = tar_bytes([
+        Entry("etc", "dir", mode=0o755), Entry("etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\nme:x:1:1::/:/bin/sh\n"),
+        Entry("etc/.wh.group"),
+        Entry("opt", "dir"), Entry("opt/data", "dir"), Entry("opt/data/.wh..wh..opq"), Entry("opt/data/c", data=b"c"),
+        Entry("usr", "dir"), Entry("usr/new", data=b"new", mode=0o600, xattrs={"user.flotilla": "yes"}),
+    ])
+    three = tar_bytes([
+        Entry("bin", "dir", mode=0o755), Entry("bin/.wh.ls"), Entry("bin/cat", "symlink", link="busybox"),
+        Entry("usr", "dir"), Entry("usr/new", data=b"newer", mode=0o640, mtime=1_700_000_000),
+        Entry("usr/link", "hardlink", link="usr/new"),
+    ])
+    return [("application/vnd.oci.image.layer.v1.tar+gzip", gz(one)),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zst(two)),
+            ("application/vnd.oci.image.layer.v1.tar", three)]
+
+
+def _unpack(address: str, ns: str, layers: list[tuple[str, bytes]], sn: str) -> dict[str, tuple]:
+    side = Side(address, ns, sn)
+    parent = ""
+    try:
+        for i, (media, blob) in enumerate(layers):
+            _ingest(address, ns, blob)
+            mounts = side.prepare(f"extract-{i}", parent)
+            side.apply(media, blob, mounts)
+            side.commit(f"layer-{i}", f"extract-{i}")
+            parent = f"layer-{i}"
+        with mounted(side.prepare("top", parent, view=True)) as root:
+            return tree(root)
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_busybox_layers_unpack_to_the_same_tree(suite: PrivateSuite, containerd: ContainerdPeer, sn: str) -> None:
+    ns = "unpack-" + uuid.uuid4().hex[:8]
+    layers = _busybox_layers()
+    ours = _unpack(suite.address, ns, layers, sn)
+    theirs = _unpack(containerd.address, ns, layers, sn)
+    assert ours == theirs
+    assert "etc/group" not in ours and "bin/ls" not in ours
+    assert sorted(k for k in ours if k.startswith("opt/data/")) == ["opt/data/c"]
+    assert ours["usr/new"][4] == b"newer"
+
+
+def test_apply_reports_uncompressed_digest(suite: PrivateSuite) -> None:
+    ns = "dg-" + uuid.uuid4().hex[:8]
+    raw = tar_bytes([Entry("f", data=b"1")])
+    blob = gz(raw)
+    _ingest(suite.address, ns, blob)
+    side = Side(suite.address, ns)
+    try:
+        applied = side.apply("application/vnd.oci.image.layer.v1.tar+gzip", blob, side.prepare("k"))
+        assert applied.digest == "sha256:" + hashlib.sha256(raw).hexdigest() and applied.size == len(raw)
+        desc = descriptor_pb2.Descriptor(media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+                                         digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob),
+                                         annotations={"containerd.io/uncompressed": "sha256:" + "0" * 64})
+        with pytest.raises(grpc.RpcError) as err:
+            side.diff.Apply(diff_pb2.ApplyRequest(diff=desc, mounts=side.prepare("k2")), metadata=side.md)
+        assert "wrong diff id" in (err.value.details() or "")
+        missing = descriptor_pb2.Descriptor(media_type="application/vnd.oci.image.layer.v1.tar",
+                                            digest="sha256:" + "1" * 64, size=1)
+        with pytest.raises(grpc.RpcError) as err:
+            side.diff.Apply(diff_pb2.ApplyRequest(diff=missing, mounts=side.prepare("k3")), metadata=side.md)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        side.close()
+
+
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_diff_of_changed_snapshot_reproduces_the_tree(suite: PrivateSuite, sn: str) -> None:
+    ns = "df-" + uuid.uuid4().hex[:8]
+    layers = _busybox_layers()
+    side = Side(suite.address, ns, sn)
+    try:
+        parent = ""
+        for i, (media, blob) in enumerate(layers):
+            _ingest(suite.address, ns, blob)
+            side.apply(media, blob, side.prepare(f"x{i}", parent))
+            side.commit(f"l{i}", f"x{i}")
+            parent = f"l{i}"
+        work = side.prepare("work", parent)
+        with mounted(work) as root:
+            (root / "etc/passwd").write_text("changed\n")
+            (root / "etc/hostname").write_text("box\n")
+            os.unlink(root / "bin/sh")
+            shutil.rmtree(root / "opt/data")
+            (root / "opt/newdir").mkdir()
+            (root / "opt/newdir/f").write_bytes(b"f" * 10000)
+            os.link(root / "opt/newdir/f", root / "opt/newdir/g")
+            os.chmod(root / "usr/new", 0o611)
+            want = tree(root)
+        lower = side.prepare("lower-view", parent, view=True)
+        d = side.diff.Diff(diff_pb2.DiffRequest(left=lower, right=work, labels={"containerd.io/gc.root": "t"}),
+                           metadata=side.md, timeout=120).diff
+        assert d.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+        assert d.annotations["containerd.io/uncompressed"].startswith("sha256:")
+        info = ctr(suite.address, "content", "ls", namespace=ns, check=True).stdout
+        assert d.digest in info and "containerd.io/uncompressed=" + d.annotations["containerd.io/uncompressed"] in info
+        applied = side.diff.Apply(diff_pb2.ApplyRequest(diff=d, mounts=side.prepare("again", parent)),
+                                  metadata=side.md, timeout=120).applied
+        assert applied.digest == d.annotations["containerd.io/uncompressed"]
+        side.commit("again-c", "again")
+        with mounted(side.prepare("again-view", "again-c", view=True)) as root:
+            got = tree(root)
+        assert got == want
+    finally:
+        side.close()
