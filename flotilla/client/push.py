@@ -1,0 +1,83 @@
+"""Push an image from the content store to a registry: blobs first (in parallel), then manifests,
+then the index or manifest under the tag."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flotilla.libs.distribution import (Credentials, Descriptor, Index, RegistryClient, media, parse_manifest,
+                                        parse_reference)
+from flotilla.libs.distribution.auth import CredentialsFor
+
+from .pull import Progress, ref_key
+
+if TYPE_CHECKING:
+    from .client import Client
+
+UPLOAD_CHUNK = 8 << 20
+
+
+@dataclass
+class PushOptions:
+    credentials: CredentialsFor | Credentials | None = None
+    plain_http: bool | None = None
+    concurrency: int = 3
+    progress: Callable[[Progress], None] | None = None
+
+
+async def _chunks(client: "Client", digest: str) -> AsyncIterator[bytes]:
+    buf = bytearray()
+    async for data in client.content.read(digest):
+        buf += data
+        if len(buf) >= UPLOAD_CHUNK:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+async def push(client: "Client", local: str, ref: str, opts: PushOptions | None = None) -> Descriptor:
+    """Push the local image ``local`` as ``ref``; returns the pushed top descriptor."""
+    opts = opts or PushOptions()
+    reference = parse_reference(ref)
+    registry = RegistryClient(opts.credentials, opts.plain_http)
+    image = await client.images.get(local)
+    limit = asyncio.Semaphore(max(1, opts.concurrency))
+
+    def report(desc: Descriptor, offset: int, status: str) -> None:
+        if opts.progress is not None:
+            opts.progress(Progress(ref_key(desc), desc.digest, desc.media_type, offset, desc.size, status))
+
+    async def blob(desc: Descriptor) -> None:
+        async with limit:
+            report(desc, 0, "uploading")
+            sent = await registry.push_blob(reference, desc, _chunks(client, desc.digest),
+                                            progress=lambda n: report(desc, n, "uploading"))
+            report(desc, desc.size, "done" if sent else "exists")
+
+    async def manifest(desc: Descriptor, data: bytes, obj: str) -> None:
+        await registry.push_manifest(reference, obj, desc.media_type, data)
+        report(desc, desc.size, "done")
+
+    top = image.target
+    top_data = await client.content.read_all(top.digest)
+    doc = parse_manifest(top_data, top.media_type)
+    manifests: list[tuple[Descriptor, bytes]] = []
+    if isinstance(doc, Index):
+        for child in doc.manifests:
+            if not media.is_manifest(child.media_type) or not await client.content.exists(child.digest):
+                continue
+            manifests.append((child, await client.content.read_all(child.digest)))
+    else:
+        manifests.append((top, top_data))
+    for desc, data in manifests:
+        m = parse_manifest(data, desc.media_type)
+        assert not isinstance(m, Index)
+        await asyncio.gather(*(blob(d) for d in [m.config, *m.layers]))
+        if isinstance(doc, Index):
+            await manifest(desc, data, desc.digest)
+    await manifest(top, top_data, reference.tag or top.digest)
+    return top
