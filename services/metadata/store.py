@@ -17,6 +17,7 @@ from .api import Namespace
 from .containers import ContainersMixin
 from .gcmark import GCMixin
 from .images import ImagesMixin
+from .integrity import IntegrityMixin
 from .leases import LeasesMixin
 
 
@@ -27,7 +28,7 @@ def _validate_labels(labels: dict[str, str], what: str) -> None:
         raise InvalidArgument(f"{what}: {exc.message}") from None
 
 
-class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin):
+class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, IntegrityMixin):
     @classmethod
     def open(cls, url: str) -> "MetadataStore":
         return cls(db.open_engine(url))

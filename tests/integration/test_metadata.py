@@ -349,3 +349,92 @@ def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd:
     _same(md, containerd, [["images", "rm", "--sync", "gc/b:1"]], ns)
     assert _state(md.address, ns) == _state(containerd.address, ns) == ([], [])
     _same(md, containerd, [["namespaces", "rm", ns]], "default")
+
+
+def _kill_metadata(suite: PrivateSuite) -> None:
+    pid = suite.suite.program_pid("metadata")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # supervisord starts a new one
+        try:
+            if suite.suite.program_pid("metadata") not in (0, pid):
+                return
+        except ValueError:
+            pass
+        time.sleep(0.1)
+    pytest.fail("metadata was not restarted")
+
+
+@pytest.mark.slow
+def test_sigkill_under_concurrent_writes_loses_no_acknowledged_call(md: PrivateSuite, stress: int) -> None:
+    ns = "kill-" + uuid.uuid4().hex[:8]
+    meta = [("containerd-namespace", ns)]
+    known: dict[str, bool] = {}      # id -> present, for calls that answered success
+    unsure: set[str] = set()         # calls that failed: either outcome is allowed
+    lock = threading.Lock()
+    stop = threading.Event()
+    spec = b'{"ociVersion":"1.0.2","marker":"%s"}'
+
+    def worker(t: int) -> None:
+        with grpc.insecure_channel(f"unix://{md.address}") as ch:
+            stub = pbc_grpc.ContainersStub(ch)
+            made: list[str] = []
+            i = 0
+            while not stop.is_set():
+                cid = f"w{t}-{i}"
+                c = pbc.Container(id=cid, labels={"i": str(i)})
+                c.runtime.name = "io.containerd.runc.v2"
+                c.spec.type_url, c.spec.value = "types.containerd.io/opencontainers/runtime-spec/1/Spec", spec % cid.encode()
+                try:
+                    stub.Create(pbc.CreateContainerRequest(container=c), metadata=meta, timeout=8)
+                    with lock:
+                        known[cid] = True
+                    made.append(cid)
+                except grpc.RpcError:
+                    with lock:
+                        unsure.add(cid)
+                if i % 3 == 2 and made:
+                    victim = made.pop(0)
+                    try:
+                        stub.Delete(pbc.DeleteContainerRequest(id=victim), metadata=meta, timeout=8)
+                        with lock:
+                            known[victim] = False
+                    except grpc.RpcError:
+                        with lock:
+                            unsure.add(victim)
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3 * stress):
+            time.sleep(0.7)
+            _kill_metadata(md)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    md.suite.wait_ready(30)
+    with grpc.insecure_channel(f"unix://{md.address}") as ch:
+        listed = {c.id: c for c in pbc_grpc.ContainersStub(ch).List(
+            pbc.ListContainersRequest(), metadata=meta, timeout=30).containers}
+    settled = {cid: present for cid, present in known.items() if cid not in unsure}
+    assert sum(settled.values()) > 10, "too few calls succeeded to show anything"
+    assert [c for c, present in settled.items() if present and c not in listed] == []
+    assert [c for c, present in settled.items() if not present and c in listed] == []
+    for cid, c in listed.items():  # whole records, never a mix
+        assert c.spec.value == spec % cid.encode() and c.labels["i"] == cid.split("-")[1]
+    # the database itself passes its integrity check
+    from flotilla.services.metadata.store import MetadataStore
+    url = md.suite.extra_env.get("FLOTILLA_DB_URL") or f"sqlite:///{md.suite.root / 'metadata' / 'meta.db'}"
+    store = MetadataStore.open(url)
+    try:
+        assert store.check_integrity() == []
+    finally:
+        store.engine.dispose()
+    with grpc.insecure_channel(f"unix://{md.address}") as ch:
+        stub = pbc_grpc.ContainersStub(ch)
+        for cid in listed:
+            stub.Delete(pbc.DeleteContainerRequest(id=cid), metadata=meta, timeout=30)

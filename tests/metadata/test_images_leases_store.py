@@ -131,3 +131,22 @@ def test_namespace_delete_refuses_what_it_holds(store: MetadataStore) -> None:
         store.delete_namespace("ns", blobs=True)
     store.delete_namespace("ns")  # leases go with it
     assert store.list_leases("ns") == [] and store.list_namespaces() == []
+
+
+def test_integrity_check_passes_and_finds_damage(store: MetadataStore) -> None:
+    from sqlalchemy import insert, update
+
+    from flotilla.services.metadata import db
+    store.create_image("ns", _img("a"))
+    store.create_container("ns", Container("c", runtime=Runtime("r"), spec=AnyValue("t", b"\x00")))
+    store.create_lease("ns", Lease("l"))
+    store.add_lease_resource("ns", "l", Resource(D1, "content"))
+    assert store.check_integrity() == []
+    with store.engine.begin() as conn:
+        conn.execute(update(db.images).values(labels="{not json"))
+        conn.execute(insert(db.containers).values(namespace="ghost", id="x", labels="{}", image="", runtime_name="r",
+                                                  snapshotter="", snapshot_key="", extensions=b"\x80",
+                                                  created_at=1, updated_at=1))
+    problems = store.check_integrity()
+    assert any("images ns/a: undecodable" in p for p in problems)
+    assert any("containers ghost/x: namespace missing" in p for p in problems)
