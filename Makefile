@@ -25,7 +25,7 @@ test: install
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
-install: deps $(VENV)/.installed $(STUBS)
+install: deps $(VENV)/.installed $(STUBS) $(VENV)/bin/flotilla-shim
 
 deps:
 	@bash tools/install-deps.sh
@@ -35,6 +35,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+# the runtime's per-container supervisor, in C (see docs/runtime.md)
+$(VENV)/bin/flotilla-shim: services/runtime/shim/flotilla-shim.c $(VENV)/.installed
+	gcc -O2 -s -o $@ $<
 
 $(STUBS): tools/gen_protos.py $(VENV)/.installed
 	$(PY) tools/gen_protos.py 2>/dev/null

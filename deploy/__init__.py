@@ -22,6 +22,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("metadata", "flotilla.services.metadata"),
     ("content", "flotilla.services.content"),
     ("snapshots", "flotilla.services.snapshots"),
+    ("runtime", "flotilla.services.runtime"),
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222

@@ -55,7 +55,7 @@ PLUGINS: tuple[PluginEntry, ...] = (
     PluginEntry("io.containerd.grpc.v1", "leases", "metadata"),
     PluginEntry("io.containerd.grpc.v1", "namespaces", "metadata"),
     PluginEntry("io.containerd.grpc.v1", "snapshots", "snapshots", True),
-    PluginEntry("io.containerd.grpc.v1", "tasks", "runtime", True, implemented=False),
+    PluginEntry("io.containerd.grpc.v1", "tasks", "runtime", True),
     PluginEntry("io.containerd.grpc.v1", "version", ""),
 )
 _PING_TIMEOUT = 0.25

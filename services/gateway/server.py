@@ -24,6 +24,7 @@ from .images import ImagesServicer
 from .leases import LeasesServicer
 from .snapshots import SnapshotsServicer
 from .diff import DiffServicer
+from .tasks import TasksServicer
 from .version import VersionServicer
 
 log = logging.getLogger("flotilla.gateway")
@@ -55,6 +56,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     await ContentServicer.register(server, bus, cfg)
     SnapshotsServicer.register(server, bus, cfg)
     DiffServicer.register(server, bus, cfg)
+    TasksServicer.register(server, bus, cfg, metadata)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

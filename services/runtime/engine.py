@@ -116,6 +116,7 @@ class Engine:
                 status, at = recorded or (255, time.time_ns())
                 proc.set_exit(proc.rec.pid, status, at)
             await self._report_exit(task, proc)
+            proc.exited.set()  # after the event: a waiter's next step (delete) comes after it
 
     async def _report_exit(self, task: Task, proc: Proc) -> None:
         if proc.reported_file.exists() or task.deleted or proc.exit is None:
@@ -194,7 +195,8 @@ class Engine:
             except supervisor.SupervisorFailed as exc:
                 text = await asyncio.to_thread(log_error, logf) or str(exc)
                 verb = "restore" if rec.checkpoint else "create"
-                raise _unknown(f"OCI runtime {verb} failed: {Path(rec.binary).name} {verb} failed: {text}") from None
+                # runc's message already says "runc create failed: ...", as containerd shows it
+                raise _unknown(f"OCI runtime {verb} failed: {text}") from None
             rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
             rec.init.started = bool(rec.checkpoint)
             task.init.status = RUNNING if rec.checkpoint else CREATED
@@ -479,7 +481,11 @@ class Engine:
                 log.warning("skipping %s: %s", bundle, exc)
                 continue
             if not task.rec.init.shim_pid:
-                continue  # its create never finished; a later create of the id clears it
+                # we died inside its create: the client got no task, so none may be left running
+                await task.oci.delete(task.rec.id, force=True)
+                await mounts.unmount_all(bundle / "rootfs")
+                await asyncio.to_thread(shutil.rmtree, bundle, True)
+                continue
             for d in await asyncio.to_thread(lambda: sorted((bundle / "execs").glob("*/proc.json"))):
                 try:
                     proc = await asyncio.to_thread(load_proc, d.parent)

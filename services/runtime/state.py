@@ -71,9 +71,9 @@ class Proc:
         return self.dir / "exit.reported"
 
     def set_exit(self, pid: int, status: int, at_ns: int) -> None:
+        """Record the exit; waiters are woken by the engine once /tasks/exit is out."""
         self.exit = Exit(True, pid, status, at_ns)
         self.status = STOPPED
-        self.exited.set()
 
     def info(self, container_id: str) -> ProcessInfo:
         e = self.exit or Exit(False)
