@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..bus import Bus
 from ..subjects import shared
@@ -104,6 +105,19 @@ class ContainerRef:
 class ListRequest:
     namespace: str
     filters: list[str] = field(default_factory=list)
+    # paging (containers and images): with ``budget`` > 0 the result is a ListPage of about
+    # that many bytes, continuing after the key ``after``; 0 answers one plain list
+    after: str = ""
+    budget: int = 0
+
+
+@dataclass
+class ListPage:
+    items: list[dict[str, Any]]
+    next: str = ""  # the key to continue after; "" when this page is the last
+
+
+PAGE_BUDGET = 2 << 20  # bytes per page: well under NATS' message limit
 
 
 @dataclass
@@ -251,10 +265,22 @@ class MetadataClient:
         data = await self._call(CONTAINER_GET, ContainerRef(namespace, id), timeout, True)
         return from_wire(Container, data)  # type: ignore[arg-type]
 
+    async def _pages(self, method: str, namespace: str, filters: list[str] | None, timeout: float) -> list[Any]:
+        items: list[Any] = []
+        after = ""
+        while True:
+            data = await self._call(method, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET),
+                                    timeout, True)
+            page = from_wire(ListPage, data)  # type: ignore[arg-type]
+            items += page.items
+            if not page.next:
+                return items
+            after = page.next
+
     async def list_containers(self, namespace: str, filters: list[str] | None = None,
                               timeout: float = 10.0) -> list[Container]:
-        data = await self._call(CONTAINER_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
-        return [from_wire(Container, d) for d in data]  # type: ignore[union-attr]
+        data = await self._pages(CONTAINER_LIST, namespace, filters, timeout)
+        return [from_wire(Container, d) for d in data]
 
     async def create_container(self, namespace: str, container: Container, timeout: float = 10.0) -> Container:
         data = await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container), timeout, False)
@@ -277,8 +303,8 @@ class MetadataClient:
 
     async def list_images(self, namespace: str, filters: list[str] | None = None,
                           timeout: float = 10.0) -> list[Image]:
-        data = await self._call(IMAGE_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
-        return [from_wire(Image, d) for d in data]  # type: ignore[union-attr]
+        data = await self._pages(IMAGE_LIST, namespace, filters, timeout)
+        return [from_wire(Image, d) for d in data]
 
     async def create_image(self, namespace: str, image: Image, timeout: float = 10.0) -> Image:
         data = await self._call(IMAGE_CREATE, ImageCreate(namespace, image), timeout, False)

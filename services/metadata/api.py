@@ -10,5 +10,5 @@ from flotilla.libs.api.metadata import (  # noqa: F401  (named for type checkers
     AnyValue, Container, ContainerCreate, ContainerRef, ContainerUpdate, Descriptor, GCRequest, GCStats,
     Image, ImageCreate, ImageDelete, ImageRef, ImageUpdate, Lease, LeaseCreate, LeaseDelete, LeaseRef,
     LeaseResourceRequest, ListRequest, Namespace, NamespaceCreate, NamespaceName, NamespaceUpdate,
-    Resource, Runtime, subject,
+    ListPage, Resource, Runtime, subject,
 )

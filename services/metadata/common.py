@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 from sqlalchemy import insert, select
@@ -21,6 +21,7 @@ from flotilla.libs.identifiers import validate_labels
 
 from . import db
 
+T = TypeVar("T")
 _DIGEST_SIZES = {"sha256": 64, "sha384": 96, "sha512": 128}
 _HEX = re.compile(r"^[a-f0-9]+$")
 
@@ -75,6 +76,34 @@ def pack(value: Any) -> bytes:
 
 def unpack(data: bytes | None) -> Any:
     return None if data is None else msgpack.unpackb(data, raw=False)
+
+
+_BATCH = 1000  # rows read per query while paging
+
+
+def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, budget: int,
+         decode: Callable[[Any], T], keep: Callable[[T], bool], size: Callable[[Any], int]) -> tuple[list[T], str]:
+    """Records of ``namespace`` after key ``after``, in key order, until about ``budget``
+    bytes (0: all). Returns them and the key to continue after ("" when done): a list too
+    big for one bus message travels in pages."""
+    out: list[T] = []
+    used = 0
+    while True:
+        query = select(table).where(table.c.namespace == namespace)
+        if after:
+            query = query.where(key > after)
+        rows = conn.execute(query.order_by(key).limit(_BATCH)).all()
+        for i, row in enumerate(rows):
+            after = getattr(row, key.name)
+            record = decode(row)
+            if keep(record):
+                out.append(record)
+                used += size(row)
+                if budget and used >= budget:
+                    more = i + 1 < len(rows) or len(rows) == _BATCH
+                    return out, after if more else ""
+        if len(rows) < _BATCH:
+            return out, ""
 
 
 class StoreBase:

@@ -16,7 +16,7 @@ from flotilla.libs.identifiers import validate_identifier
 
 from . import db
 from .api import AnyValue, Container, Runtime
-from .common import StoreBase, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
+from .common import StoreBase, page, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
 
 _T = db.containers
 # the fields a full replace (no field mask) may change
@@ -42,6 +42,11 @@ def _row_to_container(row: Row[Any]) -> Container:
         created_at=row.created_at, updated_at=row.updated_at,
         extensions={k: AnyValue(t, v) for k, (t, v) in unpack(row.extensions).items()},
     )
+
+
+def _row_size(row: Row[Any]) -> int:
+    return 200 + sum(len(v or b"") for v in (row.spec, row.runtime_options, row.extensions)) + len(row.labels) \
+        + len(row.image) + len(row.snapshot_key)
 
 
 def _values(c: Container) -> dict[str, Any]:
@@ -103,11 +108,14 @@ class ContainersMixin(StoreBase):
         return _row_to_container(row)
 
     def list_containers(self, namespace: str, fs: list[str] | None = None) -> list[Container]:
+        return self.list_containers_page(namespace, fs)[0]
+
+    def list_containers_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
+                             budget: int = 0) -> tuple[list[Container], str]:
         wanted = parse_filters(fs)
         with self._read() as conn:
-            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.id)).all()
-        out = (_row_to_container(r) for r in rows)
-        return [c for c in out if wanted.matches(container_lookup(c))]
+            return page(conn, _T, _T.c.id, namespace, after, budget, _row_to_container,
+                        lambda c: wanted.matches(container_lookup(c)), _row_size)
 
     def create_container(self, namespace: str, c: Container) -> Container:
         try:

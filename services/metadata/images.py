@@ -15,7 +15,7 @@ from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
 
 from . import db
 from .api import Descriptor, Image
-from .common import StoreBase, parse_filters, check_labels, digest_error, dump_map, kept, load_map
+from .common import StoreBase, page, parse_filters, check_labels, digest_error, dump_map, kept, load_map
 from .containers import map_lookup
 
 _T = db.images
@@ -81,11 +81,15 @@ class ImagesMixin(StoreBase):
         return _row_to_image(row)
 
     def list_images(self, namespace: str, fs: list[str] | None = None) -> list[Image]:
+        return self.list_images_page(namespace, fs)[0]
+
+    def list_images_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
+                         budget: int = 0) -> tuple[list[Image], str]:
         wanted = parse_filters(fs)
         with self._read() as conn:
-            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.name)).all()
-        out = (_row_to_image(r) for r in rows)
-        return [i for i in out if wanted.matches(image_lookup(i))]
+            return page(conn, _T, _T.c.name, namespace, after, budget, _row_to_image,
+                        lambda i: wanted.matches(image_lookup(i)),
+                        lambda r: 200 + len(r.name) + len(r.labels) + len(r.annotations) + len(r.digest))
 
     def create_image(self, namespace: str, i: Image) -> Image:
         if not i.name:  # the service's own check comes before the store's

@@ -89,7 +89,9 @@ class MetadataServer:
 
     async def c_list(self, req: dict[str, Any]) -> Any:
         lr = from_wire(api.ListRequest, req)
-        return await asyncio.to_thread(self.store.list_containers, lr.namespace, lr.filters)
+        items, after = await asyncio.to_thread(self.store.list_containers_page, lr.namespace, lr.filters,
+                                               lr.after, lr.budget)
+        return api.ListPage(items, after) if lr.budget else items  # type: ignore[arg-type]
 
     async def c_create(self, req: dict[str, Any]) -> Any:
         cr = from_wire(api.ContainerCreate, req)
@@ -121,7 +123,9 @@ class MetadataServer:
 
     async def i_list(self, req: dict[str, Any]) -> Any:
         lr = from_wire(api.ListRequest, req)
-        return await asyncio.to_thread(self.store.list_images, lr.namespace, lr.filters)
+        items, after = await asyncio.to_thread(self.store.list_images_page, lr.namespace, lr.filters,
+                                               lr.after, lr.budget)
+        return api.ListPage(items, after) if lr.budget else items  # type: ignore[arg-type]
 
     async def i_create(self, req: dict[str, Any]) -> Any:
         cr = from_wire(api.ImageCreate, req)

@@ -107,3 +107,17 @@ def test_list_filters_and_namespace_isolation(store: MetadataStore) -> None:
     assert ids([]) == ["one", "two"] and store.list_containers("b") == []
     with pytest.raises(NotFound):
         store.get_container("b", "two")
+
+
+def test_lists_travel_in_pages_of_a_byte_budget(store: MetadataStore) -> None:
+    for i in range(30):
+        store.create_container("ns", _c(f"c{i:02d}", labels={"odd": str(i % 2)}))
+    got, after, pages = [], "", 0
+    while True:
+        items, after = store.list_containers_page("ns", ["labels.odd==1"], after, budget=2000)
+        got += [c.id for c in items]
+        pages += 1
+        if not after:
+            break
+    assert got == [f"c{i:02d}" for i in range(1, 30, 2)] and pages > 2
+    assert store.list_containers_page("ns", [], "", 0)[1] == ""
