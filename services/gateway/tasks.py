@@ -24,7 +24,7 @@ from flotilla.libs.api.runtime import (
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.errors import InvalidArgument, Unimplemented
+from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented
 
 from .protomsg import fill, set_timestamp
 from .rpc import namespace, timeout, unary
@@ -109,6 +109,22 @@ def _runc_binary(any_msg: Any) -> str:
         raise InvalidArgument("invalid task create option for runc: invalid argument") from None
 
 
+def _with_container_check(fn):  # type: ignore[no-untyped-def]
+    """containerd looks the container up before the task: when the runtime has no such task and
+    no such container exists either, answer with the container's NotFound as containerd does."""
+    import functools
+
+    @functools.wraps(fn)
+    async def call(self: "TasksServicer", request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except NotFound:
+            await self.metadata.get_container(namespace(context), request.container_id,
+                                              timeout(context, self.default_timeout))
+            raise
+    return call
+
+
 class TasksServicer(pbt_grpc.TasksServicer):
     def __init__(self, runtime: RuntimeClient, metadata: MetadataClient, default_timeout: float) -> None:
         self.runtime, self.metadata, self.default_timeout = runtime, metadata, default_timeout
@@ -136,11 +152,13 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return pbt.CreateTaskResponse(container_id=request.container_id, pid=info.pid)
 
     @unary("Tasks.Start")
+    @_with_container_check
     async def Start(self, request: pbt.StartRequest, context: aio.ServicerContext) -> pbt.StartResponse:
         info = await self.runtime.start(ProcessRef(namespace(context), request.container_id, request.exec_id))
         return pbt.StartResponse(pid=info.pid)
 
     @unary("Tasks.Delete")
+    @_with_container_check
     async def Delete(self, request: pbt.DeleteTaskRequest, context: aio.ServicerContext) -> pbt.DeleteResponse:
         exit_ = await self.runtime.delete(ProcessRef(namespace(context), request.container_id))
         out = pbt.DeleteResponse(id=request.container_id, pid=exit_.pid, exit_status=exit_.exit_status)
@@ -148,6 +166,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return out
 
     @unary("Tasks.DeleteProcess")
+    @_with_container_check
     async def DeleteProcess(self, request: pbt.DeleteProcessRequest, context: aio.ServicerContext) -> pbt.DeleteResponse:
         exit_ = await self.runtime.delete(ProcessRef(namespace(context), request.container_id, request.exec_id))
         out = pbt.DeleteResponse(id=request.exec_id, pid=exit_.pid, exit_status=exit_.exit_status)
@@ -155,6 +174,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return out
 
     @unary("Tasks.Get")
+    @_with_container_check
     async def Get(self, request: pbt.GetRequest, context: aio.ServicerContext) -> pbt.GetResponse:
         info = await self.runtime.get(ProcessRef(namespace(context), request.container_id, request.exec_id),
                                       timeout(context, self.default_timeout))
@@ -166,12 +186,14 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return pbt.ListTasksResponse(tasks=[_process_pb(i) for i in infos])
 
     @unary("Tasks.Kill")
+    @_with_container_check
     async def Kill(self, request: pbt.KillRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.kill(Kill(namespace(context), request.container_id, request.exec_id, request.signal,
                                      request.all))
         return empty_pb2.Empty()
 
     @unary("Tasks.Exec")
+    @_with_container_check
     async def Exec(self, request: pbt.ExecProcessRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         ns = namespace(context)
         if not request.exec_id:
@@ -181,28 +203,33 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return empty_pb2.Empty()
 
     @unary("Tasks.ResizePty")
+    @_with_container_check
     async def ResizePty(self, request: pbt.ResizePtyRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.resize(Resize(namespace(context), request.container_id, request.exec_id,
                                          request.width, request.height))
         return empty_pb2.Empty()
 
     @unary("Tasks.CloseIO")
+    @_with_container_check
     async def CloseIO(self, request: pbt.CloseIORequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.close_io(CloseIO(namespace(context), request.container_id, request.exec_id,
                                             request.stdin))
         return empty_pb2.Empty()
 
     @unary("Tasks.Pause")
+    @_with_container_check
     async def Pause(self, request: pbt.PauseTaskRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.pause(ProcessRef(namespace(context), request.container_id))
         return empty_pb2.Empty()
 
     @unary("Tasks.Resume")
+    @_with_container_check
     async def Resume(self, request: pbt.ResumeTaskRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.resume(ProcessRef(namespace(context), request.container_id))
         return empty_pb2.Empty()
 
     @unary("Tasks.ListPids")
+    @_with_container_check
     async def ListPids(self, request: pbt.ListPidsRequest, context: aio.ServicerContext) -> pbt.ListPidsResponse:
         pids = await self.runtime.pids(ProcessRef(namespace(context), request.container_id),
                                        timeout(context, self.default_timeout))
@@ -215,6 +242,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return out
 
     @unary("Tasks.Checkpoint")
+    @_with_container_check
     async def Checkpoint(self, request: pbt.CheckpointTaskRequest, context: aio.ServicerContext) -> pbt.CheckpointTaskResponse:
         opts = oci_pb2.CheckpointOptions()
         if request.HasField("options") and request.options.value:
@@ -231,6 +259,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return pbt.CheckpointTaskResponse()
 
     @unary("Tasks.Update")
+    @_with_container_check
     async def Update(self, request: pbt.UpdateTaskRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.runtime.update(Update(namespace(context), request.container_id, request.resources.value,
                                          dict(request.annotations)))
@@ -252,6 +281,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return out
 
     @unary("Tasks.Wait")
+    @_with_container_check
     async def Wait(self, request: pbt.WaitRequest, context: aio.ServicerContext) -> pbt.WaitResponse:
         exit_ = await self.runtime.wait(ProcessRef(namespace(context), request.container_id, request.exec_id))
         out = pbt.WaitResponse(exit_status=exit_.exit_status)

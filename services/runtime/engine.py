@@ -24,7 +24,7 @@ from flotilla.libs.api.runtime import (
     TaskMetrics,
 )
 from flotilla.libs.errors import (
-    AlreadyExists, FailedPrecondition, FlotillaError, InvalidArgument, NotFound, Unknown,
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown,
 )
 from flotilla.libs.identifiers import validate_identifier
 
@@ -147,9 +147,10 @@ class Engine:
         try:
             spec = json.loads(spec_json or b"null")
         except ValueError as exc:
-            raise InvalidArgument(f"invalid OCI spec: {exc}: invalid argument") from None
+            # containerd's shim fails to read such a spec and answers Unknown
+            raise _unknown(f"failed to start shim: invalid OCI spec: {exc}") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
-            raise InvalidArgument("invalid OCI spec: no process: invalid argument")
+            raise _unknown("failed to start shim: invalid OCI spec: no process")
         bundle = self._bundle(ns, id)
         name = binary_for(runtime_name, binary)
         oci = OciRuntime(name, self.base / "oci" / Path(name).name / ns)
@@ -196,7 +197,7 @@ class Engine:
                 text = await asyncio.to_thread(log_error, logf) or str(exc)
                 verb = "restore" if rec.checkpoint else "create"
                 # runc's message already says "runc create failed: ...", as containerd shows it
-                raise _unknown(f"OCI runtime {verb} failed: {text}") from None
+                raise _unknown(f"failed to create shim task: OCI runtime {verb} failed: {text}") from None
             rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
             rec.init.started = bool(rec.checkpoint)
             task.init.status = RUNNING if rec.checkpoint else CREATED

@@ -18,22 +18,7 @@ import pytest
 from flotilla.services.runtime import supervisor
 from flotilla.services.runtime.engine import Engine
 
-APPLETS = ("sh", "echo", "sleep", "true", "false", "cat", "ls", "ps", "id", "env", "tty", "stty", "yes", "head",
-           "dd", "wc", "kill", "mkdir", "touch", "hostname")
-
-
-def build_rootfs(dest: Path) -> Path:
-    """A minimal root filesystem: busybox-static and its applets."""
-    for d in ("bin", "proc", "dev", "sys", "tmp", "etc", "root"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy("/bin/busybox", dest / "bin" / "busybox")
-    for name in APPLETS:
-        link = dest / "bin" / name
-        if not link.exists():
-            link.symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (dest / "etc" / "group").write_text("root:x:0:\n")
-    return dest
+from .helpers import build_rootfs
 
 
 _BASE_SPEC: dict[str, Any] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import uuid
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flotilla.libs.api.runtime import CREATED, PAUSED, RUNNING, STOPPED, Stdio
-from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown
+from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
 from flotilla.services.runtime.engine import Engine
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
@@ -127,7 +126,7 @@ async def test_exec_kill_pause_resume_pids(engine: tuple[Engine, Recorder], root
 
 async def test_bad_spec_and_missing_rootfs_leave_nothing(engine: tuple[Engine, Recorder], tmp_path: Path) -> None:
     eng, _ = engine
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(Unknown, match="invalid OCI spec"):
         await eng.create(NS, _id(), b"{not json")
     id = _id()
     with pytest.raises(Unknown, match="OCI runtime create failed"):

@@ -1,0 +1,324 @@
+"""Issue 6: tasks through ctr, side by side with containerd; SIGKILL of the runtime service."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from flotilla._api.containerd.api.events import task_pb2 as ev_task
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 as pbc
+from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
+from flotilla._api.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
+from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
+from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
+from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, ctr
+from tests.runtime.helpers import build_rootfs
+
+NS = [("containerd-namespace", "default")]
+
+
+@pytest.fixture(scope="module")
+def rootfs() -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="flotilla-it-rootfs-"))
+    yield build_rootfs(tmp / "rootfs")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _uid(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _targets(suite: PrivateSuite, peer: ContainerdPeer) -> list[tuple[str, str]]:
+    return [("flotilla", suite.address), ("containerd", peer.address)]
+
+
+def _norm(text: str, id: str) -> str:
+    """Outputs differ only in ids, pids and times."""
+    text = text.replace(id, "ID")
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \+0000 UTC", "TIME", text)
+    text = re.sub(r'time="[^"]+"', 'time="T"', text)
+    return re.sub(r"\b\d+\b", "N", text)
+
+
+def _cleanup(address: str, id: str) -> None:
+    ctr(address, "task", "kill", "-s", "9", id)
+    ctr(address, "task", "rm", "-f", id)
+    ctr(address, "containers", "rm", id)
+
+
+def _wait_status(address: str, id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = [line.split() for line in ctr(address, "task", "ls").stdout.splitlines()[1:]]
+        if [id, status] in [[r[0], r[2]] for r in rows if len(r) == 3]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{id} never became {status}")
+
+
+def test_run_rm_prints_output_and_returns_exit_code(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                    rootfs: Path) -> None:
+    for args, code, out in ((["/bin/echo", "hi"], 0, "hi\n"), (["/bin/sh", "-c", "exit 3"], 3, ""),
+                            (["/bin/sh", "-c", "echo to-err >&2; echo to-out"], 0, "to-out\n")):
+        results = []
+        for _, address in _targets(suite, containerd):
+            id = _uid("run")
+            res = ctr(address, "run", "--rm", "--rootfs", str(rootfs), id, *args)
+            results.append((res.returncode, res.stdout, _norm(res.stderr, id)))
+            assert ctr(address, "containers", "ls", "-q").stdout.split().count(id) == 0
+        assert results[0] == results[1]
+        assert results[0][:2] == (code, out)
+
+
+def test_crun_is_selectable(suite: PrivateSuite, rootfs: Path) -> None:
+    """``--runc-binary crun`` picks crun. On a hybrid cgroup host with a v2 controller (this one)
+    crun refuses to create containers, and the error says why, as it would under containerd."""
+    id = _uid("crun")
+    res = suite.ctr("run", "--rm", "--runc-binary", "crun", "--rootfs", str(rootfs), id, "/bin/echo", "hi")
+    if res.returncode != 0:
+        assert "crun" in res.stderr or "cgroup" in res.stderr, res.stderr
+        _cleanup(suite.address, id)
+    else:
+        assert res.stdout == "hi\n"
+
+
+def test_detached_task_commands_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                 rootfs: Path) -> None:
+    transcripts = []
+    for _, address in _targets(suite, containerd):
+        id = _uid("det")
+        steps: list[tuple[int, str, str]] = []
+
+        def step(*args: str) -> subprocess.CompletedProcess[str]:
+            res = ctr(address, *args)
+            steps.append((res.returncode, _norm(res.stdout, id), _norm(res.stderr, id)))
+            return res
+        try:
+            step("run", "-d", "--env", "PATH=/bin", "--rootfs", str(rootfs), id, "sleep", "1000")
+            step("task", "ls")
+            step("task", "ps", id)
+            step("task", "exec", "--exec-id", "e1", id, "/bin/sh", "-c", "echo exec-out; exit 5")
+            step("task", "exec", "--exec-id", "e2", id, "/bin/echo", "again")
+            step("task", "pause", id)
+            _wait_status(address, id, "PAUSED")
+            step("task", "ls")
+            step("task", "pause", id)                         # already paused
+            step("task", "resume", id)
+            step("task", "ls")
+            metrics = ctr(address, "task", "metrics", id)
+            steps.append((metrics.returncode, "", ""))
+            keys = [line.split()[0] for line in metrics.stdout.splitlines()[3:] if line.strip()]
+            steps.append((0, " ".join(keys), ""))
+            step("task", "rm", id)                            # still running
+            step("task", "kill", "-s", "9", id)
+            _wait_status(address, id, "STOPPED")
+            step("task", "ls")
+            step("task", "kill", "-s", "9", id)               # kill of a stopped task
+            step("task", "rm", id)
+            step("task", "ls")
+            step("containers", "rm", id)
+        finally:
+            _cleanup(address, id)
+        transcripts.append(steps)
+    ours, theirs = transcripts
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert a == b
+    assert "exec-out" in ours[3][1] and ours[3][0] == 5
+
+
+def _codes(address: str, rootfs: Path) -> list[str]:
+    """Status codes of bad task requests, sent as any gRPC client would."""
+    out = []
+    with grpc.insecure_channel(f"unix://{address}") as channel:
+        tasks = pbt_grpc.TasksStub(channel)
+        containers = pbc_grpc.ContainersStub(channel)
+
+        def code(call) -> str:  # type: ignore[no-untyped-def]
+            try:
+                call()
+                return "OK"
+            except grpc.RpcError as exc:
+                return f"{exc.code().name}|{exc.details()}"
+
+        ids = {k: _uid(k) for k in ("bad", "nofs", "ok")}
+        spec_ok = subprocess.run([CTR, "--address", address, "oci", "spec"], capture_output=True, text=True,
+                                 check=True).stdout
+        import json
+        spec = json.loads(spec_ok)
+        spec["root"] = {"path": str(rootfs)}
+        spec["process"]["args"] = ["/bin/sleep", "1000"]
+        spec["linux"]["cgroupsPath"] = f"/default/{ids['ok']}"
+        nofs = json.loads(spec_ok)
+        nofs["root"] = {"path": str(rootfs) + "-missing"}
+        nofs["process"]["args"] = ["/bin/true"]
+        specs = {"bad": b"{not json", "nofs": json.dumps(nofs).encode(), "ok": json.dumps(spec).encode()}
+        for key, body in specs.items():
+            containers.Create(pbc.CreateContainerRequest(container=pbc.Container(
+                id=ids[key], runtime=pbc.Container.Runtime(name="io.containerd.runc.v2"),
+                spec={"type_url": "types.containerd.io/opencontainers/runtime-spec/1/Spec", "value": body})),
+                metadata=NS)
+        try:
+            out.append(code(lambda: tasks.Create(pbt.CreateTaskRequest(container_id=ids["bad"]), metadata=NS)))
+            out.append(code(lambda: tasks.Create(pbt.CreateTaskRequest(container_id=ids["nofs"]), metadata=NS)))
+            out.append(code(lambda: tasks.Create(pbt.CreateTaskRequest(container_id="never-" + ids["ok"]),
+                                                 metadata=NS)))
+            out.append(code(lambda: tasks.Start(pbt.StartRequest(container_id="never"), metadata=NS)))
+            out.append(code(lambda: tasks.Create(pbt.CreateTaskRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Create(pbt.CreateTaskRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Start(pbt.StartRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Start(pbt.StartRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Kill(pbt.KillRequest(container_id=ids["ok"], signal=9), metadata=NS)))
+            tasks.Wait(pbt.WaitRequest(container_id=ids["ok"]), metadata=NS, timeout=30)
+            out.append(code(lambda: tasks.Kill(pbt.KillRequest(container_id=ids["ok"], signal=9), metadata=NS)))
+            out.append(code(lambda: tasks.Exec(pbt.ExecProcessRequest(container_id=ids["ok"], exec_id=""),
+                                               metadata=NS)))
+            out.append(code(lambda: tasks.Delete(pbt.DeleteTaskRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Delete(pbt.DeleteTaskRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Get(pbt.GetRequest(container_id=ids["ok"]), metadata=NS)))
+        finally:
+            for id in ids.values():
+                _cleanup(address, id)
+    return out
+
+
+def _ids(text: str) -> str:
+    return re.sub(r"-[0-9a-f]{8}\b", "-X", text)
+
+
+def test_bad_requests_get_containerd_codes_and_nothing_else_is_disturbed(
+        suite: PrivateSuite, containerd: ContainerdPeer, rootfs: Path) -> None:
+    keep = _uid("keep")
+    suite.ctr("run", "-d", "--rootfs", str(rootfs), keep, "/bin/sleep", "1000", check=True)
+    try:
+        ours, theirs = _codes(suite.address, rootfs), _codes(containerd.address, rootfs)
+        assert [c.split("|")[0] for c in ours] == [c.split("|")[0] for c in theirs]
+        # the same texts too, but for the bad spec's (Go's and Python's JSON errors differ)
+        assert [_ids(c) for c in ours[1:]] == [_ids(c) for c in theirs[1:]]
+        assert "NOT_FOUND" in ours[2] and "ALREADY_EXISTS" in ours[5]
+        _wait_status(suite.address, keep, "RUNNING")
+    finally:
+        _cleanup(suite.address, keep)
+
+
+def _tmux(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True)
+
+
+def _screen_has(session: str, needle: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = _tmux("capture-pane", "-p", "-t", session).stdout
+        if needle in screen:
+            return screen
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not on screen:\n{screen}")
+
+
+def test_run_t_is_interactive(suite: PrivateSuite, rootfs: Path) -> None:
+    id = _uid("tty")
+    session = "flotilla-" + id
+    cmd = f"{CTR} --address {suite.address} run -t --rm --env PATH=/bin --rootfs {rootfs} {id} sh; " \
+          f"echo ctr-exit=$?; sleep 60"
+    _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd)
+    try:
+        _tmux("send-keys", "-t", session, "tty; echo answer=$((6*7))", "Enter")
+        screen = _screen_has(session, "answer=42")
+        assert "/dev/pts/" in screen or "/dev/console" in screen
+        _tmux("send-keys", "-t", session, "stty size", "Enter")
+        _screen_has(session, "40 120")  # the window size reached the pty (ResizePty)
+        _tmux("send-keys", "-t", session, "exit 4", "Enter")
+        _screen_has(session, "ctr-exit=4")
+    finally:
+        _tmux("kill-session", "-t", session)
+        _cleanup(suite.address, id)
+
+
+def _program_restarted(suite: PrivateSuite, name: str, old: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if suite.suite.program_pid(name) not in (0, old):
+                return
+        except ValueError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{name} was not restarted")
+
+
+def test_sigkill_of_runtime_keeps_tasks_and_reports_missed_exit(suite: PrivateSuite, rootfs: Path) -> None:
+    ids = [_uid(f"k{i}") for i in range(5)]
+    flag = rootfs / "tmp" / ids[4]
+    exits: list[ev_task.TaskExit] = []
+    with grpc.insecure_channel(f"unix://{suite.address}") as channel:
+        events = events_pb2_grpc.EventsStub(channel).Subscribe(
+            events_pb2.SubscribeRequest(filters=['topic=="/tasks/exit"']), timeout=120)
+
+        def pump() -> None:
+            try:
+                for env in events:
+                    exits.append(ev_task.TaskExit.FromString(env.event.value))
+            except grpc.RpcError:
+                pass
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            for id in ids[:4]:
+                suite.ctr("run", "-d", "--rootfs", str(rootfs), id, "/bin/sleep", "1000", check=True)
+            script = f"while [ ! -e /tmp/{ids[4]} ]; do /bin/sleep 0.02; done; exit 7"
+            suite.ctr("run", "-d", "--rootfs", str(rootfs), ids[4], "/bin/sh", "-c", script, check=True)
+            for id in ids:
+                _wait_status(suite.address, id, "RUNNING")
+            old = suite.suite.program_pid("runtime")
+            os.kill(old, signal.SIGKILL)
+            flag.touch()  # the fifth exits while no runtime service watches it
+            _program_restarted(suite, "runtime", old)
+            for id in ids[:4]:
+                _wait_status(suite.address, id, "RUNNING")
+            _wait_status(suite.address, ids[4], "STOPPED")
+            tasks = pbt_grpc.TasksStub(channel)
+            waited = tasks.Wait(pbt.WaitRequest(container_id=ids[4]), metadata=NS, timeout=30)
+            assert waited.exit_status == 7
+            res = suite.ctr("task", "exec", "--exec-id", "after", ids[0], "/bin/echo", "still-here")
+            assert (res.returncode, res.stdout) == (0, "still-here\n")
+            suite.ctr("task", "kill", "-s", "9", ids[1], check=True)
+            assert tasks.Wait(pbt.WaitRequest(container_id=ids[1]), metadata=NS, timeout=30).exit_status == 137
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(e.container_id == ids[4] for e in exits):
+                time.sleep(0.05)
+            assert [e.exit_status for e in exits if e.container_id == ids[4]] == [7]
+        finally:
+            events.cancel()
+            for id in ids:
+                _cleanup(suite.address, id)
+            flag.unlink(missing_ok=True)
+
+
+def test_nothing_left_behind(suite: PrivateSuite, rootfs: Path) -> None:
+    """After ctr task rm: no supervisor, no mount, no cgroup of the task is left."""
+    id = _uid("left")
+    suite.ctr("run", "-d", "--rootfs", str(rootfs), id, "/bin/sleep", "1000", check=True)
+    suite.ctr("task", "kill", "-s", "9", id, check=True)
+    _wait_status(suite.address, id, "STOPPED")
+    suite.ctr("task", "rm", id, check=True)
+    suite.ctr("containers", "rm", id, check=True)
+    state = str(suite.suite.state / "runtime")
+    procs = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout.splitlines()
+    assert [p for p in procs if state in p and not p.startswith("Z")] == []
+    with open("/proc/self/mountinfo") as f:
+        assert [line for line in f if state in line] == []
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/default/{id}"))
+    assert id not in suite.ctr("task", "ls", "-q").stdout.split()

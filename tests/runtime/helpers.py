@@ -1,0 +1,23 @@
+"""Helpers of the runtime tests, shared with tests/integration/test_runtime.py."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+APPLETS = ("sh", "echo", "sleep", "true", "false", "cat", "ls", "ps", "id", "env", "tty", "stty", "yes", "head",
+           "dd", "wc", "kill", "mkdir", "touch", "hostname", "printf")
+
+
+def build_rootfs(dest: Path) -> Path:
+    """A minimal root filesystem: busybox-static and its applets."""
+    for d in ("bin", "proc", "dev", "sys", "tmp", "etc", "root"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", dest / "bin" / "busybox")
+    for name in APPLETS:
+        link = dest / "bin" / name
+        if not link.is_symlink():
+            link.symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (dest / "etc" / "group").write_text("root:x:0:\n")
+    return dest
