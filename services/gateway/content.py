@@ -57,6 +57,14 @@ def _status_pb(st: Status) -> pbc.Status:
     return out
 
 
+def _pread(path: str, size: int, offset: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
 def _valid(digest: str) -> None:
     if digest_error(digest):
         raise InvalidArgument(f'"{digest}" failed validation')
@@ -145,30 +153,23 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     yield pbc.ReadContentResponse(offset=pos, data=piece[i:i + READ_PIECE])
                     pos += min(READ_PIECE, len(piece) - i)
             return
-        try:
-            fd = await asyncio.to_thread(os.open, f.path, os.O_RDONLY)
-        except FileNotFoundError:
-            self._files.pop((ns, digest), None)
-            raise NotFound(f"content digest {digest}: not found") from None
-        try:
-            pos = offset
-            # read ahead one big piece while gRPC sends the last one
-            nxt: asyncio.Future[bytes] | None = None
-            if pos < end:
-                nxt = asyncio.ensure_future(asyncio.to_thread(os.pread, fd, min(LOCAL_READ, end - pos), pos))
-            while nxt is not None:
-                data = await nxt
-                if not data:
-                    break
-                ahead = pos + len(data)
-                nxt = (asyncio.ensure_future(asyncio.to_thread(os.pread, fd, min(LOCAL_READ, end - ahead), ahead))
-                       if ahead < end else None)
+        # ctr reads a blob as one Read call per MiB: one thread hop per call, no copies
+        pos = offset
+        while pos < end:
+            try:
+                data = await asyncio.to_thread(_pread, f.path, min(LOCAL_READ, end - pos), pos)
+            except FileNotFoundError:
+                self._files.pop((ns, digest), None)
+                raise NotFound(f"content digest {digest}: not found") from None
+            if not data:
+                break
+            if len(data) <= READ_PIECE:
+                yield pbc.ReadContentResponse(offset=pos, data=data)
+            else:
                 view = memoryview(data)
                 for i in range(0, len(view), READ_PIECE):
                     yield pbc.ReadContentResponse(offset=pos + i, data=bytes(view[i:i + READ_PIECE]))
-                pos = ahead
-        finally:
-            await asyncio.to_thread(os.close, fd)
+            pos += len(data)
 
     @unary("Content.Status")
     async def Status(self, request: pbc.StatusRequest, context: aio.ServicerContext) -> pbc.StatusResponse:
