@@ -23,7 +23,8 @@ from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_g
 from flotilla._api.containerd.api.services.events.v1 import events_pb2, events_pb2_grpc
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
-from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, ctr
+from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, Registry, ctr
+from flotilla.testing.images import busybox_image, push
 from tests.runtime.helpers import build_rootfs
 
 NS = [("containerd-namespace", "default")]
@@ -34,6 +35,17 @@ def rootfs() -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="flotilla-it-rootfs-"))
     yield build_rootfs(tmp / "rootfs")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def image(suite: PrivateSuite, containerd: ContainerdPeer) -> Iterator[str]:
+    """The offline busybox image, pulled by both from a local registry (unpacked by snapshots)."""
+    with Registry() as registry:
+        ref = f"{registry.host}/busybox:latest"
+        push(registry.host, "busybox", "latest", busybox_image())
+        for address in (suite.address, containerd.address):
+            ctr(address, "image", "pull", "--plain-http", ref, check=True, timeout=120)
+        yield ref
 
 
 def _uid(tag: str) -> str:
@@ -80,6 +92,31 @@ def test_run_rm_prints_output_and_returns_exit_code(suite: PrivateSuite, contain
             assert ctr(address, "containers", "ls", "-q").stdout.split().count(id) == 0
         assert results[0] == results[1]
         assert results[0][:2] == (code, out)
+
+
+def test_image_run_through_snapshots_matches_containerd(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                       image: str) -> None:
+    for args, code, out in ((["echo", "hi"], 0, "hi\n"), (["sh", "-c", "exit 3"], 3, "")):
+        results = []
+        for _, address in _targets(suite, containerd):
+            id = _uid("img")
+            res = ctr(address, "run", "--rm", image, id, *args, timeout=120)
+            results.append((res.returncode, res.stdout, _norm(res.stderr, id)))
+        assert results[0] == results[1]
+        assert results[0][:2] == (code, out)
+    # a detached one: its rootfs is an overlay mount in the bundle, gone after task rm
+    id = _uid("imgd")
+    suite.ctr("run", "-d", image, id, "sleep", "1000", check=True, timeout=120)
+    try:
+        bundle = str(suite.suite.state / "runtime" / "tasks" / "default" / id / "rootfs")
+        with open("/proc/self/mountinfo") as f:
+            assert any(line.split()[4] == bundle for line in f)
+        res = suite.ctr("task", "exec", "--exec-id", "x", id, "cat", "/etc/passwd")
+        assert res.returncode == 0 and "root" in res.stdout
+    finally:
+        _cleanup(suite.address, id)
+    with open("/proc/self/mountinfo") as f:
+        assert not any(line.split()[4] == bundle for line in f)
 
 
 def test_crun_is_selectable(suite: PrivateSuite, rootfs: Path) -> None:

@@ -1,0 +1,158 @@
+"""Issue 6 figures: task start/exec latency, 50 detached containers, supervisor memory.
+
+Every figure runs the same ctr commands against Flotilla and containerd, on a busybox-static
+rootfs built here (``ctr run --rootfs``). ``runc run`` / ``crun run`` of a ready bundle give
+the floor no daemon can beat. crun variants use ``--runc-binary crun`` (both sides honour it);
+they are skipped (None) where crun refuses the host (hybrid cgroups with a v2 controller).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.harness import Target, Workload
+
+_ROOTFS: Path | None = None
+DETACHED = 50
+
+
+def _rootfs() -> Path:
+    global _ROOTFS
+    if _ROOTFS is None:
+        from tests.runtime.helpers import build_rootfs
+        _ROOTFS = build_rootfs(Path(tempfile.mkdtemp(prefix="flotilla-bench-rootfs-")) / "rootfs")
+    return _ROOTFS
+
+
+def _id(tag: str) -> str:
+    return f"b{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _clean(t: Target, id: str) -> None:
+    t.ctr("task", "kill", "-s", "9", id)
+    t.ctr("task", "rm", "-f", id)
+    t.ctr("containers", "rm", id)
+
+
+def run_rm(binary: str):  # type: ignore[no-untyped-def]
+    def run(t: Target) -> float | None:
+        id = _id("rm")
+        extra = ["--runc-binary", binary] if binary != "runc" else []
+        started = time.perf_counter()
+        res = t.ctr("run", "--rm", *extra, "--rootfs", str(_rootfs()), id, "/bin/true")
+        took = time.perf_counter() - started
+        if res.returncode != 0:
+            _clean(t, id)
+            return None
+        return took
+    return run
+
+
+def floor(binary: str):  # type: ignore[no-untyped-def]
+    """``<runtime> run`` of a ready bundle: no daemon, no supervisor."""
+    def run(t: Target) -> float | None:
+        base = Path(tempfile.mkdtemp(prefix="flotilla-bench-bundle-", dir=t.base))
+        subprocess.run(["runc", "spec"], cwd=base, check=True)
+        spec = json.loads((base / "config.json").read_text())
+        spec["root"] = {"path": str(_rootfs()), "readonly": True}
+        spec["process"].update(args=["/bin/true"], terminal=False)
+        spec["linux"]["cgroupsPath"] = f"/flotilla-bench/{base.name}"
+        (base / "config.json").write_text(json.dumps(spec))
+        id = base.name
+        started = time.perf_counter()
+        res = subprocess.run([binary, "--root", str(base / "root"), "run", "--bundle", str(base), id],
+                             stdin=subprocess.DEVNULL, capture_output=True)
+        took = time.perf_counter() - started
+        subprocess.run([binary, "--root", str(base / "root"), "delete", "-f", id], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+        for d in Path("/sys/fs/cgroup").glob("*/flotilla-bench"):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        return took if res.returncode == 0 else None
+    return run
+
+
+def _mib(pid: int) -> tuple[float, float]:
+    """RSS and PSS of one process, MiB."""
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0] in ("Rss:", "Pss:"):
+                values[parts[0]] = int(parts[1]) / 1024
+    return values.get("Rss:", 0.0), values.get("Pss:", 0.0)
+
+
+def supervisors(t: Target) -> list[int]:
+    """The per-container supervisors of this target: flotilla-shim under the suite's state dir,
+    or containerd-shim-runc-v2 serving the peer's socket."""
+    marker = str(getattr(getattr(t.handle, "suite", None), "state", "")) if t.name == "flotilla" else t.address
+    name = "flotilla-shim" if t.name == "flotilla" else "containerd-shim-runc-v2"
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, stat, args = line.split(None, 2)
+        if name in args.split(" ", 1)[0] and marker in args and not stat.startswith("Z"):
+            pids.append(int(pid))
+    return pids
+
+
+def detached(t: Target) -> dict[str, float]:
+    """Start DETACHED ``sleep`` containers, weigh their supervisors, stop them all."""
+    ids = [_id("d") for _ in range(DETACHED)]
+    started = time.perf_counter()
+    for id in ids:
+        t.ctr("run", "-d", "--rootfs", str(_rootfs()), id, "/bin/sleep", "1000", check=True)
+    start_all = time.perf_counter() - started
+    sizes = [_mib(pid) for pid in supervisors(t)]
+    per = len(sizes) or 1
+    rss = sum(s[0] for s in sizes) / per
+    pss = sum(s[1] for s in sizes) / per
+    started = time.perf_counter()
+    for id in ids:
+        t.ctr("task", "kill", "-s", "9", id, check=True)
+    for id in ids:
+        t.ctr("task", "rm", "-f", id)
+        t.ctr("containers", "rm", id)
+    stop_all = time.perf_counter() - started
+    return {f"start {DETACHED} detached (s)": start_all, "supervisor RSS per container (MiB)": rss,
+            "supervisor PSS per container (MiB)": pss, f"stop {DETACHED} (kill+rm) (s)": stop_all}
+
+
+_EXEC: dict[str, str] = {}
+
+
+def exec_setup(t: Target) -> None:
+    id = _id("x")
+    t.ctr("run", "-d", "--rootfs", str(_rootfs()), id, "/bin/sleep", "1000", check=True)
+    _EXEC[t.name] = id
+
+
+def exec_true(t: Target) -> float:
+    id = _EXEC[t.name]
+    started = time.perf_counter()
+    t.ctr("task", "exec", "--exec-id", uuid.uuid4().hex[:8], id, "/bin/true", check=True)
+    return time.perf_counter() - started
+
+
+def exec_teardown(t: Target) -> None:
+    _clean(t, _EXEC.pop(t.name))
+
+
+def workloads() -> list[Workload]:
+    return [
+        Workload("runtime/ctr run --rm true (runc)", run_rm("runc"), repeat=20),
+        Workload("runtime/ctr run --rm true (crun)", run_rm("crun"), repeat=20),
+        Workload("runtime/runc run floor", floor("runc"), repeat=20, targets=("flotilla",)),
+        Workload("runtime/crun run floor", floor("crun"), repeat=20, targets=("flotilla",)),
+        Workload("runtime/ctr task exec true", exec_true, repeat=20, setup=exec_setup, teardown=exec_teardown),
+        Workload("runtime/50 detached sleep", detached, repeat=2, unit="see figure"),
+    ]
