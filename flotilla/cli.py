@@ -36,7 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show the suite's processes")
     logs = sub.add_parser("logs", help="show the suite's logs")
     logs.add_argument("-f", "--follow", action="store_true")
+    content = sub.add_parser("content", help="content store tools")
+    content_sub = content.add_subparsers(dest="content_command", required=True)
+    verify = content_sub.add_parser("verify", help="report corrupted or orphaned blobs (exit 1 if any)")
+    verify.add_argument("--root", default=None, help="data root (default: FLOTILLA_ROOT or /var/lib/flotilla)")
+    verify.add_argument("--quick", action="store_true", help="check sizes only, do not rehash")
+    verify.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.command == "content":
+        from pathlib import Path
+
+        from flotilla.services.content.verify import main as verify_main
+        return verify_main(Path(args.root) if args.root else Suite().root, not args.quick, args.json)
     return _suite_commands(args)
 
 

@@ -1,0 +1,82 @@
+"""The store's rules without NATS: locks across instances, resume, paths, atomic commits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from flotilla.libs.api.content import WriterOpen
+from flotilla.libs.errors import FailedPrecondition, NotFound, Unavailable
+from flotilla.services.content.store import ContentStore
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_two_instances_on_one_store_refuse_a_second_writer_of_a_ref(tmp_path: Path) -> None:
+    one, two = ContentStore(tmp_path), ContentStore(tmp_path)
+    s = one.open_writer(WriterOpen("ns", "layer", local=False))
+    with pytest.raises(Unavailable, match=r"^ref ns/layer locked for .* \(since .*\): unavailable$"):
+        two.open_writer(WriterOpen("ns", "layer", local=False))
+    with pytest.raises(Unavailable):
+        one.open_writer(WriterOpen("ns", "layer", local=False))  # same instance too
+    one.w_write(s.session, 0, b"abc")
+    one.w_close(s.session)
+    # released: the other instance resumes at the offset on disk
+    s2 = two.open_writer(WriterOpen("ns", "layer", local=False))
+    assert s2.offset == 3
+    two.w_write(s2.session, 3, b"def")
+    assert two.w_commit(s2.session, 6, sha(b"abcdef"), {}).digest == sha(b"abcdef")
+    assert one.info("ns", sha(b"abcdef")).size == 6
+    one.close(); two.close()
+
+
+def test_path_like_ref_is_just_a_name(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    s = store.open_writer(WriterOpen("ns", "../../x", local=False))
+    store.w_write(s.session, 0, b"data")
+    assert not (tmp_path / "x").exists() and not (tmp_path.parent / "x").exists()
+    ingest = [p for p in (tmp_path / "content" / "ingest").iterdir()]
+    assert len(ingest) == 1 and len(ingest[0].name) == 64
+    assert [st.ref for st in store.list_statuses("ns", [])] == ["../../x"]
+    store.w_commit(s.session, 0, "", {})
+    store.close()
+
+
+def test_failed_commit_leaves_no_blob_and_keeps_the_ingest(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    s = store.open_writer(WriterOpen("ns", "r", local=False))
+    store.w_write(s.session, 0, b"12345")
+    with pytest.raises(FailedPrecondition):
+        store.w_commit(s.session, 0, sha(b"other"), {})
+    with pytest.raises(FailedPrecondition):
+        store.w_commit(s.session, 9, "", {})
+    assert list((tmp_path / "content" / "blobs").rglob("*")) == []
+    with pytest.raises(NotFound):
+        store.info("ns", sha(b"12345"))
+    assert store.status("ns", "r").offset == 5
+    store.w_close(s.session)
+    store.abort("ns", "r")
+    with pytest.raises(NotFound, match="reference r: not found"):
+        store.status("ns", "r")
+    store.close()
+
+
+def test_resume_rehashes_what_is_on_disk(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path)
+    data = os.urandom(3 << 20)
+    s = store.open_writer(WriterOpen("ns", "big", total=len(data), local=False))
+    store.w_write(s.session, 0, data[:1 << 20])
+    # a killed instance: its sessions and locks vanish, the files stay
+    os.close(store.sessions[s.session].lock_fd)
+    store.sessions.clear()
+    again = ContentStore(tmp_path)
+    s2 = again.open_writer(WriterOpen("ns", "big", total=len(data), local=False))
+    assert (s2.offset, s2.total, s2.digest) == (1 << 20, len(data), sha(data[:1 << 20]))
+    again.w_write(s2.session, 1 << 20, data[1 << 20:])
+    assert again.w_commit(s2.session, len(data), sha(data), {}).digest == sha(data)
+    again.close()
