@@ -7,7 +7,10 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,8 +105,8 @@ def test_same_key_in_two_namespaces_is_two_snapshots(suite: PrivateSuite) -> Non
 class Side:
     """Snapshots and Diff over gRPC against one side, in one namespace, GC-rooted."""
 
-    def __init__(self, address: str, ns: str, snapshotter: str = "overlayfs") -> None:
-        self.address, self.ns, self.sn = address, ns, snapshotter
+    def __init__(self, address: str, ns: str, snapshotter: str = "overlayfs", timeout: float = 120) -> None:
+        self.address, self.ns, self.sn, self.timeout = address, ns, snapshotter, timeout
         self.channel = grpc.insecure_channel(f"unix://{address}")
         self.snaps = snapshots_pb2_grpc.SnapshotsStub(self.channel)
         self.diff = diff_pb2_grpc.DiffStub(self.channel)
@@ -113,13 +116,16 @@ class Side:
         labels = {"containerd.io/gc.root": "test"}
         if view:
             return list(self.snaps.View(snapshots_pb2.ViewSnapshotRequest(
-                snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md).mounts)
+                snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md,
+                timeout=self.timeout).mounts)
         return list(self.snaps.Prepare(snapshots_pb2.PrepareSnapshotRequest(
-            snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md).mounts)
+            snapshotter=self.sn, key=key, parent=parent, labels=labels), metadata=self.md,
+                timeout=self.timeout).mounts)
 
     def commit(self, name: str, key: str) -> None:
         self.snaps.Commit(snapshots_pb2.CommitSnapshotRequest(snapshotter=self.sn, name=name, key=key,
-                                                              labels={"containerd.io/gc.root": "test"}), metadata=self.md)
+                                                              labels={"containerd.io/gc.root": "test"}),
+                          metadata=self.md, timeout=self.timeout)
 
     def remove(self, key: str) -> None:
         self.snaps.Remove(snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.sn, key=key), metadata=self.md)
@@ -284,3 +290,99 @@ def test_diff_of_changed_snapshot_reproduces_the_tree(suite: PrivateSuite, sn: s
         assert got == want
     finally:
         side.close()
+
+
+# -- crash safety ----------------------------------------------------------------------
+
+def _restart_snapshots(suite: PrivateSuite) -> None:
+    pid = suite.suite.program_pid("snapshots")
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # supervisord starts it again with a new pid
+        try:
+            if suite.suite.program_pid("snapshots") not in (0, pid):
+                return
+        except ValueError:
+            pass
+        time.sleep(0.05)
+    pytest.fail("snapshots service was not restarted")
+
+
+def _records(suite: PrivateSuite) -> dict[int, tuple[str, str, str]]:
+    db = sqlite3.connect(f"file:{suite.suite.root / 'snapshots' / 'meta.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        return {r[0]: (r[1], r[2], r[3]) for r in db.execute("select id, namespace, key, kind from snapshots "
+                                                             "where snapshotter='overlayfs'")}
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_sigkill_during_prepare_and_commit_leaves_no_half_state(suite: PrivateSuite, stress: int) -> None:
+    ns = "crash-" + uuid.uuid4().hex[:8]
+    stop = threading.Event()
+    done: list[str] = []
+
+    def churn(worker: int) -> None:
+        side = Side(suite.address, ns, timeout=5)  # a call the kill cut off is not waited out
+        i = 0
+        try:
+            while not stop.is_set():
+                i += 1
+                key = f"w{worker}-{i}"
+                try:
+                    side.prepare(key)
+                    side.commit(f"{key}-c", key)
+                    side.prepare(f"{key}-child", f"{key}-c")
+                    done.append(key)
+                except grpc.RpcError:
+                    pass  # the service died under this call; what is visible is checked below
+        finally:
+            side.close()
+
+    threads = [threading.Thread(target=churn, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3 * stress):
+            time.sleep(0.3)
+            _restart_snapshots(suite)
+        res = suite.ctr("snapshots", "ls", namespace=ns)  # serving again
+        assert res.returncode == 0, res.stderr
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert done, "no call completed"
+    print(f"{len(done)} prepare/commit/prepare rounds completed")
+    side = Side(suite.address, ns)
+    try:
+        side.snaps.Cleanup(snapshots_pb2.CleanupRequest(snapshotter="overlayfs"), metadata=side.md)
+        infos = [i for r in side.snaps.List(snapshots_pb2.ListSnapshotsRequest(snapshotter="overlayfs"),
+                                            metadata=side.md) for i in r.info]
+        base = suite.suite.root / "snapshots" / "overlayfs"
+        records = _records(suite)
+        on_disk = {int(d) for d in os.listdir(base) if d.isdigit()}
+        # every record has its directory, and (after Cleanup) every directory its record
+        assert set(records) == on_disk
+        assert not [d for d in os.listdir(base) if not d.isdigit()]
+        for sid, (_, key, kind) in records.items():
+            assert (base / str(sid) / "fs").is_dir()
+            if kind == "active" and key.endswith("-child"):
+                assert (base / str(sid) / "work").is_dir()
+        # active snapshots listed mount (a sample: each mount is two processes)
+        for info in [i for i in infos if i.kind == snapshots_pb2.ACTIVE][-10:]:
+            if info.kind == snapshots_pb2.ACTIVE:
+                with mounted(list(side.snaps.Mounts(snapshots_pb2.MountsRequest(
+                        snapshotter="overlayfs", key=info.name), metadata=side.md).mounts)):
+                    pass
+        # and everything can be removed, children first
+        for info in infos:
+            if info.kind == snapshots_pb2.ACTIVE:
+                side.remove(info.name)
+        for info in infos:
+            if info.kind == snapshots_pb2.COMMITTED:
+                side.remove(info.name)
+    finally:
+        side.close()
+    assert not [k for k in _records(suite).values() if k[0] == ns]
