@@ -359,3 +359,88 @@ def test_nothing_left_behind(suite: PrivateSuite, rootfs: Path) -> None:
         assert [line for line in f if state in line] == []
     assert not list(Path("/sys/fs/cgroup").glob(f"*/default/{id}"))
     assert id not in suite.ctr("task", "ls", "-q").stdout.split()
+
+
+class _Topics:
+    """Task events of one daemon, as (topic, container id) in arrival order."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(f"unix://{address}")
+        self.stream = events_pb2_grpc.EventsStub(self.channel).Subscribe(
+            events_pb2.SubscribeRequest(filters=['topic~="^/tasks/"']), timeout=300)
+        self.seen: list[tuple[str, str, bytes]] = []
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for env in self.stream:
+                # every task event's first field is its container id
+                self.seen.append((env.topic, ev_task.TaskStart.FromString(env.event.value).container_id,
+                                  env.event.value))
+        except grpc.RpcError:
+            pass
+
+    def of(self, id: str) -> list[str]:
+        return [t for t, c, _ in self.seen if c == id]
+
+    def wait_for(self, id: str, topic: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and topic not in self.of(id):
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.stream.cancel()
+        self.channel.close()
+
+
+def test_task_events_come_in_containerds_order(suite: PrivateSuite, containerd: ContainerdPeer,
+                                               rootfs: Path) -> None:
+    orders = []
+    for _, address in _targets(suite, containerd):
+        topics = _Topics(address)
+        id = _uid("ev")
+        try:
+            # the subscription is live once a probe's events arrive
+            probe = _uid("probe")
+            ctr(address, "run", "--rm", "--rootfs", str(rootfs), probe, "/bin/true", check=True)
+            topics.wait_for(probe, "/tasks/delete")
+            ctr(address, "run", "-d", "--rootfs", str(rootfs), id, "/bin/sleep", "1000", check=True)
+            ctr(address, "task", "exec", "--exec-id", "e1", id, "/bin/true", check=True)
+            ctr(address, "task", "pause", id, check=True)
+            ctr(address, "task", "resume", id, check=True)
+            ctr(address, "task", "kill", "-s", "9", id, check=True)
+            _wait_status(address, id, "STOPPED")
+            ctr(address, "task", "rm", id, check=True)
+            topics.wait_for(id, "/tasks/delete")
+            orders.append(topics.of(id))
+            exits = [ev_task.TaskExit.FromString(v) for t, c, v in topics.seen if c == id and t == "/tasks/exit"]
+            assert [(e.id, e.exit_status) for e in exits] == [("e1", 0), (id, 137)]
+        finally:
+            topics.close()
+            _cleanup(address, id)
+    assert orders[0] == orders[1] == [
+        "/tasks/create", "/tasks/start", "/tasks/exec-added", "/tasks/exec-started", "/tasks/exit",
+        "/tasks/paused", "/tasks/resumed", "/tasks/exit", "/tasks/delete"]
+
+
+def test_memory_limit_applies_and_oom_is_reported(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                  rootfs: Path) -> None:
+    results = []
+    for _, address in _targets(suite, containerd):
+        topics = _Topics(address)
+        id = _uid("oom")
+        try:
+            probe = _uid("probe")
+            ctr(address, "run", "--rm", "--rootfs", str(rootfs), probe, "/bin/true", check=True)
+            topics.wait_for(probe, "/tasks/delete")
+            # the shell keeps 64 MiB in a variable under a 16 MiB limit
+            res = ctr(address, "run", "--rm", "--memory-limit", str(16 << 20), "--rootfs", str(rootfs), id,
+                      "/bin/sh", "-c", "x=$(/bin/head -c 67108864 /dev/zero | /bin/tr '\\0' a); echo survived")
+            topics.wait_for(id, "/tasks/delete")
+            results.append((res.returncode, res.stdout, "/tasks/oom" in topics.of(id)))
+        finally:
+            topics.close()
+            _cleanup(address, id)
+    assert results[0] == results[1]
+    assert results[0][0] != 0 and results[0][2]

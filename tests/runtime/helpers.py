@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 APPLETS = ("sh", "echo", "sleep", "true", "false", "cat", "ls", "ps", "id", "env", "tty", "stty", "yes", "head",
-           "dd", "wc", "kill", "mkdir", "touch", "hostname", "printf")
+           "dd", "wc", "kill", "mkdir", "touch", "hostname", "printf", "tr")
 
 
 def build_rootfs(dest: Path) -> Path:
