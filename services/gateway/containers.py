@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2
 from grpc import aio
@@ -47,6 +48,25 @@ def container_to_pb(c: Container) -> pbc.Container:
     return out
 
 
+def _set_any(target: any_pb2.Any, value: dict[str, Any] | None) -> None:
+    if value is not None:
+        target.type_url, target.value = value["type_url"], value["value"]
+
+
+def wire_to_pb(c: dict[str, Any]) -> pbc.Container:
+    """A container's wire map into protobuf, without the dataclass on the way (lists)."""
+    out = pbc.Container(id=c["id"], labels=c["labels"], image=c["image"], snapshotter=c["snapshotter"],
+                        snapshot_key=c["snapshot_key"])
+    out.runtime.name = c["runtime"]["name"]
+    _set_any(out.runtime.options, c["runtime"].get("options"))
+    _set_any(out.spec, c.get("spec"))
+    set_timestamp(out.created_at, c["created_at"])
+    set_timestamp(out.updated_at, c["updated_at"])
+    for k, v in c["extensions"].items():
+        _set_any(out.extensions[k], v)
+    return out
+
+
 class ContainersServicer(pbc_grpc.ContainersServicer):
     def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
         self.metadata, self.default_timeout = metadata, default_timeout
@@ -62,17 +82,17 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
 
     @unary("Containers.List")
     async def List(self, request: pbc.ListContainersRequest, context: aio.ServicerContext) -> pbc.ListContainersResponse:
-        found = await self.metadata.list_containers(namespace(context), list(request.filters),
-                                                    timeout(context, self.default_timeout))
-        return pbc.ListContainersResponse(containers=[container_to_pb(c) for c in found])
+        found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
+                                                         timeout(context, self.default_timeout))
+        return pbc.ListContainersResponse(containers=[wire_to_pb(c) for c in found])
 
     @streaming("Containers.ListStream")
     async def ListStream(self, request: pbc.ListContainersRequest,
                          context: aio.ServicerContext) -> AsyncIterator[pbc.ListContainerMessage]:
-        found = await self.metadata.list_containers(namespace(context), list(request.filters),
-                                                    timeout(context, self.default_timeout))
+        found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
+                                                         timeout(context, self.default_timeout))
         for c in found:
-            yield pbc.ListContainerMessage(container=container_to_pb(c))
+            yield pbc.ListContainerMessage(container=wire_to_pb(c))
 
     @unary("Containers.Create")
     async def Create(self, request: pbc.CreateContainerRequest, context: aio.ServicerContext) -> pbc.CreateContainerResponse:

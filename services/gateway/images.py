@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import empty_pb2
 from grpc import aio
 
@@ -30,6 +32,17 @@ def image_to_pb(i: Image) -> pbi.Image:
     return out
 
 
+def wire_to_pb(i: dict[str, Any]) -> pbi.Image:
+    """An image's wire map into protobuf, without the dataclass on the way (lists)."""
+    t = i["target"]
+    out = pbi.Image(name=i["name"], labels=i["labels"])
+    out.target.media_type, out.target.digest, out.target.size = t["media_type"], t["digest"], t["size"]
+    out.target.annotations.update(t["annotations"])
+    set_timestamp(out.created_at, i["created_at"])
+    set_timestamp(out.updated_at, i["updated_at"])
+    return out
+
+
 class ImagesServicer(pbi_grpc.ImagesServicer):
     def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
         self.metadata, self.default_timeout = metadata, default_timeout
@@ -45,9 +58,9 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
 
     @unary("Images.List")
     async def List(self, request: pbi.ListImagesRequest, context: aio.ServicerContext) -> pbi.ListImagesResponse:
-        found = await self.metadata.list_images(namespace(context), list(request.filters),
-                                                timeout(context, self.default_timeout))
-        return pbi.ListImagesResponse(images=[image_to_pb(i) for i in found])
+        found = await self.metadata.list_images_wire(namespace(context), list(request.filters),
+                                                     timeout(context, self.default_timeout))
+        return pbi.ListImagesResponse(images=[wire_to_pb(i) for i in found])
 
     @unary("Images.Create")
     async def Create(self, request: pbi.CreateImageRequest, context: aio.ServicerContext) -> pbi.CreateImageResponse:

@@ -44,6 +44,39 @@ def _row_to_container(row: Row[Any]) -> Container:
     )
 
 
+def _any_wire(data: bytes | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    type_url, value = unpack(data)
+    return {"type_url": type_url, "value": value}
+
+
+def row_to_wire(row: Row[Any]) -> dict[str, Any]:
+    """A container as its wire map, straight from the row: lists skip the dataclasses."""
+    return {
+        "id": row.id, "labels": load_map(row.labels), "image": row.image,
+        "runtime": {"name": row.runtime_name, "options": _any_wire(row.runtime_options)},
+        "spec": _any_wire(row.spec), "snapshotter": row.snapshotter, "snapshot_key": row.snapshot_key,
+        "created_at": row.created_at, "updated_at": row.updated_at,
+        "extensions": {k: {"type_url": t, "value": v} for k, (t, v) in unpack(row.extensions).items()},
+    }
+
+
+def wire_lookup(c: dict[str, Any]) -> filters.Lookup:
+    def lookup(path: Sequence[str]) -> tuple[str, bool]:
+        head = path[0]
+        if head in ("id", "image"):
+            return c[head], bool(c[head])
+        if head == "runtime":
+            if len(path) > 1 and path[1] == "name":
+                return c["runtime"]["name"], bool(c["runtime"]["name"])
+            return "", False
+        if head == "labels":
+            return map_lookup(c["labels"], path[1:])
+        return "", False
+    return lookup
+
+
 def _row_size(row: Row[Any]) -> int:
     return 200 + sum(len(v or b"") for v in (row.spec, row.runtime_options, row.extensions)) + len(row.labels) \
         + len(row.image) + len(row.snapshot_key)
@@ -108,14 +141,18 @@ class ContainersMixin(StoreBase):
         return _row_to_container(row)
 
     def list_containers(self, namespace: str, fs: list[str] | None = None) -> list[Container]:
-        return self.list_containers_page(namespace, fs)[0]
+        with self._read() as conn:
+            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.id)).all()
+        wanted = parse_filters(fs)
+        return [c for c in map(_row_to_container, rows) if wanted.matches(container_lookup(c))]
 
     def list_containers_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
-                             budget: int = 0) -> tuple[list[Container], str]:
+                             budget: int = 0) -> tuple[list[dict[str, Any]], str]:
+        """Wire maps of the matching containers, a page of about ``budget`` bytes."""
         wanted = parse_filters(fs)
         with self._read() as conn:
-            return page(conn, _T, _T.c.id, namespace, after, budget, _row_to_container,
-                        lambda c: wanted.matches(container_lookup(c)), _row_size)
+            return page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
+                        lambda c: wanted.matches(wire_lookup(c)), _row_size)
 
     def create_container(self, namespace: str, c: Container) -> Container:
         try:

@@ -115,7 +115,7 @@ def test_lists_travel_in_pages_of_a_byte_budget(store: MetadataStore) -> None:
     got, after, pages = [], "", 0
     while True:
         items, after = store.list_containers_page("ns", ["labels.odd==1"], after, budget=2000)
-        got += [c.id for c in items]
+        got += [c["id"] for c in items]
         pages += 1
         if not after:
             break
