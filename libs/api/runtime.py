@@ -151,6 +151,7 @@ class Checkpoint:
     id: str
     path: str = ""                         # image directory; "" = a new one under the state dir
     exit: bool = False                     # stop the task after checkpointing
+    work_path: str = ""                    # CRIU's work dir (logs); "" = one in the bundle
 
 
 @dataclass

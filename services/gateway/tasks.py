@@ -255,7 +255,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
             raise Unimplemented("checkpoint into the content store: not implemented by flotilla yet; "
                                 "give an image path (ctr task checkpoint --image-path)")
         await self.runtime.checkpoint(Checkpoint(namespace(context), request.container_id, opts.image_path,
-                                                 opts.exit))
+                                                 opts.exit, opts.work_path))
         return pbt.CheckpointTaskResponse()
 
     @unary("Tasks.Update")

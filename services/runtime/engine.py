@@ -442,19 +442,23 @@ class Engine:
         except RuntimeFailed as exc:
             raise _unknown(exc.text) from None
 
-    async def checkpoint(self, ns: str, id: str, path: str = "", exit: bool = False) -> CheckpointResult:
+    async def checkpoint(self, ns: str, id: str, path: str = "", exit: bool = False,
+                         work_path: str = "") -> CheckpointResult:
         task = self._task(ns, id)
-        if task.init.status != RUNNING:
-            raise FailedPrecondition(f"cannot checkpoint a task in {task.init.status} state: failed precondition")
+        if task.init.status == CREATED:
+            raise _unknown("cannot checkpoint a task in created state")
+        if task.init.status == STOPPED:
+            raise _unknown("cannot checkpoint a stopped container")
         image = Path(path) if path else task.bundle / "checkpoint" / str(time.time_ns())
-        work = task.bundle / "criu-work"
+        work = Path(work_path) if work_path else task.bundle / "criu-work"
         await asyncio.to_thread(image.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         try:
             await task.oci.checkpoint(id, image, work, leave_running=not exit)
         except RuntimeFailed as exc:
-            dump_log = work / "dump.log"
-            raise _unknown(f"checkpoint failed (criu refused; see {dump_log}): {exc.text}") from None
+            # CRIU's own reason is in its dump log; containerd names that log too
+            text = exc.text if "dump.log" in exc.text else f"{exc.text}; log file: {work / 'dump.log'}"
+            raise _unknown(text) from None
         await self._event("/tasks/checkpointed", ns, "TaskCheckpointed", container_id=id, checkpoint=str(image))
         return CheckpointResult(str(image))
 

@@ -19,7 +19,7 @@ def error_text(stderr: str) -> str:
     """runc's last error message (``level=error msg="..."``), or crun's last line."""
     found = _MSG.findall(stderr)
     if found:
-        return found[-1].replace('\\"', '"')
+        return found[-1].replace('\\"', '"').replace("\\n", "; ").strip("; ")
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"
 

@@ -68,7 +68,7 @@ class RuntimeServer:
 
     async def checkpoint(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.Checkpoint, req)
-        return await self.engine.checkpoint(r.namespace, r.id, r.path, r.exit)
+        return await self.engine.checkpoint(r.namespace, r.id, r.path, r.exit, r.work_path)
 
     async def update(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.Update, req)
