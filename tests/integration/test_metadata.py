@@ -339,6 +339,8 @@ def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd:
     assert _state(md.address, ns) == _state(containerd.address, ns)
     assert _state(md.address, ns)[1] == ["base", "snap-a", "snap-b"]
     _same(md, containerd, [["images", "ls"], ["images", "check"]], ns)
+    # a namespace holding images, blobs and snapshots is refused with containerd's message
+    _same(md, containerd, [["namespaces", "rm", ns]], "default")
 
     blob_dir = md.suite.root / "content" / "blobs" / "sha256"
     on_disk = lambda digest: (blob_dir / digest.split(":")[1]).exists()  # noqa: E731
