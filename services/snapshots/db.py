@@ -35,7 +35,9 @@ snapshots = Table(
 )
 
 
-def open_engine(path: Path) -> Engine:
+def open_engine(path: Path, writer: bool = True) -> Engine:
+    """The writer's transactions take SQLite's write lock when they begin; the reader's
+    statements run in autocommit (WAL readers never wait for the writer)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False,
                                                                "isolation_level": None})
@@ -47,6 +49,9 @@ def open_engine(path: Path) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    if not writer:
+        return engine
 
     @event.listens_for(engine, "begin")
     def _begin(conn):  # type: ignore[no-untyped-def]

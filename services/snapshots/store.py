@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +34,9 @@ from . import db
 from .api import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, SNAPSHOTTERS, Info, Mount, Usage
 
 T = db.snapshots
+# built once: composing the expression costs more than running it
+_BY_KEY = select(T).where((T.c.namespace == bindparam("ns")) & (T.c.snapshotter == bindparam("sn"))
+                          & (T.c.key == bindparam("key")))
 _TMP = "tmp-"
 
 
@@ -76,9 +79,10 @@ def disk_usage(path: Path) -> Usage:
 
 
 class SnapshotStore:
-    def __init__(self, root: Path, engine: Engine) -> None:
+    def __init__(self, root: Path, engine: Engine, reader: Engine | None = None) -> None:
         self.root = root
-        self.engine = engine
+        self.engine = engine          # transactions that write
+        self.reader = reader or engine  # plain reads
         self.index_off = _index_off()
         self._building: set[str] = set()  # temporary dirs of calls in flight
         self._lock = threading.Lock()
@@ -87,7 +91,8 @@ class SnapshotStore:
 
     @classmethod
     def open(cls, root: Path) -> "SnapshotStore":
-        store = cls(root, db.open_engine(root / "meta.db"))
+        engine = db.open_engine(root / "meta.db")
+        store = cls(root, engine, db.open_engine(root / "meta.db", writer=False))
         for name in SNAPSHOTTERS:  # nothing is in flight yet: every orphan is reclaimable
             store.cleanup(name)
         return store
@@ -98,8 +103,7 @@ class SnapshotStore:
         return self.root / snapshotter / str(sid)
 
     def _row(self, conn: Connection, ns: str, sn: str, key: str) -> Any:
-        return conn.execute(select(T).where((T.c.namespace == ns) & (T.c.snapshotter == sn)
-                                            & (T.c.key == key))).first()
+        return conn.execute(_BY_KEY, {"ns": ns, "sn": sn, "key": key}).first()
 
     def _by_id(self, conn: Connection, sid: int | None) -> Any:
         return None if sid is None else conn.execute(select(T).where(T.c.id == sid)).first()
@@ -156,9 +160,8 @@ class SnapshotStore:
         _check_labels(labels)
         tmp = self._tmpdir(sn)
         try:
-            with self.engine.connect() as conn:
+            with self.reader.connect() as conn:  # early answer; checked again under the lock
                 parent_row = self._check_new(conn, ns, sn, key, parent)
-                conn.rollback()
             # build the directory outside the transaction (a native copy may take long)
             (tmp / "fs").mkdir(parents=True)
             if sn == "native" and parent_row is not None:
@@ -213,7 +216,7 @@ class SnapshotStore:
 
     def mounts(self, ns: str, sn: str, key: str) -> list[Mount]:
         check_snapshotter(sn)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = self._row(conn, ns, sn, key)
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist: not found")
@@ -230,9 +233,8 @@ class SnapshotStore:
         check_snapshotter(sn)
         labels = labels or {}
         _check_labels(labels)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:  # early answer; checked again under the lock
             row = self._check_commit(conn, ns, sn, name, key)
-            conn.rollback()
         usage = disk_usage(self.snap_dir(sn, row.id) / "fs")  # outside the write lock
         now = time.time_ns()
         with self.engine.begin() as conn:
@@ -278,7 +280,7 @@ class SnapshotStore:
 
     def stat(self, ns: str, sn: str, key: str) -> Info:
         check_snapshotter(sn)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = self._row(conn, ns, sn, key)
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist: not found")
@@ -314,7 +316,7 @@ class SnapshotStore:
     def list(self, ns: str, sn: str, filter_strings: Sequence[str] = ()) -> list[Info]:
         check_snapshotter(sn)
         wanted = filters.parse(filter_strings)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             rows = conn.execute(select(T).where((T.c.namespace == ns) & (T.c.snapshotter == sn))
                                 .order_by(T.c.key)).all()
         keys = {r.id: r.key for r in rows}
@@ -329,7 +331,7 @@ class SnapshotStore:
 
     def usage(self, ns: str, sn: str, key: str) -> Usage:
         check_snapshotter(sn)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = self._row(conn, ns, sn, key)
             if row is None:
                 raise NotFound(f"snapshot {key} does not exist: not found")
@@ -338,7 +340,7 @@ class SnapshotStore:
         return disk_usage(self.snap_dir(sn, row.id) / "fs")
 
     def namespace_held(self, ns: str) -> list[str]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return sorted(r[0] for r in conn.execute(
                 select(T.c.snapshotter).where(T.c.namespace == ns).distinct()))
 
