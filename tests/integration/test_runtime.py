@@ -48,6 +48,25 @@ def image(suite: PrivateSuite, containerd: ContainerdPeer) -> Iterator[str]:
         yield ref
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_supervisor_left(suite: PrivateSuite) -> Iterator[None]:
+    """After these tests no container of theirs may run: every supervisor under the suite's
+    runtime state must be gone (any left is killed, then reported)."""
+    yield
+    state = str(suite.suite.state / "runtime")
+    left = []
+    for line in subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout.splitlines():
+        pid, stat, args = line.split(None, 2)
+        if "flotilla-shim" in args and state in args and not stat.startswith("Z"):
+            left.append(args)
+    for ns_root in (suite.suite.state / "runtime" / "oci").glob("*/*"):
+        binary = ns_root.parent.name
+        for id in subprocess.run([binary, "--root", str(ns_root), "list", "-q"], capture_output=True,
+                                 text=True).stdout.split():
+            subprocess.run([binary, "--root", str(ns_root), "delete", "-f", id], capture_output=True)
+    assert left == []
+
+
 def _uid(tag: str) -> str:
     return f"{tag}-{uuid.uuid4().hex[:8]}"
 
@@ -283,6 +302,23 @@ def test_run_t_is_interactive(suite: PrivateSuite, rootfs: Path) -> None:
         _screen_has(session, "40 120")  # the window size reached the pty (ResizePty)
         _tmux("send-keys", "-t", session, "exit 4", "Enter")
         _screen_has(session, "ctr-exit=4")
+    finally:
+        _tmux("kill-session", "-t", session)
+        _cleanup(suite.address, id)
+
+
+def test_exec_t_is_interactive(suite: PrivateSuite, rootfs: Path) -> None:
+    id = _uid("xtty")
+    suite.ctr("run", "-d", "--env", "PATH=/bin", "--rootfs", str(rootfs), id, "sleep", "1000", check=True)
+    session = "flotilla-" + id
+    cmd = f"{CTR} --address {suite.address} task exec -t --exec-id sh1 {id} sh; echo exec-exit=$?; sleep 60"
+    _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
+    try:
+        _tmux("send-keys", "-t", session, "echo in=$((20+1)); stty size", "Enter")
+        _screen_has(session, "in=21")
+        _screen_has(session, "30 100")
+        _tmux("send-keys", "-t", session, "exit 6", "Enter")
+        _screen_has(session, "exec-exit=6")
     finally:
         _tmux("kill-session", "-t", session)
         _cleanup(suite.address, id)
