@@ -25,8 +25,8 @@ DETACHED = 50
 def _rootfs() -> Path:
     global _ROOTFS
     if _ROOTFS is None:
-        from tests.runtime.helpers import build_rootfs
-        _ROOTFS = build_rootfs(Path(tempfile.mkdtemp(prefix="flotilla-bench-rootfs-")) / "rootfs")
+        from flotilla.testing.images import write_rootfs
+        _ROOTFS = write_rootfs(Path(tempfile.mkdtemp(prefix="flotilla-bench-rootfs-")) / "rootfs")
     return _ROOTFS
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from flotilla.libs import mount as libmount
 from flotilla.libs.api.runtime import Mount
 from flotilla.libs.errors import InvalidArgument
 
@@ -18,25 +19,11 @@ async def _run(*argv: str) -> tuple[int, str]:
 
 
 async def mount_all(mounts: list[Mount], target: Path) -> None:
-    """Mount each in order on ``target`` (mount(8) understands bind, rbind, overlay options)."""
-    done = 0
+    """Mount each in order on ``target`` (libs.mount: overlay lowerdir compaction, bind ro)."""
     try:
-        for m in mounts:
-            kind = "none" if m.type in ("bind", "rbind") else m.type
-            opts = list(m.options)
-            if m.type in ("bind", "rbind") and not {"bind", "rbind"} & set(opts):
-                opts.append("rbind" if m.type == "rbind" else "bind")
-            argv = ["mount", "-t", kind]
-            if opts:
-                argv += ["-o", ",".join(opts)]
-            code, out = await _run(*argv, m.source, str(target))
-            if code != 0:
-                raise InvalidArgument(f"failed to mount rootfs component: {out}: invalid argument")
-            done += 1
-    except BaseException:
-        for _ in range(done):
-            await _run("umount", "-l", str(target))
-        raise
+        await asyncio.to_thread(libmount.mount_all, mounts, str(target))
+    except OSError as exc:
+        raise InvalidArgument(f"failed to mount rootfs component: {exc}: invalid argument") from None
 
 
 def is_mounted(path: Path) -> bool:
