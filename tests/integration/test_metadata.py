@@ -382,6 +382,7 @@ def test_sigkill_under_concurrent_writes_loses_no_acknowledged_call(md: PrivateS
     ns = "kill-" + uuid.uuid4().hex[:8]
     meta = [("containerd-namespace", ns)]
     known: dict[str, bool] = {}      # id -> present, for calls that answered success
+    updated: set[str] = set()        # ids whose full replace answered success
     unsure: set[str] = set()         # calls that failed: either outcome is allowed
     lock = threading.Lock()
     stop = threading.Event()
@@ -405,6 +406,21 @@ def test_sigkill_under_concurrent_writes_loses_no_acknowledged_call(md: PrivateS
                 except grpc.RpcError:
                     with lock:
                         unsure.add(cid)
+                if i % 3 == 1 and made:
+                    # a full replace changes labels, image and spec at once: after a crash
+                    # the record must show all of the old or all of the new
+                    target = made[-1]
+                    u = pbc.Container(id=target, labels={"i": target.split("-")[1], "gen": "2"},
+                                      image=f"gen2/{target}")
+                    u.runtime.name = "io.containerd.runc.v2"
+                    u.spec.type_url, u.spec.value = c.spec.type_url, spec % f"{target}/gen2".encode()
+                    try:
+                        stub.Update(pbc.UpdateContainerRequest(container=u), metadata=meta, timeout=8)
+                        with lock:
+                            updated.add(target)
+                    except grpc.RpcError:
+                        with lock:
+                            unsure.add(target)
                 if i % 3 == 2 and made:
                     victim = made.pop(0)
                     try:
@@ -436,8 +452,12 @@ def test_sigkill_under_concurrent_writes_loses_no_acknowledged_call(md: PrivateS
     assert sum(settled.values()) > 10, "too few calls succeeded to show anything"
     assert [c for c, present in settled.items() if present and c not in listed] == []
     assert [c for c, present in settled.items() if not present and c in listed] == []
-    for cid, c in listed.items():  # whole records, never a mix
-        assert c.spec.value == spec % cid.encode() and c.labels["i"] == cid.split("-")[1]
+    for cid, c in listed.items():  # whole records, never a mix of old and new
+        assert c.labels["i"] == cid.split("-")[1]
+        if c.labels.get("gen") == "2":
+            assert (c.image, c.spec.value) == (f"gen2/{cid}", spec % f"{cid}/gen2".encode())
+        else:
+            assert (c.image, c.spec.value) == ("", spec % cid.encode()) and cid not in updated - unsure
     # the database itself passes its integrity check
     from flotilla.services.metadata.store import MetadataStore
     url = md.suite.extra_env.get("FLOTILLA_DB_URL") or f"sqlite:///{md.suite.root / 'metadata' / 'meta.db'}"
