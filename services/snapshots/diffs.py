@@ -59,14 +59,26 @@ def readonly(mounts: list[Mount]) -> list[Mount]:
     return out
 
 
+def _worker_init(parent: int) -> None:
+    """Die with the service: a SIGKILLed service must not leave workers writing layers."""
+    import ctypes
+    import signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:     # it died before the line above
+        os._exit(1)
+
+
 class Differ:
     def __init__(self, content: ContentClient, scratch: Path, workers: int | None = None) -> None:
         self.content = content
         self.scratch = scratch
         scratch.mkdir(parents=True, exist_ok=True)
-        # forkserver: workers never inherit the event loop or the NATS connection
+        # spawn: workers never inherit the event loop or the NATS connection; they are this
+        # process' children and die with it (see _worker_init)
         self.pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers or os.cpu_count() or 2, mp_context=multiprocessing.get_context("forkserver"))
+            max_workers=workers or os.cpu_count() or 2, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init, initargs=(os.getpid(),))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
 import shutil
 import sqlite3
@@ -386,3 +387,71 @@ def test_sigkill_during_prepare_and_commit_leaves_no_half_state(suite: PrivateSu
     finally:
         side.close()
     assert not [k for k in _records(suite).values() if k[0] == ns]
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.add(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _big_layer() -> bytes:
+    rnd = random.Random(5)
+    return gz(tar_bytes([Entry("big", "dir")] + [Entry(f"big/f{i}", data=rnd.randbytes(64 * 1024))
+                                                 for i in range(400)]))
+
+
+@pytest.mark.slow
+def test_sigkill_during_apply_leaves_no_worker_and_service_recovers(suite: PrivateSuite, stress: int) -> None:
+    ns = "crash-apply-" + uuid.uuid4().hex[:6]
+    blob = _big_layer()
+    _ingest(suite.address, ns, blob)
+    media = "application/vnd.oci.image.layer.v1.tar+gzip"
+    for round_ in range(stress):
+        side = Side(suite.address, ns, timeout=30)
+        try:
+            # warm the pool so its workers exist, then kill the service under a second apply
+            side.apply(media, blob, side.prepare(f"warm-{round_}"))
+            service = suite.suite.program_pid("snapshots")
+            workers = _children(service)
+            assert workers, "the service has worker processes"
+            mounts = side.prepare(f"cut-{round_}")
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+            call = side.diff.Apply.future(diff_pb2.ApplyRequest(
+                diff=descriptor_pb2.Descriptor(media_type=media, digest=digest, size=len(blob)), mounts=mounts),
+                metadata=side.md, timeout=10)  # the killed service never answers: not waited out
+            _restart_snapshots(suite)
+            with pytest.raises(grpc.RpcError):
+                call.result()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") and
+                                                      not open(f"/proc/{w}/stat").read().split()[2] == "Z"
+                                                      for w in workers):
+                time.sleep(0.05)
+            alive = [w for w in workers if os.path.exists(f"/proc/{w}")
+                     and open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+            assert alive == [], "workers outlived the killed service"
+            # the half-applied snapshot is still only an active one; it can be dropped
+            info = side.snaps.Stat(snapshots_pb2.StatSnapshotRequest(snapshotter="overlayfs", key=f"cut-{round_}"),
+                                   metadata=side.md).info
+            assert info.kind == snapshots_pb2.ACTIVE
+            side.remove(f"cut-{round_}")
+            # and the restarted service applies the layer in full
+            res = suite.ctr("snapshots", "ls", namespace=ns)
+            assert res.returncode == 0, res.stderr
+            side.apply(media, blob, side.prepare(f"again-{round_}"))
+            side.commit(f"again-c-{round_}", f"again-{round_}")
+            with mounted(side.prepare(f"v-{round_}", f"again-c-{round_}", view=True)) as root:
+                assert len(os.listdir(root / "big")) == 400
+            for key in (f"v-{round_}", f"again-c-{round_}", f"warm-{round_}"):
+                side.remove(key)
+        finally:
+            side.close()
+    assert not list((suite.suite.state / "snapshots").glob("mnt-*"))
