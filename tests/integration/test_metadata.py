@@ -470,3 +470,31 @@ def test_sigkill_under_concurrent_writes_loses_no_acknowledged_call(md: PrivateS
         stub = pbc_grpc.ContainersStub(ch)
         for cid in listed:
             stub.Delete(pbc.DeleteContainerRequest(id=cid), metadata=meta, timeout=30)
+
+
+def test_container_events_carry_containerd_payloads(md: PrivateSuite, rootfs: str) -> None:
+    from flotilla._api.containerd.api.events import container_pb2 as ev_container
+    ns = "cev-" + uuid.uuid4().hex[:6]
+    with grpc.insecure_channel(f"unix://{md.address}") as ch:
+        stream = events_pb2_grpc.EventsStub(ch).Subscribe(
+            events_pb2.SubscribeRequest(filters=[f'namespace=={ns},topic~="^/containers/"']), timeout=30)
+        got: list[events_pb2.Envelope] = []
+        reader = threading.Thread(target=lambda: got.extend(e for _, e in zip(range(3), stream)), daemon=True)
+        reader.start()
+        n = 0
+        deadline = time.monotonic() + 20
+        while reader.is_alive() and time.monotonic() < deadline:  # until the subscription is live
+            cid = f"ev{n}"
+            md.ctr("containers", "create", "--rootfs", rootfs, cid, namespace=ns, check=True)
+            md.ctr("containers", "label", cid, "k=v", namespace=ns, check=True)
+            md.ctr("containers", "rm", cid, namespace=ns, check=True)
+            n += 1
+            reader.join(0.2)
+        stream.cancel()
+    assert [e.topic for e in got] == ["/containers/create", "/containers/update", "/containers/delete"]
+    created = ev_container.ContainerCreate.FromString(got[0].event.value)
+    assert created.runtime.name == "io.containerd.runc.v2"
+    assert created.runtime.options.type_url == "containerd.runc.v1.Options"
+    updated = ev_container.ContainerUpdate.FromString(got[1].event.value)
+    assert updated.id == created.id and updated.labels == {"k": "v"}
+    assert ev_container.ContainerDelete.FromString(got[2].event.value).id == created.id
