@@ -119,7 +119,7 @@ class Engine:
             proc.exited.set()  # after the event: a waiter's next step (delete) comes after it
 
     async def _report_exit(self, task: Task, proc: Proc) -> None:
-        if proc.reported_file.exists() or task.deleted or proc.exit is None:
+        if task.deleted or proc.exit is None or await asyncio.to_thread(proc.reported_file.exists):
             return
         ns, id = task.rec.namespace, task.rec.id
         if proc is task.init and task.rec.cgroups_path:
@@ -129,7 +129,7 @@ class Engine:
         await self._event("/tasks/exit", ns, "TaskExit", container_id=id, id=proc.rec.exec_id or id,
                           pid=proc.exit.pid, exit_status=proc.exit.exit_status, exited_at=proc.exit.exited_at_ns)
         try:
-            proc.reported_file.touch()
+            await asyncio.to_thread(proc.reported_file.touch)
         except OSError:
             pass  # the task was deleted meanwhile
 
@@ -172,7 +172,7 @@ class Engine:
 
     async def _create(self, task: Task, spec_json: bytes, oci: OciRuntime) -> None:
         bundle, rec = task.bundle, task.rec
-        if bundle.exists():  # left by a task whose delete was interrupted
+        if await asyncio.to_thread(bundle.exists):  # left by a task whose delete was interrupted
             await mounts.unmount_all(bundle / "rootfs")
             await asyncio.to_thread(shutil.rmtree, bundle, True)
         await asyncio.to_thread(lambda: (bundle / "rootfs").mkdir(parents=True))
@@ -181,7 +181,7 @@ class Engine:
             await asyncio.to_thread((bundle / "config.json").write_bytes, spec_json)
             if rec.rootfs:
                 await mounts.mount_all(rec.rootfs, bundle / "rootfs")
-            task.save()
+            await asyncio.to_thread(task.save)
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
@@ -201,7 +201,7 @@ class Engine:
             rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
             rec.init.started = bool(rec.checkpoint)
             task.init.status = RUNNING if rec.checkpoint else CREATED
-            task.save()
+            await asyncio.to_thread(task.save)
         except BaseException:
             await oci.delete(rec.id, force=True)
             await mounts.unmount_all(bundle / "rootfs")

@@ -1,0 +1,55 @@
+"""The runtime service over a real nats-server: its contract client against its NATS binding."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from flotilla.libs.api.runtime import CreateTask, Kill, ProcessRef, RuntimeClient, Stdio
+from flotilla.libs.bus import Bus
+from flotilla.libs.config import Config
+from flotilla.libs.errors import NotFound, Unknown
+from flotilla.services.runtime.engine import Engine
+from flotilla.services.runtime.server import RuntimeServer, publisher
+
+from .conftest import make_spec
+
+
+async def test_client_drives_a_task_through_the_bus(bus: Bus, shim_binary: Path, rootfs: Path) -> None:
+    state = Path(tempfile.mkdtemp(prefix="flotilla-rt-srv-"))
+    cfg = Config(state=state, prefix="rt" + uuid.uuid4().hex[:6], host_id="testhost")
+    engine = Engine(state, publisher(bus, cfg), shim_binary)
+    await RuntimeServer(bus, cfg, engine).start_serving()
+    client = RuntimeClient(bus, cfg.prefix, "testhost")
+    id = "srv-" + uuid.uuid4().hex[:8]
+    events: list[dict] = []
+
+    async def on_event(data: dict) -> None:
+        events.append(data)
+    await bus.subscribe(f"{cfg.prefix}.events", on_event)
+    info = await client.create(CreateTask("ns1", id, make_spec(str(rootfs), ["/bin/sh", "-c", "exit 9"]),
+                                          stdio=Stdio()))
+    assert info.pid > 0 and info.status == "created"
+    with pytest.raises(NotFound):
+        await client.get(ProcessRef("ns1", "nope"))
+    assert [t.id for t in await client.list("ns1")] == [id]
+    await client.start(ProcessRef("ns1", id))
+    exit_ = await client.wait(ProcessRef("ns1", id), poll=0.5)
+    assert exit_.exit_status == 9
+    with pytest.raises(NotFound, match="process already finished"):
+        await client.kill(Kill("ns1", id, signal=9))
+    with pytest.raises(Unknown, match="cannot start a stopped process"):
+        await client.start(ProcessRef("ns1", id))
+    assert (await client.delete(ProcessRef("ns1", id))).exit_status == 9
+    assert await client.list("ns1") == []
+    for _ in range(500):  # events arrive asynchronously on our own subscription
+        if len(events) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    assert [e["topic"] for e in events] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert events[2]["fields"]["exit_status"] == 9 and events[2]["type_url"] == "containerd.events.TaskExit"
+    await engine.close()
