@@ -300,6 +300,13 @@ def _gc_fixture(address: str, ns: str) -> dict[str, object]:
         for i, (digest, blob) in enumerate(blobs.items()):
             _ingest(address, ns, blob.data, f"gc-{i}")
         _ingest(address, ns, held, "gc-held")
+        # as a pull does: written with the lease in the request's metadata, no explicit resource
+        from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbct
+        from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbct_grpc
+        pulled = held[::-1] + b"pulled"
+        list(pbct_grpc.ContentStub(ch).Write(iter([pbct.WriteContentRequest(
+            action=pbct.COMMIT, ref="gc-pulled", total=len(pulled), expected=sha256(pulled), data=pulled)]),
+            metadata=md + [("containerd-lease", "hold")]))
         for img, snap in ((a, "snap-a"), (b, "snap-b")):
             refs = [f"containerd.io/gc.ref.content.config={img.config.digest}"] + \
                    [f"containerd.io/gc.ref.content.l.{i}={layer.digest}" for i, layer in enumerate(img.layers)]
@@ -319,7 +326,7 @@ def _gc_fixture(address: str, ns: str) -> dict[str, object]:
             pb_img.target.size = len(img.manifest.data)
             images.Create(pbi.CreateImageRequest(image=pb_img), metadata=md)
         leases.Delete(pbl.DeleteRequest(id="setup", sync=True), metadata=md)
-    return {"a": a, "b": b, "held": sha256(held)}
+    return {"a": a, "b": b, "held": sha256(held), "pulled": sha256(pulled)}
 
 
 def _state(address: str, ns: str) -> tuple[list[str], list[str]]:
@@ -335,6 +342,7 @@ def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd:
     for address in (md.address, containerd.address):
         made[address] = _gc_fixture(address, ns)
     a, b, held = made[md.address]["a"], made[md.address]["b"], made[md.address]["held"]
+    pulled = made[md.address]["pulled"]
     # "orphan" is nobody's: the collection after "setup" ended took it, on both sides
     assert _state(md.address, ns) == _state(containerd.address, ns)
     assert _state(md.address, ns)[1] == ["base", "snap-a", "snap-b"]
@@ -351,13 +359,14 @@ def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd:
     assert (content, snaps) == _state(containerd.address, ns)
     only_a = {a.manifest.digest, a.config.digest, a.layers[1].digest}  # type: ignore[attr-defined]
     assert not only_a & set(content) and not any(on_disk(d) for d in only_a)
-    kept = {x.digest for x in b.blobs()} | {held}  # type: ignore[attr-defined]
+    kept = {x.digest for x in b.blobs()} | {held, pulled}  # type: ignore[attr-defined]
     assert kept == set(content) and all(on_disk(d) for d in kept)
     assert snaps == ["base", "snap-b"]  # snap-a went, its parent stays for snap-b
 
     _same(md, containerd, [["leases", "rm", "--sync", "hold"]], ns)
     content, _ = _state(md.address, ns)
-    assert content == _state(containerd.address, ns)[0] and held not in content and not on_disk(held)
+    assert content == _state(containerd.address, ns)[0]
+    assert held not in content and pulled not in content and not on_disk(held) and not on_disk(pulled)
     _same(md, containerd, [["images", "rm", "--sync", "gc/b:1"]], ns)
     assert _state(md.address, ns) == _state(containerd.address, ns) == ([], [])
     _same(md, containerd, [["namespaces", "rm", ns]], "default")
