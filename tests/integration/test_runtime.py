@@ -526,3 +526,23 @@ def test_update_resources_side_by_side(suite: PrivateSuite, containerd: Containe
         finally:
             _cleanup(address, id)
     assert seen[0] == seen[1] == ("42", str(64 << 20))
+
+
+@pytest.mark.slow
+def test_concurrent_runs_all_complete(suite: PrivateSuite, rootfs: Path, stress: int) -> None:
+    """Many ``ctr run --rm`` at once: each prints its own output and exit code."""
+    count = 8 * stress
+    results: dict[int, tuple[int, str]] = {}
+    ids = [_uid(f"c{i}") for i in range(count)]
+
+    def one(i: int) -> None:
+        res = suite.ctr("run", "--rm", "--rootfs", str(rootfs), ids[i], "/bin/sh", "-c",
+                        f"echo run-{i}; exit {i % 5}", timeout=300)
+        results[i] = (res.returncode, res.stdout)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert results == {i: (i % 5, f"run-{i}\n") for i in range(count)}
+    assert not set(ids) & set(suite.ctr("task", "ls", "-q").stdout.split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -53,3 +54,4 @@ async def test_client_drives_a_task_through_the_bus(bus: Bus, shim_binary: Path,
     assert [e["topic"] for e in events] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
     assert events[2]["fields"]["exit_status"] == 9 and events[2]["type_url"] == "containerd.events.TaskExit"
     await engine.close()
+    shutil.rmtree(state, ignore_errors=True)
