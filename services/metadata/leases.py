@@ -6,7 +6,6 @@ import base64
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
@@ -116,6 +115,3 @@ class LeasesMixin(StoreBase):
         order = {"content": 0, "ingests": 1}
         rows = sorted(rows, key=lambda r: (order.get(r.type, 2), r.type, r.rid))
         return [Resource(rid, typ) for typ, rid in rows]
-
-    def lease_rows(self, conn: Connection, namespace: str) -> list[Any]:
-        return conn.execute(select(_L).where(_L.c.namespace == namespace)).all()

@@ -6,7 +6,7 @@ Methods are synchronous (SQLAlchemy); the server runs them in a thread.
 from __future__ import annotations
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound

@@ -3,13 +3,10 @@ SQLite and PostgreSQL; GC through the real content service; SIGKILL under load."
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,9 +24,6 @@ from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as p
 from flotilla._api.containerd.api.services.leases.v1 import leases_pb2 as pbl
 from flotilla._api.containerd.api.services.leases.v1 import leases_pb2_grpc as pbl_grpc
 from flotilla._api.containerd.api.events import image_pb2 as ev_image
-from flotilla.libs.api.content import ContentClient
-from flotilla.libs.bus import Bus
-from flotilla.libs.errors import FlotillaError
 from flotilla.testing import ContainerdPeer, PrivateSuite, ctr
 from tests.metadata.pg import PostgresServer
 
