@@ -6,6 +6,7 @@ host's runtime service can act on it.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +247,6 @@ class RuntimeClient:
 
     async def wait(self, ref: ProcessRef, poll: float = 20.0) -> Exit:
         """Block until the process exits, across restarts of the runtime service."""
-        import asyncio
         while True:
             try:
                 data = await self._call(WAIT, WaitFor(ref.namespace, ref.id, ref.exec_id, poll), poll + 5.0)

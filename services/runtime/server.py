@@ -10,7 +10,7 @@ from flotilla.libs.config import Config
 from flotilla.libs.wire import from_wire
 
 from . import api
-from .engine import Engine
+from .engine import Engine, Publish
 
 
 class RuntimeServer:
@@ -94,7 +94,8 @@ class RuntimeServer:
             await self.bus.serve(api.subject(self.cfg.prefix, self.cfg.host, method), handler, method=method)
 
 
-def publisher(bus: Bus, cfg: Config):  # type: ignore[no-untyped-def]
+def publisher(bus: Bus, cfg: Config) -> Publish:
+    """The engine's event sink: containerd's events onto the bus, as data (see libs/events)."""
     async def publish(topic: str, namespace: str, type_url: str, fields: dict[str, Any]) -> None:
         await events.publish(bus, cfg.prefix, topic, namespace, type_url, **fields)
     return publish
