@@ -22,6 +22,7 @@ import asyncio
 import os
 import re
 from collections.abc import AsyncIterable, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ SERVICE = "content"
 CHUNK = MAX_CHUNK          # bytes per bus message
 WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
+LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
 
 # methods on the shared subject <prefix>.content.<method> (queue group)
 INFO = "info"                      # DigestRequest -> Info
@@ -241,6 +243,10 @@ class Writer:
         self._fd: int | None = None
         self._pending: list[asyncio.Task[Any]] = []
         self._synced = self.offset
+        # local path: pwrites queue on one thread (in order) so write() answers at once
+        self._disk: ThreadPoolExecutor | None = None
+        self._writes: list[tuple[asyncio.Future[None], int]] = []
+        self._backlog = 0
 
     def _subject(self, method: str) -> str:
         return instance_subject(self.client.prefix, self.session.instance, method)
@@ -264,18 +270,34 @@ class Writer:
             if self._fd is None:
                 assert self.session.file is not None
                 self._fd = await asyncio.to_thread(os.open, self.session.file.path, os.O_WRONLY)
-            await asyncio.to_thread(_pwrite_all, self._fd, view, self.offset)
+                self._disk = ThreadPoolExecutor(1, thread_name_prefix="content-write")
+            if not isinstance(view.obj, bytes):
+                view = memoryview(bytes(view))  # the caller may reuse its buffer
+            fut = asyncio.get_running_loop().run_in_executor(self._disk, _pwrite_all, self._fd, view, self.offset)
+            self._writes.append((fut, len(view)))
+            self._backlog += len(view)
             self.offset += len(view)
+            while self._backlog > LOCAL_BACKLOG or (self._writes and self._writes[0][0].done()):
+                await self._drain_one()  # bounded memory; an earlier failure surfaces here
             if self.offset - self._synced >= LOCAL_CHUNK:
                 # the service hashes what was written while we write the next pieces
                 self._synced = self.offset
-                await self._launch(self._call(W_SYNC, SyncRequest(self.session.session, self.offset)), 2)
+                await self._launch(self._sync_after(fut, self.offset), 2)
             return self.offset
         for start in range(0, len(view), CHUNK):
             piece = bytes(view[start:start + CHUNK])
             await self._launch(self._call(W_WRITE, ChunkWrite(self.session.session, self.offset, piece)), WINDOW)
             self.offset += len(piece)
         return self.offset
+
+    async def _drain_one(self) -> None:
+        fut, n = self._writes.pop(0)
+        self._backlog -= n
+        await fut
+
+    async def _sync_after(self, written: "asyncio.Future[None]", offset: int) -> Any:
+        await written
+        return await self._call(W_SYNC, SyncRequest(self.session.session, offset))
 
     async def _launch(self, call: Any, window: int) -> None:
         self._pending.append(asyncio.ensure_future(call))
@@ -284,11 +306,14 @@ class Writer:
 
     async def flush(self) -> None:
         try:
+            while self._writes:
+                await self._drain_one()
             while self._pending:
                 await self._pending.pop(0)
         finally:
             for task in self._pending:
                 task.cancel()
+            self._pending.clear()
 
     async def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None) -> Info:
         await self.flush()
@@ -301,6 +326,15 @@ class Writer:
         for task in self._pending:
             task.cancel()
         self._pending.clear()
+        for fut, _ in self._writes:  # let queued pwrites end before their fd closes
+            try:
+                await fut
+            except Exception:
+                pass
+        self._writes.clear()
+        if self._disk is not None:
+            self._disk.shutdown(wait=False)
+            self._disk = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

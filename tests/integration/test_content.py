@@ -38,7 +38,8 @@ _LABELS = re.compile(r"[\w.-]+=[^,\s]*(?:,[\w.-]+=[^,\s]*)+")
 def _norm(text: str, address: str) -> str:
     # Go prints label maps in random order
     text = _LABELS.sub(lambda m: ",".join(sorted(m.group(0).split(","))), text)
-    text = _AGE.sub("AGE", text.replace(address, "ADDRESS"))
+    # ctr aligns columns with tabs: an age's width changes the header's run of tabs
+    text = re.sub(r"\t+", "\t", _AGE.sub("AGE", text.replace(address, "ADDRESS")))
     head, *body = text.split("\n")
     return "\n".join([head, *sorted(body)])  # containerd lists ingests in map order
 
@@ -276,10 +277,12 @@ def _wait_status(stub: pbc_grpc.ContentStub, ns: str, ref: str) -> pbc.Status:
 
 
 def _resume(stub: pbc_grpc.ContentStub, ns: str, ref: str, size: int, seed: bytes, expected: str) -> int:
-    offset = _wait_status(stub, ns, ref).offset
+    _wait_status(stub, ns, ref)
     w = WriteStream(stub, ns)
     try:
         st = w.send(pbc.WriteContentRequest(action=pbc.STAT, ref=ref, total=size, expected=expected))
+        # we hold the ref now: what Status reports is where we go on
+        offset = _wait_status(stub, ns, ref).offset
         assert st.offset == offset
         pos = 0
         for chunk in _chunks(size, seed):
