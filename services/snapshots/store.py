@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ T = db.snapshots
 # built once: composing the expression costs more than running it
 _BY_KEY = select(T).where((T.c.namespace == bindparam("ns")) & (T.c.snapshotter == bindparam("sn"))
                           & (T.c.key == bindparam("key")))
+_INSERT = insert(T)
+_UPDATE = update(T).where(T.c.id == bindparam("sid"))
 _TMP = "tmp-"
 
 
@@ -160,10 +163,13 @@ class SnapshotStore:
         _check_labels(labels)
         tmp = self._tmpdir(sn)
         try:
-            with self.reader.connect() as conn:  # early answer; checked again under the lock
-                parent_row = self._check_new(conn, ns, sn, key, parent)
+            parent_row = None
+            if parent:  # its directory is needed first; everything is checked again under the lock
+                with self.reader.connect() as conn:
+                    parent_row = self._check_new(conn, ns, sn, key, parent)
             # build the directory outside the transaction (a native copy may take long)
-            (tmp / "fs").mkdir(parents=True)
+            os.mkdir(tmp)
+            os.mkdir(tmp / "fs")
             if sn == "native" and parent_row is not None:
                 os.rmdir(tmp / "fs")
                 _copy_tree(self.snap_dir(sn, parent_row.id) / "fs", tmp / "fs")
@@ -176,7 +182,7 @@ class SnapshotStore:
             now = time.time_ns()
             with self.engine.begin() as conn:
                 parent_row = self._check_new(conn, ns, sn, key, parent)
-                sid = conn.execute(insert(T).values(
+                sid = conn.execute(_INSERT, dict(
                     namespace=ns, snapshotter=sn, key=key, kind=kind,
                     parent_id=parent_row.id if parent_row is not None else None,
                     labels=json.dumps(labels), leases=json.dumps([lease] if lease else []),
@@ -185,7 +191,7 @@ class SnapshotStore:
                 if final.exists():  # left by a killed call whose insert was rolled back
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-                row = self._by_id(conn, sid)
+                row = SimpleNamespace(id=sid, kind=kind, parent_id=parent_row.id if parent_row is not None else None)
                 return self._mounts(conn, sn, row)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -240,8 +246,8 @@ class SnapshotStore:
         with self.engine.begin() as conn:
             row = self._check_commit(conn, ns, sn, name, key)
             # one row changes key, kind and labels at once: a kill commits all or nothing
-            conn.execute(update(T).where(T.c.id == row.id).values(
-                key=name, kind=KIND_COMMITTED, labels=json.dumps(labels),
+            conn.execute(_UPDATE, dict(
+                sid=row.id, key=name, kind=KIND_COMMITTED, labels=json.dumps(labels),
                 leases=json.dumps([lease] if lease else []), created_at=now, updated_at=now,
                 size=usage.size, inodes=usage.inodes))
 
