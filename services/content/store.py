@@ -192,6 +192,17 @@ class ContentStore:
                 changed += 1
         return changed
 
+    def _add_lease(self, namespace: str, digest: str, lease: str) -> None:
+        with self.engine.begin() as conn:
+            row = self._row(conn, namespace, digest)
+            if row is None:
+                return
+            leases = json.loads(row.leases)
+            if lease not in leases:
+                conn.execute(update(db.owners).where(
+                    (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))
+                    .values(leases=json.dumps([*leases, lease])))
+
     # -- reading -----------------------------------------------------------------------
 
     def local_file(self, namespace: str, digest: str) -> LocalFile:
@@ -264,9 +275,13 @@ class ContentStore:
                 raise InvalidArgument("calculating expected blob path for writer: cannot calculate blob path "
                                       f"from invalid digest: {err}: invalid argument")
             with self.reader.connect() as conn:
-                if self._row(conn, req.namespace, req.expected) is not None:
-                    raise AlreadyExists(f"content {req.expected}: already exists")
+                mine = self._row(conn, req.namespace, req.expected)
                 other = conn.execute(select(db.owners).where(db.owners.c.digest == req.expected).limit(1)).first()
+            if mine is not None:
+                # as containerd: the caller's lease takes the blob before we say it exists
+                if req.lease:
+                    self._add_lease(req.namespace, req.expected, req.lease)
+                raise AlreadyExists(f"content {req.expected}: already exists")
             # containerd's "shared" policy: stored for another namespace, so no bytes needed
             if other is not None and (req.total in (0, other.size)) and self.blob_path(req.expected).exists():
                 shared = _info(other)

@@ -80,3 +80,17 @@ def test_resume_rehashes_what_is_on_disk(tmp_path: Path) -> None:
     again.w_write(s2.session, 1 << 20, data[1 << 20:])
     assert again.w_commit(s2.session, len(data), sha(data), {}).digest == sha(data)
     again.close()
+
+
+def test_lease_taken_when_the_blob_already_exists(tmp_path: Path) -> None:
+    from flotilla.libs.errors import AlreadyExists
+    store = ContentStore(tmp_path)
+    s = store.open_writer(WriterOpen("ns", "r", lease="first", local=False))
+    store.w_write(s.session, 0, b"leased")
+    d = store.w_commit(s.session, 0, "", {}).digest
+    with pytest.raises(AlreadyExists, match=f"content {d}: already exists"):
+        store.open_writer(WriterOpen("ns", "again", expected=d, lease="second", local=False))
+    assert store.info("ns", d).leases == ["first", "second"]
+    assert store.release_lease("ns", "first") == 1
+    assert store.info("ns", d).leases == ["second"]
+    store.close()

@@ -455,3 +455,26 @@ async def test_gateway_over_nats_keeps_the_same_guarantees() -> None:
                               sha(b"other"), "bad"], input=b"data", capture_output=True)
         assert res.returncode == 1 and "unexpected commit digest" in res.stderr.decode()
         assert remote.ctr("content", "ls", "-q", check=True).stdout.split() == []
+
+
+async def test_write_keeps_the_containerd_lease_header(suite: PrivateSuite) -> None:
+    from flotilla.libs.api.content import ContentClient
+    ns, data = "lease-" + uuid.uuid4().hex[:6], b"held by a lease"
+
+    def write() -> None:
+        with grpc.insecure_channel(f"unix://{suite.address}") as ch:
+            stub = pbc_grpc.ContentStub(ch)
+            q: queue.Queue[pbc.WriteContentRequest | None] = queue.Queue()
+            responses = stub.Write(iter(q.get, None), metadata=[("containerd-namespace", ns),
+                                                                ("containerd-lease", "build-42")])
+            q.put(pbc.WriteContentRequest(action=pbc.COMMIT, ref="l", data=data, expected=sha(data)))
+            assert next(responses).digest == sha(data)
+            q.put(None)
+    await asyncio.to_thread(write)
+    bus = await Bus.connect(suite.suite.nats_url, "lease-check")
+    try:
+        info = await ContentClient(bus, suite.suite.prefix).info(ns, sha(data))
+        assert info.leases == ["build-42"]
+    finally:
+        await bus.close()
+    suite.ctr("content", "rm", sha(data), namespace=ns, check=True)
