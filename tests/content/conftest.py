@@ -10,6 +10,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,10 @@ class ContentProcs:
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if asyncio.run(pings()) >= count:
+            # in a thread of its own: start() may be called from inside a running loop
+            with ThreadPoolExecutor(1) as pool:
+                seen = pool.submit(asyncio.run, pings()).result()
+            if seen >= count:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"content service did not start; see {self.base}")

@@ -140,3 +140,38 @@ async def test_documented_subjects_with_plain_msgpack(bus: Bus, content_service:
     assert err == {"code": 5, "message": f"content digest {sha(b'none')}: not found"}
     assert (await call("namespace_held", {"namespace": "raw"}))["r"] is True
     assert (await call("delete", {"namespace": "raw", "digest": sha(data)}))["r"] is None
+
+
+async def test_several_instances_on_one_store(bus: Bus, content_procs: ContentProcs) -> None:
+    import asyncio
+
+    from flotilla.libs.errors import Unavailable
+    from flotilla.services.content.verify import verify
+    content_procs.start()
+    content_procs.start()
+    c = ContentClient(bus, content_procs.prefix, local=False)
+    blobs = [os.urandom(300_000 + i) for i in range(6)]
+    twin = os.urandom(2 << 20)
+    jobs = [c.write_blob("multi", f"b{i}", b, expected=sha(b)) for i, b in enumerate(blobs)]
+    jobs += [c.write_blob("multi", f"twin{i}", twin) for i in range(4)]
+    jobs += [c.write_blob("other", f"twin{i}", twin) for i in range(2)]
+    got = await asyncio.gather(*jobs, return_exceptions=True)
+    # a twin may meet its sibling holding nothing but a different ref: all must succeed
+    assert got == [sha(b) for b in blobs] + [sha(twin)] * 6
+    assert sorted(i.digest for i in await c.list("multi")) == sorted({sha(b) for b in blobs} | {sha(twin)})
+    # the same ref from two callers: whichever instance answers, one is refused
+    first = await c.writer("multi", "contended")
+    refused = 0
+    for _ in range(4):
+        try:
+            w = await c.writer("multi", "contended")
+            await w.close()
+        except Unavailable:
+            refused += 1
+    assert refused == 4
+    await first.close()
+    # deletes racing commits of the same digest keep the store consistent
+    await asyncio.gather(c.delete("other", sha(twin)), c.write_blob("third", "t", twin), c.delete("multi", sha(twin)))
+    assert await c.read_all("third", sha(twin)) == twin
+    report = verify(content_procs.base / "root")
+    assert report == {"corrupted": [], "orphaned": [], "missing": []}
