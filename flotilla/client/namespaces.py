@@ -43,10 +43,11 @@ class Namespaces:
     async def set_labels(self, name: str, labels: dict[str, str]) -> Namespace:
         """Set (or, with an empty value, remove) the given labels."""
         mask = field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])
-        resp = await self._stub.Update(pb.UpdateNamespaceRequest(
+        await self._stub.Update(pb.UpdateNamespaceRequest(
             namespace=pb.Namespace(name=name, labels={k: v for k, v in labels.items() if v}),
             update_mask=mask), metadata=self._conn.metadata())
-        return Namespace(resp.namespace.name, dict(resp.namespace.labels))
+        # containerd 1.6 answers Update with an empty namespace: read it back
+        return await self.get(name)
 
     @rpc
     async def delete(self, name: str) -> None:

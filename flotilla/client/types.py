@@ -13,7 +13,7 @@ from flotilla.libs.distribution import Descriptor
 
 
 def ts(value: timestamp_pb2.Timestamp) -> _dt.datetime | None:
-    if not value.seconds and not value.nanos:
+    if value.seconds <= 0 and not value.nanos:  # unset, or Go's zero time
         return None
     return value.ToDatetime(tzinfo=_dt.timezone.utc)
 

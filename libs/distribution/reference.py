@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from .errors import InvalidArgument
 
 DOCKER_HUB = "docker.io"
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
 _PATH = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
@@ -54,8 +53,11 @@ def parse(ref: str, *, normalize: bool = True) -> Reference:
     rest, digest = ref, ""
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST.match(digest):
-            raise InvalidArgument(f"invalid reference {ref!r}: bad digest: invalid argument")
+        from .digest import validate
+        try:
+            validate(digest)
+        except InvalidArgument:
+            raise InvalidArgument(f"invalid reference {ref!r}: bad digest: invalid argument") from None
     tag = ""
     slash = rest.rfind("/")
     colon = rest.rfind(":")
