@@ -36,6 +36,7 @@ CHUNK = MAX_CHUNK          # bytes per bus message
 WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
 LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
+HEARTBEAT = 30.0           # seconds between a writer's keep-alives (the service waits IDLE)
 
 # methods on the shared subject <prefix>.content.<method> (queue group)
 INFO = "info"                      # DigestRequest -> Info
@@ -247,6 +248,16 @@ class Writer:
         self._disk: ThreadPoolExecutor | None = None
         self._writes: list[tuple[asyncio.Future[None], int]] = []
         self._backlog = 0
+        # the service closes sessions nobody touches (their caller died): say we live
+        self._beat = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:  # offset 0: hashes nothing, only touches the session
+                await self._call(W_SYNC, SyncRequest(self.session.session, 0), timeout=5.0)
+            except FlotillaError:
+                pass
 
     def _subject(self, method: str) -> str:
         return instance_subject(self.client.prefix, self.session.instance, method)
@@ -323,6 +334,7 @@ class Writer:
 
     async def close(self) -> None:
         """Release the ref (the ingest stays for a later resume); safe to call twice."""
+        self._beat.cancel()
         for task in self._pending:
             task.cancel()
         self._pending.clear()

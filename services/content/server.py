@@ -17,7 +17,7 @@ from . import api
 from .store import ContentStore
 
 log = logging.getLogger("flotilla.content")
-IDLE = 60.0          # a session nobody touched for this long lost its caller
+IDLE = 300.0         # a session nobody touched for this long lost its caller (writers beat every 30 s)
 ORDER_WAIT = 60.0    # how long a chunk that arrived early waits for its predecessors
 
 
