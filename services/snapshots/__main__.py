@@ -20,8 +20,10 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
     store = await asyncio.to_thread(SnapshotStore.open, cfg.root / "snapshots")
     differ = Differ(ContentClient(bus, cfg.prefix), scratch)
     await SnapshotsServer(bus, cfg, store, differ).start()
+    warming = asyncio.ensure_future(differ.warm())  # serve meanwhile
 
     async def stop() -> None:
+        warming.cancel()
         differ.close()
 
     return stop

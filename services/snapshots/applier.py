@@ -60,6 +60,7 @@ class _Decompressed:
         self.raw = raw
         head = raw.read(4)
         self.buf = b""
+        self.pos = 0
         self.hash = hashlib.sha256()
         self.size = 0
         if head[:2] == b"\x1f\x8b":
@@ -111,22 +112,40 @@ class _Decompressed:
         while chunk := reader.read(_CHUNK):
             yield chunk
 
+    def _next(self) -> bytes:
+        try:
+            chunk = next(self._inner)
+        except StopIteration:
+            return b""
+        except zlib.error as exc:
+            raise LayerError(f"gzip: {exc}") from None
+        self.hash.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self.buf) < n:
-            try:
-                chunk = next(self._inner)
-            except StopIteration:
-                break
-            except zlib.error as exc:
-                raise LayerError(f"gzip: {exc}") from None
-            self.hash.update(chunk)
-            self.size += len(chunk)
-            self.buf += chunk
-        if n < 0:
-            out, self.buf = self.buf, b""
-        else:
-            out, self.buf = self.buf[:n], self.buf[n:]
-        return out
+        # tarfile asks for small pieces: serve them from the current chunk by position
+        # (re-slicing one growing buffer would copy it over and over)
+        avail = len(self.buf) - self.pos
+        if 0 <= n <= avail:
+            out = self.buf[self.pos:self.pos + n]
+            self.pos += n
+            return out
+        parts = [self.buf[self.pos:]]
+        have = avail
+        self.buf, self.pos = b"", 0
+        while n < 0 or have < n:
+            chunk = self._next()
+            if not chunk:
+                return b"".join(parts)
+            if n >= 0 and have + len(chunk) > n:
+                take = n - have
+                parts.append(chunk[:take])
+                self.buf, self.pos = chunk, take
+                return b"".join(parts)
+            parts.append(chunk)
+            have += len(chunk)
+        return b"".join(parts)
 
     def drain(self) -> None:
         while self.read(_CHUNK):
