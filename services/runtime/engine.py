@@ -175,13 +175,18 @@ class Engine:
         if await asyncio.to_thread(bundle.exists):  # left by a task whose delete was interrupted
             await mounts.unmount_all(bundle / "rootfs")
             await asyncio.to_thread(shutil.rmtree, bundle, True)
-        await asyncio.to_thread(lambda: (bundle / "rootfs").mkdir(parents=True))
-        await asyncio.to_thread(oci.root.mkdir, parents=True, exist_ok=True)
+
+        def prepare() -> None:  # one trip to a thread: this is on every container's start path
+            (bundle / "rootfs").mkdir(parents=True)
+            oci.root.mkdir(parents=True, exist_ok=True)
+            (bundle / "config.json").write_bytes(spec_json)
+            if not rec.rootfs:
+                task.save()
         try:
-            await asyncio.to_thread((bundle / "config.json").write_bytes, spec_json)
+            await asyncio.to_thread(prepare)
             if rec.rootfs:
                 await mounts.mount_all(rec.rootfs, bundle / "rootfs")
-            await asyncio.to_thread(task.save)
+                await asyncio.to_thread(task.save)
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
@@ -224,8 +229,7 @@ class Engine:
             except RuntimeFailed as exc:
                 raise _unknown(f"OCI runtime start failed: {exc.text}") from None
             proc.status = RUNNING
-            proc.rec.started = True
-            await asyncio.to_thread(task.save)
+            proc.rec.started = True  # not saved: after a restart, runc state says running
             await self._event("/tasks/start", ns, "TaskStart", container_id=id, pid=proc.rec.pid)
         return proc.info(id)
 
