@@ -455,3 +455,31 @@ def test_sigkill_during_apply_leaves_no_worker_and_service_recovers(suite: Priva
         finally:
             side.close()
     assert not list((suite.suite.state / "snapshots").glob("mnt-*"))
+
+
+def test_lease_header_is_recorded_for_the_collector(suite: PrivateSuite) -> None:
+    """The GC reads `leases` from list(): a snapshot made under a containerd-lease names it."""
+    import asyncio
+
+    from flotilla.libs.api.snapshots import SnapshotsClient
+    from flotilla.libs.bus import Bus
+    from flotilla.libs.config import load
+
+    ns = "lease-" + uuid.uuid4().hex[:6]
+    with grpc.insecure_channel(f"unix://{suite.address}") as ch:
+        stub = snapshots_pb2_grpc.SnapshotsStub(ch)
+        stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(snapshotter="overlayfs", key="k"),
+                     metadata=[("containerd-namespace", ns), ("containerd-lease", "my-lease")])
+
+    async def listed() -> list:
+        bus = await Bus.connect(suite.suite.nats_url, "test")
+        try:
+            client = SnapshotsClient(bus, suite.suite.prefix, load(suite.env()).host)
+            infos = await client.list(ns, "overlayfs")
+            await client.remove(ns, "overlayfs", "k")
+            return infos
+        finally:
+            await bus.close()
+
+    infos = asyncio.run(listed())
+    assert [(i.name, i.leases) for i in infos] == [("k", ["my-lease"])]
