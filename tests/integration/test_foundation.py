@@ -128,9 +128,14 @@ def test_malformed_requests_get_containerd_codes_and_services_keep_serving(
     assert name not in suite.ctr("namespaces", "ls", "-q", check=True).stdout
 
 
-def test_unimplemented_services_say_so(suite: PrivateSuite) -> None:
-    res = suite.ctr("tasks", "ls")
-    assert res.returncode != 0 and "not implemented" in res.stderr
+def test_unimplemented_methods_say_so(suite: PrivateSuite) -> None:
+    method = "/containerd.services.sandbox.v1.Store/List"  # a later containerd API
+    with grpc.insecure_channel(f"unix://{suite.address}") as channel:
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"", timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.details() == "containerd.services.sandbox.v1.Store/List: not implemented by flotilla yet"
 
 
 def _read_events(address: str, lines: list[str], ready: threading.Event) -> subprocess.Popen[str]:
