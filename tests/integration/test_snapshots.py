@@ -483,3 +483,30 @@ def test_lease_header_is_recorded_for_the_collector(suite: PrivateSuite) -> None
 
     infos = asyncio.run(listed())
     assert [(i.name, i.leases) for i in infos] == [("k", ["my-lease"])]
+
+
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_hostile_layer_through_apply_is_contained(suite: PrivateSuite, sn: str, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "passwd").write_text("keep\n")
+    ns = "hostile-" + uuid.uuid4().hex[:6]
+    layer = tar_bytes([
+        Entry("../../../../../../" + str(host).lstrip("/") + "/dotdot", data=b"x"),
+        Entry(str(host / "absolute"), data=b"x"),
+        Entry("out", "symlink", link=str(host)), Entry("out/passwd", data=b"pwned"),
+        Entry("out/.wh.passwd"),
+    ])
+    _ingest(suite.address, ns, layer)
+    side = Side(suite.address, ns, sn)
+    try:
+        side.apply("application/vnd.oci.image.layer.v1.tar", layer, side.prepare("k"))
+        bad = tar_bytes([Entry("h", "hardlink", link=str(host / "passwd"))])
+        _ingest(suite.address, ns, bad)
+        with pytest.raises(grpc.RpcError) as err:
+            side.apply("application/vnd.oci.image.layer.v1.tar", bad, side.prepare("k2"))
+        assert err.value.code() == grpc.StatusCode.UNKNOWN and "hardlink" in (err.value.details() or "")
+    finally:
+        side.close()
+    assert sorted(os.listdir(host)) == ["passwd"] and (host / "passwd").read_text() == "keep\n"
+    assert os.stat(host / "passwd").st_nlink == 1
