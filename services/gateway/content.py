@@ -231,8 +231,9 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     if req.offset == 0 and w.offset > 0:
                         await w.truncate()
                         msg.offset = 0
-                    if req.data:
-                        msg.offset = await w.write(req.data)
+                    data = req.data  # each access copies the bytes out of the message
+                    if data:
+                        msg.offset = await w.write(data)
                     if req.action == pbc.COMMIT:
                         info = await w.commit(total, expected, dict(req.labels))
                         msg.digest = info.digest
