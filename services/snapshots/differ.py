@@ -113,9 +113,8 @@ class _Writer:
         info.uname = info.gname = ""
         xattrs = _xattrs(path)
         pax = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()}
-        if st.st_mtime_ns % 1_000_000_000:
-            sec, frac = divmod(st.st_mtime_ns, 1_000_000_000)
-            pax["mtime"] = f"{sec}.{frac:09d}"  # exact: a float would lose nanoseconds
+        # times in whole seconds, as containerd's differ writes them "for compatibility":
+        # the same tree gives the same layer bytes on both
         info.pax_headers = pax
         ident = (st.st_dev, st.st_ino)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and ident in self.links:
