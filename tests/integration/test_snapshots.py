@@ -572,3 +572,54 @@ def test_diffs_cross_apply_between_flotilla_and_containerd(suite: PrivateSuite, 
     finally:
         ours.close()
         theirs.close()
+
+
+def _ctr_mount(address: str, ns: str, sn: str, key: str, target: Path) -> None:
+    """Run the very command `ctr snapshots mounts` prints."""
+    import subprocess
+    cmd = ctr(address, "snapshots", "--snapshotter", sn, "mounts", str(target), key, namespace=ns, check=True).stdout
+    assert cmd.startswith("mount "), cmd
+    subprocess.run(cmd, shell=True, check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_mounting_what_ctr_prints_gives_the_same_tree(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                      sn: str, tmp_path: Path) -> None:
+    ns = "mnt-" + uuid.uuid4().hex[:6]
+    trees = []
+    for address in (suite.address, containerd.address):
+        target = tmp_path / f"t{len(trees)}"
+        target.mkdir()
+        c = lambda *a: ctr(address, "snapshots", "--snapshotter", sn, *a, namespace=ns, check=True)  # noqa: E731
+        c("prepare", "base")
+        _ctr_mount(address, ns, sn, "base", target)
+        try:
+            (target / "etc").mkdir()
+            (target / "etc/hostname").write_text("one\n")
+            (target / "gone").write_text("x")
+        finally:
+            mnt.unmount_all(str(target))
+        c("commit", "base-c", "base")
+        c("prepare", "top", "base-c")
+        _ctr_mount(address, ns, sn, "top", target)
+        try:
+            assert (target / "etc/hostname").read_text() == "one\n"
+            (target / "gone").unlink()
+            (target / "etc/hostname").write_text("two\n")
+            (target / "new").symlink_to("etc/hostname")
+        finally:
+            mnt.unmount_all(str(target))
+        c("commit", "top-c", "top")
+        c("view", "look", "top-c")
+        _ctr_mount(address, ns, sn, "look", target)
+        try:
+            t = tree(target)
+            trees.append({k: v[:4] + (v[4],) for k, v in t.items()})  # kinds, modes, owners, contents
+            with pytest.raises(OSError):
+                (target / "ro").write_text("x")
+        finally:
+            mnt.unmount_all(str(target))
+        for key in ("look", "top-c", "base-c"):
+            c("rm", key)
+    assert trees[0] == trees[1]
+    assert sorted(trees[0]) == ["etc", "etc/hostname", "new"]
