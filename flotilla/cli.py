@@ -29,7 +29,10 @@ def _suite_commands(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flotilla import cmd
+
     parser = argparse.ArgumentParser(prog="flotilla", description=__doc__)
+    cmd.connection_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the suite in the background")
     sub.add_parser("down", help="stop the suite (data is kept)")
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--root", default=None, help="data root (default: FLOTILLA_ROOT or /var/lib/flotilla)")
     verify.add_argument("--quick", action="store_true", help="check sizes only, do not rehash")
     verify.add_argument("--json", action="store_true")
+    cmd.register(sub, content_sub)  # pull, push, images, run, ps, ... over flotilla.client
     args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is not None:
+        return cmd.run(args)
     if args.command == "content":
         from pathlib import Path
 
