@@ -19,6 +19,7 @@ class Blob:
     send: bytes | None = None           # bytes served instead of data (digest mismatch)
     truncate: int | None = None         # serve only this many bytes (and say so in Content-Length)
     cut_after: int | None = None        # first GET: promise all, send this many, drop the connection
+    slow: bool = False                  # send in small pieces with pauses (to interrupt a pull midway)
 
 
 @dataclass
@@ -116,6 +117,12 @@ class FakeRegistry:
                     self.close_connection = True
                     import socket
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if blob.slow:
+                    import time
+                    for i in range(0, len(body), 256 << 10):
+                        self.wfile.write(body[i:i + (256 << 10)])
+                        time.sleep(0.02)
                     return
                 self.wfile.write(body)
 
