@@ -24,6 +24,7 @@ from flotilla.libs.distribution import Descriptor, Platform
 from flotilla.libs.errors import NotFound
 
 DEFAULT_ADDRESS = "/run/flotilla/flotilla.sock"
+STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 
 
 class Client:
@@ -93,8 +94,8 @@ class Client:
             from .spec import with_default_unix_devices
             spec = generate_spec(self.namespace, id, with_default_unix_devices,
                                  with_image_config(resolved.config, args or ()), *opts)
-            return await self.containers.create(Container(id, image, spec, snapshotter, id, runtime,
-                                                          dict(labels or {})))
+            labels = {STOP_SIGNAL_LABEL: resolved.config.stop_signal or "SIGTERM", **(labels or {})}
+            return await self.containers.create(Container(id, image, spec, snapshotter, id, runtime, labels))
         except BaseException:
             await snaps.remove(id)
             raise

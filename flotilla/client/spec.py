@@ -59,7 +59,7 @@ def default_spec(namespace: str, id: str) -> Spec:
         "mounts": default_mounts(),
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "cgroupsPath": f"/{namespace}/{id}",
+            "cgroupsPath": "/" + "/".join(p for p in (namespace, id) if p),
             "namespaces": [{"type": t} for t in NAMESPACES],
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
@@ -200,6 +200,11 @@ def with_image_config(config: ImageConfig, args: Iterable[str] = ()) -> SpecOpt:
         p["cwd"] = config.working_dir or "/"
         if config.user:
             with_user(config.user)(spec)
+        user = p.setdefault("user", {"uid": 0, "gid": 0})
+        if user.get("uid") == 0:
+            # containerd adds the groups /etc/group gives root; in every image with a standard
+            # /etc/group that is root's own group (reading the image's files is not a spec option's job)
+            user["additionalGids"] = [user.get("gid", 0)]
     return apply
 
 
