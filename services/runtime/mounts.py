@@ -10,12 +10,12 @@ from flotilla.libs import mount as libmount
 from flotilla.libs.api.runtime import Mount
 from flotilla.libs.errors import InvalidArgument
 
+from . import proc
+
 
 async def _run(*argv: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode(errors="replace").strip()
+    res = await proc.run(list(argv), merge=True)
+    return res.returncode, res.stdout.decode(errors="replace").strip()
 
 
 async def mount_all(mounts: list[Mount], target: Path) -> None:

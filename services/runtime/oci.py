@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.libs.errors import FailedPrecondition, NotFound, Unknown
+
+from . import proc
 
 _MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
@@ -69,13 +70,10 @@ class OciRuntime:
         return [self.path, "--root", str(self.root), *args]
 
     async def run(self, *args: str, stdin: bytes | None = None) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(*args), stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(stdin)
-        if proc.returncode != 0:
-            raise RuntimeFailed(error_text(err.decode(errors="replace")))
-        return out.decode(errors="replace")
+        res = await proc.run(self.argv(*args), stdin)
+        if res.returncode != 0:
+            raise RuntimeFailed(error_text(res.stderr.decode(errors="replace")))
+        return res.stdout.decode(errors="replace")
 
     async def start(self, id: str) -> None:
         await self.run("start", id)

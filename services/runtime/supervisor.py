@@ -13,6 +13,8 @@ from pathlib import Path
 
 from flotilla.libs.api.runtime import Stdio
 
+from . import proc
+
 SOURCE = Path(__file__).resolve().parent / "shim" / "flotilla-shim.c"
 NAME = "flotilla-shim"
 
@@ -65,13 +67,10 @@ async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str]
         args += ["-e", stdio.stderr]
     if stdio.terminal:
         args.append("-t")
-    proc = await asyncio.create_subprocess_exec(
-        *args, "--", *runtime_argv, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise SupervisorFailed(err.decode(errors="replace").strip())
-    pid, shim_pid = (int(x) for x in out.split())
+    res = await proc.run([*args, "--", *runtime_argv])
+    if res.returncode != 0:
+        raise SupervisorFailed(res.stderr.decode(errors="replace").strip())
+    pid, shim_pid = (int(x) for x in res.stdout.split())
     return Started(pid, shim_pid)
 
 

@@ -295,6 +295,7 @@ def test_run_t_is_interactive(suite: PrivateSuite, rootfs: Path) -> None:
           f"echo ctr-exit=$?; sleep 60"
     _tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd)
     try:
+        _screen_has(session, "/ #")  # the shell's prompt: type only once it reads
         _tmux("send-keys", "-t", session, "tty; echo answer=$((6*7))", "Enter")
         screen = _screen_has(session, "answer=42")
         assert "/dev/pts/" in screen or "/dev/console" in screen
@@ -314,6 +315,7 @@ def test_exec_t_is_interactive(suite: PrivateSuite, rootfs: Path) -> None:
     cmd = f"{CTR} --address {suite.address} task exec -t --exec-id sh1 {id} sh; echo exec-exit=$?; sleep 60"
     _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
     try:
+        _screen_has(session, "/ #")
         _tmux("send-keys", "-t", session, "echo in=$((20+1)); stty size", "Enter")
         _screen_has(session, "in=21")
         _screen_has(session, "30 100")
