@@ -1,0 +1,94 @@
+"""Issue 7's figures: cold pulls of the small and of the 256 MiB image from a real registry,
+through ctr (client-side pull) and through ``flotilla pull``, Flotilla and containerd side by side.
+
+Cold: before each measured pull the image is removed with ``--sync`` and any blob or snapshot
+left in the namespace is removed too, so every run fetches and unpacks everything.
+"""
+
+from __future__ import annotations
+
+import atexit
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from flotilla.testing import Registry
+from flotilla.testing.images import busybox_image, push, random_layers_image
+
+from ..harness import Target, Workload
+
+NAMESPACE = "bench-images"
+BIG_MIB = 256
+_registry: Registry | None = None
+_refs: dict[str, str] = {}
+
+
+def _ref(kind: str) -> str:
+    global _registry
+    if _registry is None:
+        _registry = Registry()
+        _registry.start()
+        atexit.register(_registry.stop)
+    if kind not in _refs:
+        image = busybox_image() if kind == "small" else random_layers_image(BIG_MIB, layers=4)
+        push(_registry.host, kind, "latest", image)
+        _refs[kind] = f"{_registry.host}/{kind}:latest"
+    return _refs[kind]
+
+
+def _cold(t: Target, ref: str) -> None:
+    """Remove the image and everything it left, so the next pull starts from nothing."""
+    t.ctr("image", "rm", "--sync", ref, namespace=NAMESPACE)
+    for _ in range(5):  # snapshots: children before parents
+        keys = t.ctr("snapshots", "ls", namespace=NAMESPACE).stdout.splitlines()[1:]
+        if not keys:
+            break
+        for line in keys:
+            t.ctr("snapshots", "rm", line.split()[0], namespace=NAMESPACE)
+    blobs = t.ctr("content", "ls", "-q", namespace=NAMESPACE).stdout.split()
+    if blobs:
+        t.ctr("content", "rm", *blobs, namespace=NAMESPACE)
+
+
+def _ctr_pull(kind: str) -> Callable[[Target], float]:
+    def run(t: Target) -> float:
+        ref = _ref(kind)
+        _cold(t, ref)
+        started = time.perf_counter()
+        t.ctr("image", "pull", "--plain-http", ref, namespace=NAMESPACE, check=True, timeout=600)
+        return time.perf_counter() - started
+    return run
+
+
+def _flotilla_pull(kind: str) -> Callable[[Target], float]:
+    def run(t: Target) -> float:
+        ref = _ref(kind)
+        _cold(t, ref)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "flotilla.cli", "--address", t.address, "--namespace", NAMESPACE,
+                        "pull", ref], check=True, capture_output=True, timeout=600)
+        return time.perf_counter() - started
+    return run
+
+
+def _throughput(run: Callable[[Target], float]) -> Callable[[Target], float]:
+    def mbps(t: Target) -> float:
+        return BIG_MIB * 1.048576 / run(t)
+    return mbps
+
+
+def _teardown(t: Target) -> None:
+    for ref in _refs.values():
+        _cold(t, ref)
+
+
+def workloads() -> list[Workload]:
+    return [
+        Workload("ctr image pull small (cold)", _ctr_pull("small"), repeat=5, teardown=_teardown),
+        Workload(f"ctr image pull {BIG_MIB} MiB (cold)", _throughput(_ctr_pull("big")), repeat=3, unit="MB/s",
+                 higher_is_better=True, teardown=_teardown),
+        Workload("flotilla pull small (cold)", _flotilla_pull("small"), repeat=5, teardown=_teardown),
+        Workload(f"flotilla pull {BIG_MIB} MiB (cold)", _throughput(_flotilla_pull("big")), repeat=3, unit="MB/s",
+                 higher_is_better=True, teardown=_teardown),
+    ]
