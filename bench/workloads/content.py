@@ -27,8 +27,9 @@ BLOCK = 8 * MiB
 NS = "bench-content"
 
 
-def _source(t: Target, size: int = SIZE) -> tuple[Path, str]:
+def _source(t: Target, size: int | None = None) -> tuple[Path, str]:
     """A file of random bytes (made once per target) and its digest."""
+    size = size or SIZE
     path = t.base / f"content-{size // MiB}MiB"
     digest_file = path.with_suffix(".digest")
     if not digest_file.exists():
@@ -73,6 +74,26 @@ def get(t: Target) -> float:
     with open(os.devnull, "wb") as out:
         subprocess.run([CTR, "--address", t.address, "-n", NS, "content", "get", digest], stdout=out, check=True)
     return _mbs(SIZE, time.perf_counter() - started)
+
+
+def grpc_read(t: Target) -> float:
+    """One Read call over the whole blob (a client reading big ranges, as a puller or
+    differ does); `ctr content get` instead asks one Read call per 32 KiB (Go's
+    File.ReadFrom bypasses ctr's 1 MiB buffer), so it measures per-call latency."""
+    import grpc
+
+    from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
+    from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
+    _, digest = _source(t)
+    with grpc.insecure_channel(f"unix://{t.address}",
+                               options=[("grpc.max_receive_message_length", 16 << 20)]) as ch:
+        stub = pbc_grpc.ContentStub(ch)
+        started = time.perf_counter()
+        n = sum(len(r.data) for r in stub.Read(pbc.ReadContentRequest(digest=digest),
+                                               metadata=[("containerd-namespace", NS)]))
+        seconds = time.perf_counter() - started
+    assert n == SIZE, (n, SIZE)
+    return _mbs(SIZE, seconds)
 
 
 def get_teardown(t: Target) -> None:
@@ -168,6 +189,8 @@ def workloads() -> list[Workload]:
                  targets=("flotilla",), higher_is_better=True),
         Workload("content-ctr-ingest-1GiB", ingest, repeat=3, unit="MB/s", higher_is_better=True),
         Workload("content-ctr-get-1GiB", get, repeat=3, unit="MB/s", higher_is_better=True,
+                 setup=get_setup, teardown=get_teardown),
+        Workload("content-grpc-read-1GiB", grpc_read, repeat=3, unit="MB/s", higher_is_better=True,
                  setup=get_setup, teardown=get_teardown),
         Workload("content-nats-write-256MiB", nats_write, repeat=3, unit="MB/s",
                  targets=("flotilla",), higher_is_better=True),
