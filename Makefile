@@ -41,7 +41,8 @@ $(VENV)/bin/flotilla-shim: services/runtime/shim/flotilla-shim.c $(VENV)/.instal
 	gcc -O2 -s -o $@ $<
 
 $(STUBS): tools/gen_protos.py $(VENV)/.installed
-	$(PY) tools/gen_protos.py 2>/dev/null
+	@# protoc warns about gogo imports that Python does not use; show everything else
+	$(PY) tools/gen_protos.py 2>&1 | grep -v 'is unused' ; test $${PIPESTATUS[0]} -eq 0
 
 clean:
 	rm -rf $(VENV) flotilla/_api build *.egg-info

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The processes of the suite, in start order: (name, module, host-local).
+# The processes of the suite, in start order: (name, module).
 SERVICES: tuple[tuple[str, str], ...] = (
     ("metadata", "flotilla.services.metadata"),
     ("content", "flotilla.services.content"),
     ("snapshots", "flotilla.services.snapshots"),
     ("runtime", "flotilla.services.runtime"),
+    ("transfer", "flotilla.services.transfer"),
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222
@@ -35,15 +36,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
 @dataclass
 class Suite:
-    root: Path = Path(os.environ.get("FLOTILLA_ROOT", "/var/lib/flotilla"))
-    state: Path = Path(os.environ.get("FLOTILLA_STATE", "/run/flotilla"))
-    nats_port: int = int(os.environ.get("FLOTILLA_NATS_PORT", DEFAULT_NATS_PORT))
-    metrics_base: int = int(os.environ.get("FLOTILLA_METRICS_BASE", DEFAULT_METRICS_BASE))
-    prefix: str = os.environ.get("FLOTILLA_PREFIX", "flotilla")
+    root: Path = field(default_factory=lambda: Path(_env("FLOTILLA_ROOT", "/var/lib/flotilla")))
+    state: Path = field(default_factory=lambda: Path(_env("FLOTILLA_STATE", "/run/flotilla")))
+    nats_port: int = field(default_factory=lambda: int(_env("FLOTILLA_NATS_PORT", str(DEFAULT_NATS_PORT))))
+    metrics_base: int = field(default_factory=lambda: int(_env("FLOTILLA_METRICS_BASE", str(DEFAULT_METRICS_BASE))))
+    prefix: str = field(default_factory=lambda: _env("FLOTILLA_PREFIX", "flotilla"))
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    # a private suite (tests, benchmarks) takes nothing from the host's configuration, so it
+    # can never bind the production socket or write into the production database
+    isolated: bool = False
 
     @property
     def socket(self) -> Path:
@@ -73,8 +81,12 @@ class Suite:
             "FLOTILLA_NATS_URL": self.nats_url,
             "FLOTILLA_PREFIX": self.prefix,
             "FLOTILLA_METRICS_PORT": str(self.metrics_port(name)),
+            "FLOTILLA_SOCKET": str(self.socket),  # the suite decides where the gateway listens
             "PYTHONUNBUFFERED": "1",
         }
+        if self.isolated:
+            env.update({"FLOTILLA_CONFIG": str(self.state / "no-config.toml"),
+                        "FLOTILLA_DB_URL": "", "FLOTILLA_HOST_ID": ""})
         env.update(self.extra_env)
         return env
 
@@ -175,19 +187,33 @@ stdout_logfile_backups=2
         return subprocess.run([self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
                               capture_output=True, text=True)
 
-    def down(self, timeout: float = 30.0) -> None:
+    def program_pids(self) -> list[int]:
+        pids = []
+        for line in self.ctl("status").stdout.splitlines():
+            parts = line.replace(",", " ").split()
+            if "pid" in parts:
+                pids.append(int(parts[parts.index("pid") + 1]))
+        return pids
+
+    def down(self) -> None:
         pid = self.pid()
         if pid is None:
             return
+        programs = self.program_pids()
         os.kill(pid, signal.SIGTERM)  # supervisord stops every program, then exits
-        deadline = time.monotonic() + timeout
+        # it stops programs one priority at a time, each allowed stopwaitsecs (10 s)
+        deadline = time.monotonic() + 10 * (len(SERVICES) + 1) + 5
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return
             time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+        for p in (pid, *programs):  # never leave a program orphaned behind a stuck supervisord
+            try:
+                os.killpg(p, signal.SIGKILL) if p != pid else os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def program_pid(self, name: str) -> int:
         out = self.ctl("pid", name).stdout.strip()

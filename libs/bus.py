@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from . import metrics
-from .errors import DeadlineExceeded, FlotillaError, Internal, Unavailable
+from .errors import DeadlineExceeded, FlotillaError, Internal, ResourceExhausted, Unavailable
 from .wire import pack, unpack
 
 log = logging.getLogger("flotilla.bus")
@@ -41,6 +41,7 @@ class Bus:
         self.nc = nc
         self.name = name
         self._tasks: set[asyncio.Task[None]] = set()
+        self._serving: list[Any] = []
 
     @classmethod
     async def connect(cls, url: str, name: str, *, connect_timeout: float = 5.0) -> "Bus":
@@ -63,7 +64,15 @@ class Bus:
         )
         return cls(nc, name)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop taking requests, let those in progress answer, then drain the connection."""
+        for sub in self._serving:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # already gone with a closed connection
+                pass
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         if not self.nc.is_closed:
             await self.nc.drain()
         for task in list(self._tasks):
@@ -99,6 +108,9 @@ class Bus:
                 if not idempotent or deadline - time.monotonic() <= 0:
                     raise DeadlineExceeded(f"{subject}: context deadline exceeded") from None
                 attempt *= 2
+            except nats.errors.MaxPayloadError:
+                raise ResourceExhausted(f"{subject}: request of {len(data)} bytes exceeds the bus limit: "
+                                        "resource exhausted") from None
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 if not idempotent:
                     raise Unavailable(f"{subject}: bus not connected: unavailable") from None
@@ -141,6 +153,10 @@ class Bus:
                 log.exception("%s failed", name)
                 code = Internal.code
                 reply = pack({"e": Internal(f"{name}: {exc}").to_wire()})
+            if len(reply) > self.nc.max_payload:
+                code = ResourceExhausted.code
+                reply = pack({"e": ResourceExhausted(
+                    f"{name}: reply of {len(reply)} bytes exceeds the bus limit: resource exhausted").to_wire()})
             if msg.reply:
                 try:
                     await self.nc.publish(msg.reply, reply)
@@ -156,6 +172,7 @@ class Bus:
         sub = await self.nc.subscribe(subject, queue=subject if queue is None else queue,
                                       cb=on_message)
         await self.nc.flush()  # the server knows the subscription before we say we serve
+        self._serving.append(sub)
         return sub
 
 

@@ -19,6 +19,8 @@ from .errors import InvalidArgument
 Lookup = Callable[[Sequence[str]], "tuple[str, bool]"]
 
 _OPERATORS = ("==", "!=", "~=")
+_FIELD = re.compile(r"[A-Za-z0-9_]+")
+_VALUE = re.compile(r"[^\s,]+")
 _QUOTES = "\"/|"  # containerd's quote runes; /.../ suits regular expressions
 
 
@@ -36,9 +38,9 @@ class Selector:
         if self.op == "==":
             return present and value == self.value
         if self.op == "!=":
-            return not present or value != self.value
-        assert self.regex is not None
-        return present and self.regex.search(value) is not None
+            return value != self.value  # containerd: an absent field ("") differs too
+        # containerd compiles lazily and a bad expression simply never matches
+        return self.regex is not None and self.regex.search(value) is not None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class _Scanner:
         self.skip_space()
         if self.pos < len(self.text) and self.text[self.pos] in _QUOTES:
             return self.quoted()
-        m = re.compile(r"[A-Za-z0-9_]+").match(self.text, self.pos)
+        m = _FIELD.match(self.text, self.pos)
         if not m:
             raise self.error("expected field or quoted")
         self.pos = m.end()
@@ -101,7 +103,7 @@ class _Scanner:
         self.skip_space()
         if self.pos < len(self.text) and self.text[self.pos] in _QUOTES:
             return self.quoted()
-        m = re.compile(r"[^\s,]+").match(self.text, self.pos)
+        m = _VALUE.match(self.text, self.pos)
         if not m:
             raise self.error("expected value or quoted")
         self.pos = m.end()
@@ -126,8 +128,8 @@ def _parse_one(text: str) -> tuple[Selector, ...]:
             if op == "~=":
                 try:
                     regex = re.compile(value)
-                except re.error as exc:
-                    raise scan.error(f"invalid regex: {exc}") from None
+                except re.error:
+                    regex = None
         selectors.append(Selector(tuple(path), op, value, regex))
         if scan.at_end():
             return tuple(selectors)

@@ -8,7 +8,9 @@ from .errors import InvalidArgument
 
 MAX_IDENTIFIER = 76
 MAX_LABEL_SIZE = 4096
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
+# Python's $ also matches before a final newline, Go's does not: use fullmatch
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*")
+_SHOWN = "^" + _IDENTIFIER.pattern + "$"  # as containerd prints it
 
 
 def validate_identifier(name: str) -> None:
@@ -17,14 +19,13 @@ def validate_identifier(name: str) -> None:
     if len(name) > MAX_IDENTIFIER:
         raise InvalidArgument(
             f'identifier "{name}" greater than maximum length ({MAX_IDENTIFIER} characters): invalid argument')
-    if not _IDENTIFIER.match(name):
-        raise InvalidArgument(
-            f'identifier "{name}" must match {_IDENTIFIER.pattern}: invalid argument')
+    if not _IDENTIFIER.fullmatch(name):
+        raise InvalidArgument(f'identifier "{name}" must match {_SHOWN}: invalid argument')
 
 
 def validate_labels(labels: dict[str, str]) -> None:
     for key, value in labels.items():
-        if len(key) + len(value) > MAX_LABEL_SIZE:
+        if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:  # Go counts bytes
             shown = key if len(key) <= 10 else key[:10]
             raise InvalidArgument(
                 f"label key and value greater than maximum size ({MAX_LABEL_SIZE} bytes), "

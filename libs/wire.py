@@ -47,9 +47,20 @@ def to_wire(obj: Any) -> Any:
     return obj
 
 
+def _holds_record(tp: Any) -> bool:
+    """Whether values of type ``tp`` may contain a dataclass that needs rebuilding."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return True
+    return any(_holds_record(a) for a in typing.get_args(tp))
+
+
 @lru_cache(maxsize=None)
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _plan(cls: type) -> tuple[tuple[str, Any], ...]:
+    """Per field: its name and its type, or None where the value is plain builtins as sent
+    (most fields), so decoding skips the type walk for them."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name] if _holds_record(hints[f.name]) else None)
+                 for f in dataclasses.fields(cls))
 
 
 def _convert(tp: Any, value: Any) -> Any:
@@ -70,11 +81,13 @@ def _convert(tp: Any, value: Any) -> Any:
     return value
 
 
+_MISSING = object()
+
+
 def from_wire(cls: type[T], data: dict[str, Any]) -> T:
-    hints = _hints(cls)
-    kwargs = {
-        f.name: _convert(hints[f.name], data[f.name])
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.name in data
-    }
+    kwargs = {}
+    for name, tp in _plan(cls):
+        value = data.get(name, _MISSING)
+        if value is not _MISSING:
+            kwargs[name] = value if tp is None else _convert(tp, value)
     return cls(**kwargs)

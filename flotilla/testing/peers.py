@@ -34,7 +34,7 @@ class PrivateSuite:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-suite-", dir=base))
         self.suite = Suite(root=self.base / "root", state=self.base / "state",
                            nats_port=free_port(), metrics_base=0,
-                           prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env))
+                           prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True)
 
     @property
     def address(self) -> str:
@@ -55,7 +55,11 @@ class PrivateSuite:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "PrivateSuite":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # a suite that failed to come up leaves nothing behind
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -85,9 +89,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [metrics]
   address = ""
 """)
-        log = open(self.base / "containerd.log", "wb")
-        self.proc = subprocess.Popen([shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.base / "containerd.log", "wb") as log:
+            self.proc = subprocess.Popen([shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if os.path.exists(self.address) and ctr(self.address, "version", timeout=5).returncode == 0:
@@ -111,7 +115,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "ContainerdPeer":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -172,9 +180,9 @@ storage:
 http:
   addr: 127.0.0.1:{self.port}
 {auth}""")
-        log = open(self.base / "registry.log", "wb")
-        self.proc = subprocess.Popen([shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(conf)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.base / "registry.log", "wb") as log:
+            self.proc = subprocess.Popen([shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(conf)],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         import urllib.error
         import urllib.request
         deadline = time.monotonic() + timeout
@@ -199,7 +207,11 @@ http:
         shutil.rmtree(self.base, ignore_errors=True)
 
     def __enter__(self) -> "Registry":
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pool, empty_pb2, message_factory
+from google.protobuf import descriptor_pool, empty_pb2, message_factory
 from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from flotilla.libs import filters
 from flotilla.libs.bus import Bus
-from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.errors import FlotillaError, InvalidArgument, Unknown
 from flotilla.libs.events import Event
 from flotilla.libs.identifiers import validate_identifier
 from flotilla.libs.subjects import events as events_subject
@@ -42,6 +43,7 @@ def validate_topic(topic: str) -> None:
             raise InvalidArgument(f'failed validation on component "{component}": {exc.message}') from None
 
 
+@functools.lru_cache(maxsize=256)
 def _message_class(type_url: str) -> type[Message] | None:
     name = type_url.rsplit("/", 1)[-1]
     try:
@@ -57,7 +59,7 @@ def to_envelope(event: Event) -> pb.events.Envelope:
     if not value and event.fields:
         cls = _message_class(event.type_url)
         value = fill(cls(), event.fields).SerializeToString() if cls else b""
-    env.event.CopyFrom(any_pb2.Any(type_url=event.type_url, value=value))
+    env.event.type_url, env.event.value = event.type_url, value
     return env
 
 
@@ -134,11 +136,14 @@ class EventsServicer(pb.events_grpc.EventsServicer):
 
     @unary("Events.Publish")
     async def Publish(self, request: pb.events.PublishRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        ns = namespace(context)
+        try:
+            ns = namespace(context)
+        except FlotillaError as exc:
+            raise type(exc)(f"failed publishing event: {exc.message}") from None
         try:
             validate_topic(request.topic)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"envelope topic {request.topic!r}: {exc.message}") from None
+            raise InvalidArgument(f'envelope topic "{request.topic}": {exc.message}') from None
         await self.hub.publish(Event(topic=request.topic, namespace=ns, type_url=request.event.type_url,
                                      timestamp_ns=time.time_ns(), value=request.event.value))
         return empty_pb2.Empty()
@@ -153,14 +158,19 @@ class EventsServicer(pb.events_grpc.EventsServicer):
         try:
             validate_topic(env.topic)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"envelope topic {env.topic!r}: {exc.message}") from None
+            raise InvalidArgument(f'envelope topic "{env.topic}": {exc.message}') from None
+        if not env.HasField("timestamp") or (env.timestamp.seconds == 0 and env.timestamp.nanos == 0):
+            raise InvalidArgument("timestamp must be set on forwarded event: invalid argument")
         await self.hub.publish(Event(topic=env.topic, namespace=env.namespace, type_url=env.event.type_url,
                                      timestamp_ns=timestamp_ns(env.timestamp), value=env.event.value))
         return empty_pb2.Empty()
 
     @streaming("Events.Subscribe")
     async def Subscribe(self, request: pb.events.SubscribeRequest, context: aio.ServicerContext) -> AsyncIterator[pb.events.Envelope]:
-        wanted = filters.parse(request.filters)
+        try:
+            wanted = filters.parse(request.filters)
+        except FlotillaError as exc:  # containerd returns a plain error here: Unknown
+            raise Unknown(f"subscription error: failed parsing subscription filters: {exc.message}") from None
         queue: asyncio.Queue[pb.events.Envelope] = asyncio.Queue(_QUEUE)
         self.hub.queues.add(queue)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from google.protobuf import empty_pb2
 from grpc import aio
 
 from flotilla.libs.api.metadata import MetadataClient, Namespace
@@ -44,7 +45,6 @@ class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
         return pb.namespaces.UpdateNamespaceResponse()
 
     @unary("Namespaces.Delete")
-    async def Delete(self, request: pb.namespaces.DeleteNamespaceRequest, context: aio.ServicerContext):  # type: ignore[no-untyped-def]
-        from google.protobuf import empty_pb2
+    async def Delete(self, request: pb.namespaces.DeleteNamespaceRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         await self.metadata.delete_namespace(request.name, timeout(context, self.default_timeout))
         return empty_pb2.Empty()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -14,7 +16,9 @@ from flotilla.libs import metrics
 from flotilla.libs.errors import FailedPrecondition, FlotillaError, InvalidArgument
 from flotilla.libs.identifiers import validate_identifier
 
+log = logging.getLogger("flotilla.gateway")
 NAMESPACE_KEY = "containerd-namespace"
+_INTERNAL, _CANCELLED = 13, 1
 STATUS: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -58,6 +62,15 @@ def unary(method: str) -> Callable[[F], F]:
             except FlotillaError as exc:
                 code = exc.code
                 await context.abort(STATUS[exc.code], exc.message)
+            except asyncio.CancelledError:
+                code = _CANCELLED
+                raise
+            except aio.AbortError:
+                raise
+            except Exception as exc:  # a bug: say so as Internal, never a bare Unknown
+                code = _INTERNAL
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {exc}")
             finally:
                 metrics.observe(method, code, time.perf_counter() - started)
         return call  # type: ignore[return-value]
@@ -77,6 +90,15 @@ def streaming(method: str) -> Callable[[F], F]:
             except FlotillaError as exc:
                 code = exc.code
                 await context.abort(STATUS[exc.code], exc.message)
+            except asyncio.CancelledError:
+                code = _CANCELLED
+                raise
+            except aio.AbortError:
+                raise
+            except Exception as exc:
+                code = _INTERNAL
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: {exc}")
             finally:
                 metrics.observe(method, code, time.perf_counter() - started)
         return call  # type: ignore[return-value]

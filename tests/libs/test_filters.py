@@ -35,7 +35,16 @@ def test_no_filter_matches_everything() -> None:
     assert filters.parse([]).matches(RECORD)
 
 
-@pytest.mark.parametrize("bad", ["name==", "name==a b", "==x", 'name=="open', "name~=(", "a,,b", "topic~=/namespaces/*"])
+def test_bad_regex_never_matches_as_in_containerd() -> None:
+    assert not filters.parse(["name~=("]).matches(RECORD)
+
+
+def test_not_equal_matches_an_absent_field_as_in_containerd() -> None:
+    assert filters.parse(["labels.b!=x"]).matches(RECORD)
+    assert filters.parse(["labels.b~=^$"]).matches(RECORD)
+
+
+@pytest.mark.parametrize("bad", ["name==", "name==a b", "==x", 'name=="open', "a,,b", "topic~=/namespaces/*"])
 def test_bad_filters_are_invalid_argument(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         filters.parse([bad])
