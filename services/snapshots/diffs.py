@@ -108,7 +108,7 @@ class Differ:
 
     @asynccontextmanager
     async def _blob(self, namespace: str, desc: Descriptor) -> AsyncIterator[str]:
-        path = await self.content.local_path(namespace, desc.digest)
+        path = await self.content.local_path(namespace, desc.digest) if self.content.local else None
         if path is not None:
             yield path
             return

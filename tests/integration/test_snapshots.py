@@ -633,3 +633,30 @@ def test_mounting_what_ctr_prints_gives_the_same_tree(suite: PrivateSuite, conta
             c("rm", key)
     assert trees[0] == trees[1]
     assert sorted(trees[0]) == ["etc", "etc/hostname", "new"]
+
+
+async def test_apply_reads_a_remote_blob_over_nats(suite: PrivateSuite, tmp_path: Path) -> None:
+    """A differ on a host without the blob file streams the layer over the bus."""
+    from flotilla.libs.api.content import ContentClient
+    from flotilla.libs.bus import Bus
+    from flotilla.services.snapshots.api import Descriptor, Mount
+    from flotilla.services.snapshots.diffs import Differ
+
+    ns = "remote-" + uuid.uuid4().hex[:6]
+    raw = tar_bytes([Entry("d", "dir")] + [Entry(f"d/f{i}", data=os.urandom(300_000)) for i in range(10)])
+    blob = gz(raw)
+    _ingest(suite.address, ns, blob)
+    bus = await Bus.connect(suite.suite.nats_url, "remote-differ")
+    differ = Differ(ContentClient(bus, suite.suite.prefix, local=False), tmp_path / "scratch", workers=1)
+    try:
+        root = tmp_path / "root"
+        root.mkdir()
+        desc = Descriptor(media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+                          digest="sha256:" + hashlib.sha256(blob).hexdigest(), size=len(blob))
+        applied = await differ.apply(ns, desc, [Mount(type="bind", source=str(root), options=["rbind", "rw"])])
+        assert applied.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
+        assert len(os.listdir(root / "d")) == 10
+        assert os.listdir(tmp_path / "scratch") == []  # the downloaded copy is gone
+    finally:
+        differ.close()
+        await bus.close()
