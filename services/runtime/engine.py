@@ -110,22 +110,33 @@ class Engine:
     async def _exited(self, task: Task, proc: Proc) -> None:
         """The supervisor is gone: take the exit it recorded and report it once."""
         async with proc.lock:
-            if proc.exit is None:
-                recorded = await asyncio.to_thread(read_exit, proc.exit_file)
-                # a supervisor killed without recording: containerd reports a dead shim as 255
-                status, at = recorded or (255, time.time_ns())
-                proc.set_exit(proc.rec.pid, status, at)
             await self._report_exit(task, proc)
             proc.exited.set()  # after the event: a waiter's next step (delete) comes after it
 
+    def _exit_facts(self, task: Task, proc: Proc) -> tuple[tuple[int, int] | None, bool, int]:
+        """One trip to a thread on every exit: the recorded exit, whether it was reported,
+        and the OOM kills of the task's cgroup (init only)."""
+        recorded = read_exit(proc.exit_file) if proc.exit is None else None
+        reported = proc.reported_file.exists()
+        kills = 0
+        if proc is task.init and task.rec.cgroups_path and not reported:
+            kills = cgroups.oom_kills(task.rec.cgroups_path)
+        return recorded, reported, kills
+
     async def _report_exit(self, task: Task, proc: Proc) -> None:
-        if task.deleted or proc.exit is None or await asyncio.to_thread(proc.reported_file.exists):
+        """Called with proc.lock held: record the exit if not yet known, publish it once."""
+        if task.deleted:
+            return
+        recorded, reported, kills = await asyncio.to_thread(self._exit_facts, task, proc)
+        if proc.exit is None:
+            # a supervisor killed without recording: containerd reports a dead shim as 255
+            status, at = recorded or (255, time.time_ns())
+            proc.set_exit(proc.rec.pid, status, at)
+        if reported or proc.exit is None:
             return
         ns, id = task.rec.namespace, task.rec.id
-        if proc is task.init and task.rec.cgroups_path:
-            kills = await asyncio.to_thread(cgroups.oom_kills, task.rec.cgroups_path)
-            if kills:
-                await self._event("/tasks/oom", ns, "TaskOOM", container_id=id)
+        if kills:
+            await self._event("/tasks/oom", ns, "TaskOOM", container_id=id)
         await self._event("/tasks/exit", ns, "TaskExit", container_id=id, id=proc.rec.exec_id or id,
                           pid=proc.exit.pid, exit_status=proc.exit.exit_status, exited_at=proc.exit.exited_at_ns)
         try:
