@@ -149,6 +149,7 @@ class DiffRequest:
     media_type: str = ""            # default: tar+gzip, as containerd's walking differ
     ref: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    lease: str = ""                 # the written blob is held by this lease
 
 
 class SnapshotsClient:
@@ -220,7 +221,8 @@ class SnapshotsClient:
         return from_wire(Descriptor, data)  # type: ignore[arg-type]
 
     async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str = "",
-                   ref: str = "", labels: dict[str, str] | None = None, timeout: float = 600.0) -> Descriptor:
-        data = await self._call(DIFF, DiffRequest(namespace, left, right, media_type, ref, labels or {}),
+                   ref: str = "", labels: dict[str, str] | None = None, timeout: float = 600.0,
+                   lease: str = "") -> Descriptor:
+        data = await self._call(DIFF, DiffRequest(namespace, left, right, media_type, ref, labels or {}, lease),
                                 timeout, False)
         return from_wire(Descriptor, data)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
 from .rpc import namespace, timeout, unary
-from .snapshots import mounts_from_pb
+from .snapshots import lease, mounts_from_pb
 
 _LAYER_TIMEOUT = 600.0  # a big layer takes a while; the client's deadline still applies
 
@@ -43,5 +43,5 @@ class DiffServicer(pbd_grpc.DiffServicer):
     async def Diff(self, request: pbd.DiffRequest, context: aio.ServicerContext) -> pbd.DiffResponse:
         out = await self.client.diff(namespace(context), mounts_from_pb(request.left), mounts_from_pb(request.right),
                                      request.media_type, request.ref, dict(request.labels),
-                                     timeout(context, _LAYER_TIMEOUT))
+                                     timeout(context, _LAYER_TIMEOUT), lease(context))
         return pbd.DiffResponse(diff=descriptor_pb(out))

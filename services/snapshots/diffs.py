@@ -149,7 +149,7 @@ class Differ:
             raise Unknown(f"failed to apply layer: {exc}") from None
 
     async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str,
-                   ref: str, labels: dict[str, str]) -> Descriptor:
+                   ref: str, labels: dict[str, str], lease: str = "") -> Descriptor:
         media_type = media_type or LAYER_GZIP
         if media_type not in _COMPRESSION:
             raise Unknown(f"unsupported diff media type: {media_type}: not implemented")
@@ -165,7 +165,8 @@ class Differ:
                         yield piece
 
             digest = await self.content.write_blob(namespace, ref or f"diff-{uuid.uuid4().hex}", chunks(),
-                                                   expected=written.digest, total=written.size, labels=labels)
+                                                   expected=written.digest, total=written.size, labels=labels,
+                                                   lease=lease)
             if digest != written.digest:
                 raise Unknown(f"content store stored {digest}, expected {written.digest}")
         except NotFound:

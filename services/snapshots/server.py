@@ -83,7 +83,7 @@ class SnapshotsServer:
 
     async def diff(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.DiffRequest, req)
-        return await self.differ.diff(r.namespace, r.left, r.right, r.media_type, r.ref, r.labels)
+        return await self.differ.diff(r.namespace, r.left, r.right, r.media_type, r.ref, r.labels, r.lease)
 
     async def start(self) -> None:
         routes = {

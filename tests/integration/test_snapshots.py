@@ -252,6 +252,21 @@ def test_apply_reports_uncompressed_digest(suite: PrivateSuite) -> None:
         side.close()
 
 
+def _content_leases(suite: PrivateSuite, ns: str, digest: str) -> list[str]:
+    import asyncio
+
+    from flotilla.libs.api.content import ContentClient
+    from flotilla.libs.bus import Bus
+
+    async def info() -> list[str]:
+        bus = await Bus.connect(suite.suite.nats_url, "test")
+        try:
+            return (await ContentClient(bus, suite.suite.prefix).info(ns, digest)).leases
+        finally:
+            await bus.close()
+    return asyncio.run(info())
+
+
 @pytest.mark.parametrize("sn", ["overlayfs", "native"])
 def test_diff_of_changed_snapshot_reproduces_the_tree(suite: PrivateSuite, sn: str) -> None:
     ns = "df-" + uuid.uuid4().hex[:8]
@@ -277,8 +292,9 @@ def test_diff_of_changed_snapshot_reproduces_the_tree(suite: PrivateSuite, sn: s
             want = tree(root)
         lower = side.prepare("lower-view", parent, view=True)
         d = side.diff.Diff(diff_pb2.DiffRequest(left=lower, right=work, labels={"containerd.io/gc.root": "t"}),
-                           metadata=side.md, timeout=120).diff
+                           metadata=side.md + [("containerd-lease", "diff-lease")], timeout=120).diff
         assert d.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+        assert "diff-lease" in _content_leases(suite, ns, d.digest)
         assert d.annotations["containerd.io/uncompressed"].startswith("sha256:")
         info = ctr(suite.address, "content", "ls", namespace=ns, check=True).stdout
         assert d.digest in info and "containerd.io/uncompressed=" + d.annotations["containerd.io/uncompressed"] in info
