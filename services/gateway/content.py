@@ -7,10 +7,8 @@ elsewhere they go as chunks over NATS. Same rules and status codes either way.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +23,7 @@ from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
 from flotilla.libs.subjects import events as events_subject
 
+from .blobfiles import BlobFiles
 from .protomsg import set_timestamp
 from .rpc import namespace, streaming, unary
 
@@ -32,7 +31,6 @@ log = logging.getLogger("flotilla.gateway.content")
 LEASE_KEY = "containerd-lease"
 READ_PIECE = 1 << 20        # bytes per Read response, as containerd sends them
 LOCAL_READ = 8 << 20        # bytes per pread from the blob file
-_CACHE_TTL = 2.0            # seconds a blob's local file is trusted without asking
 
 
 def _lease(context: aio.ServicerContext) -> str:
@@ -57,14 +55,6 @@ def _status_pb(st: Status) -> pbc.Status:
     return out
 
 
-def _pread(path: str, size: int, offset: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-
-
 def _valid(digest: str) -> None:
     if digest_error(digest):
         raise InvalidArgument(f'"{digest}" failed validation')
@@ -76,8 +66,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         # FLOTILLA_CONTENT_LOCAL=0 sends bytes over NATS as from another host (tests, benchmarks)
         local = os.environ.get("FLOTILLA_CONTENT_LOCAL", "1") != "0"
         self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
-        # (namespace, digest) -> (file, when): ctr reads a blob as one Read call per MiB
-        self._files: dict[tuple[str, str], tuple[LocalFile | None, float]] = {}
+        self._files = BlobFiles(self._resolve)
 
     @classmethod
     async def register(cls, server: aio.Server, bus: Bus, cfg: Config) -> "ContentServicer":
@@ -89,17 +78,10 @@ class ContentServicer(pbc_grpc.ContentServicer):
 
     async def _on_event(self, data: Any) -> None:
         if isinstance(data, dict) and data.get("topic") == "/content/delete":
-            self._files.pop((data.get("namespace", ""), (data.get("fields") or {}).get("digest", "")), None)
+            self._files.drop(data.get("namespace", ""), (data.get("fields") or {}).get("digest", ""))
 
-    async def _local_file(self, ns: str, digest: str) -> LocalFile | None:
-        hit = self._files.get((ns, digest))
-        if hit is not None and time.monotonic() - hit[1] < _CACHE_TTL:
-            return hit[0]
-        f = await self.content.local_file(ns, digest) if self.content.local else None
-        if len(self._files) > 4096:
-            self._files.clear()
-        self._files[(ns, digest)] = (f, time.monotonic())
-        return f
+    async def _resolve(self, ns: str, digest: str) -> LocalFile | None:
+        return await self.content.local_file(ns, digest) if self.content.local else None
 
     @unary("Content.Info")
     async def Info(self, request: pbc.InfoRequest, context: aio.ServicerContext) -> pbc.InfoResponse:
@@ -128,7 +110,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         err = digest_error(request.digest)
         if err:
             raise InvalidArgument(err)
-        self._files.pop((ns, request.digest), None)
+        self._files.drop(ns, request.digest)
         await self.content.delete(ns, request.digest)
         return empty_pb2.Empty()
 
@@ -139,37 +121,36 @@ class ContentServicer(pbc_grpc.ContentServicer):
         err = digest_error(digest)
         if err:
             raise InvalidArgument(f"{digest}: {err}")
-        f = await self._local_file(ns, digest)
-        size = f.size if f is not None else (await self.content.info(ns, digest)).size
-        offset = max(0, request.offset)
-        if offset > size:
-            raise OutOfRange(f"read past object length {size} bytes")
-        want = request.size
-        end = size if want <= 0 or offset + want > size else offset + want
-        if f is None:
+        blob = await self._files.acquire(ns, digest)
+        try:
+            size = blob.size if blob is not None else (await self.content.info(ns, digest)).size
+            offset = max(0, request.offset)
+            if offset > size:
+                raise OutOfRange(f"read past object length {size} bytes")
+            want = request.size
+            end = size if want <= 0 or offset + want > size else offset + want
+            if blob is None:
+                pos = offset
+                async for piece in self.content.read(ns, digest, offset, end - offset):
+                    for i in range(0, len(piece), READ_PIECE):
+                        yield pbc.ReadContentResponse(offset=pos, data=piece[i:i + READ_PIECE])
+                        pos += min(READ_PIECE, len(piece) - i)
+                return
             pos = offset
-            async for piece in self.content.read(ns, digest, offset, end - offset):
-                for i in range(0, len(piece), READ_PIECE):
-                    yield pbc.ReadContentResponse(offset=pos, data=piece[i:i + READ_PIECE])
-                    pos += min(READ_PIECE, len(piece) - i)
-            return
-        # ctr reads a blob as one Read call per MiB: one thread hop per call, no copies
-        pos = offset
-        while pos < end:
-            try:
-                data = await asyncio.to_thread(_pread, f.path, min(LOCAL_READ, end - pos), pos)
-            except FileNotFoundError:
-                self._files.pop((ns, digest), None)
-                raise NotFound(f"content digest {digest}: not found") from None
-            if not data:
-                break
-            if len(data) <= READ_PIECE:
-                yield pbc.ReadContentResponse(offset=pos, data=data)
-            else:
-                view = memoryview(data)
-                for i in range(0, len(view), READ_PIECE):
-                    yield pbc.ReadContentResponse(offset=pos + i, data=bytes(view[i:i + READ_PIECE]))
-            pos += len(data)
+            while pos < end:
+                data = await blob.read(min(LOCAL_READ, end - pos), pos)
+                if not data:
+                    break
+                if len(data) <= READ_PIECE:
+                    yield pbc.ReadContentResponse(offset=pos, data=data)
+                else:
+                    view = memoryview(data)
+                    for i in range(0, len(view), READ_PIECE):
+                        yield pbc.ReadContentResponse(offset=pos + i, data=bytes(view[i:i + READ_PIECE]))
+                pos += len(data)
+        finally:
+            if blob is not None:
+                blob.release()
 
     @unary("Content.Status")
     async def Status(self, request: pbc.StatusRequest, context: aio.ServicerContext) -> pbc.StatusResponse:

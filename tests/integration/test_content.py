@@ -32,7 +32,7 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-_LABELS = re.compile(r"[\w.-]+=[^,\s]*(?:,[\w.-]+=[^,\s]*)+")
+_LABELS = re.compile(r"[\w./-]+=[^,\s]*(?:,[\w./-]+=[^,\s]*)+")
 
 
 def _norm(text: str, address: str) -> str:
@@ -70,6 +70,8 @@ def test_ctr_content_commands_match_containerd(suite: PrivateSuite, containerd: 
         (["content", "ingest", "ref-a2"], a),                           # same bytes, another ref
         (["content", "ingest", "--expected-digest", db, "--expected-size", str(len(b)), "ref-b"], b),
         (["content", "ingest", "--expected-digest", db, "ref-b-again"], b),  # already there
+        # a GC root: containerd's GC (run after each delete) must not race our `rm` below
+        (["content", "label", db, "containerd.io/gc.root=keep"], None),
         (["content", "ls"], None),
         (["content", "ls", "-q"], None),
         (["content", "label", da, "x=1", "y=2"], None),
