@@ -21,7 +21,7 @@ from .spec import SpecOpt, generate_spec, with_image_config
 from .tasks import Tasks
 from .version import VersionService
 from flotilla.libs.distribution import Descriptor, Platform
-from flotilla.libs.errors import NotFound
+from flotilla.libs.errors import NotFound, Unimplemented
 
 DEFAULT_ADDRESS = "/run/flotilla/flotilla.sock"
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
@@ -64,9 +64,21 @@ class Client:
         await self.close()
 
     # ---- images
-    async def pull(self, ref: str, opts: PullOptions | None = None, **kw: Any) -> Image:
-        """Pull ``ref`` client-side (keywords are PullOptions fields)."""
-        return await pull(self, ref, opts or PullOptions(**kw))
+    async def pull(self, ref: str, opts: PullOptions | None = None, *, server_side: bool | None = False,
+                   **kw: Any) -> Image:
+        """Pull ``ref`` (keywords are PullOptions fields): client-side as containerd's client does
+        (default), server-side by Flotilla's transfer service (``server_side=True``), or the
+        server's if it has one and else our own (``server_side=None``)."""
+        opts = opts or PullOptions(**kw)
+        if server_side is False:
+            return await pull(self, ref, opts)
+        from .transfer import server_pull
+        try:
+            return await server_pull(self, ref, opts)
+        except Unimplemented:
+            if server_side:
+                raise
+            return await pull(self, ref, opts)
 
     async def push(self, local: str, ref: str | None = None, opts: PushOptions | None = None, **kw: Any) -> Descriptor:
         return await push(self, local, ref or local, opts or PushOptions(**kw))

@@ -34,7 +34,7 @@ async def pull(client: Client, args: argparse.Namespace) -> int:
         platform=platforms.parse(args.platform) if args.platform else None,
         all_platforms=args.all_platforms, unpack=not args.no_unpack, snapshotter=args.snapshotter,
         credentials=_credentials(args), plain_http=args.plain_http, concurrency=args.max_concurrent_downloads,
-        progress=view))
+        progress=view), server_side=False if args.client_side else None)
     view.finish(image.name)
     print(f"{image.name} {image.target.digest}")
     return 0
@@ -90,6 +90,8 @@ def register(sub: Any) -> None:
     p.add_argument("--no-unpack", action="store_true")
     p.add_argument("--snapshotter", default="overlayfs")
     p.add_argument("--max-concurrent-downloads", type=int, default=3)
+    p.add_argument("--client-side", action="store_true",
+                   help="fetch and unpack here, as ctr does (default: the server pulls if it can)")
     _registry_options(p)
 
     p = command(sub, "push", push, "push a local image to a registry")

@@ -20,7 +20,7 @@ from .media import Descriptor
 from .reference import Reference
 from .transport import Transport
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 MAX_MANIFEST = 8 << 20
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int], None]
@@ -114,28 +114,23 @@ class RegistryClient:
                 got_any = False
                 while True:
                     try:
-                        chunk = await asyncio.to_thread(resp.read, CHUNK)
+                        # read and hash in a worker thread: sha256 releases the GIL on big buffers
+                        chunk, skip = await asyncio.to_thread(self._read_chunk, resp, skip, verifier)
                     except (http.client.IncompleteRead, OSError, http.client.HTTPException):
                         break  # connection broke: resume from what we have
-                    if not chunk:
+                    if chunk is None:
                         break
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                        if not chunk:
-                            continue
                     if offset + len(chunk) > desc.size:
                         raise DigestMismatch(f"blob {desc.digest} from {ref.name}: more than its "
                                              f"{desc.size} bytes: failed precondition")
-                    got_any = True
-                    if verifier is not None:
-                        verifier.update(chunk)
-                        if offset + len(chunk) == desc.size:
-                            verifier.check(f"blob {desc.digest} from {ref.name}")
-                    await sink(chunk)
-                    offset += len(chunk)
-                    if progress is not None:
-                        progress(offset)
+                    got_any = got_any or bool(chunk)
+                    if verifier is not None and offset + len(chunk) == desc.size:
+                        verifier.check(f"blob {desc.digest} from {ref.name}")
+                    if chunk:
+                        await sink(chunk)
+                        offset += len(chunk)
+                        if progress is not None:
+                            progress(offset)
             finally:
                 await asyncio.to_thread(resp.close)
             if desc.size == 0:
@@ -147,6 +142,20 @@ class RegistryClient:
                                     f"{desc.size} bytes: data loss")
         if desc.size == 0 and verifier is not None:
             verifier.check(f"blob {desc.digest} from {ref.name}")
+
+    @staticmethod
+    def _read_chunk(resp: http.client.HTTPResponse, skip: int, verifier: Verifier | None
+                    ) -> tuple[bytes | None, int]:
+        """One chunk (None at the end), minus what a server that ignored Range sent again."""
+        chunk = resp.read(CHUNK)
+        if not chunk:
+            return None, skip
+        if skip:
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        if verifier is not None and chunk:
+            verifier.update(chunk)
+        return chunk, skip
 
     def _open_blob(self, ref: Reference, digest: str, offset: int) -> http.client.HTTPResponse:
         headers = {"Range": f"bytes={offset}-"} if offset else {}

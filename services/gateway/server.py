@@ -25,6 +25,7 @@ from .leases import LeasesServicer
 from .snapshots import SnapshotsServicer
 from .diff import DiffServicer
 from .tasks import TasksServicer
+from .transfer import TransferServicer
 from .version import VersionServicer
 
 log = logging.getLogger("flotilla.gateway")
@@ -57,6 +58,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     SnapshotsServicer.register(server, bus, cfg)
     DiffServicer.register(server, bus, cfg)
     TasksServicer.register(server, bus, cfg, metadata)
+    TransferServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

@@ -127,18 +127,22 @@ def test_ctr_pull_of_garbage_fails_and_leaves_nothing(suite: PrivateSuite, garba
 
 
 @pytest.mark.slow
-def test_flotilla_pull_killed_halfway_resumes_without_refetching(suite: PrivateSuite, stress: int) -> None:
-    """SIGKILL of `flotilla pull` in the middle of a layer: the next pull keeps every complete
-    layer and resumes the interrupted one from its offset (Range)."""
+@pytest.mark.parametrize("side", ["client-side", "server-side"])
+def test_flotilla_pull_killed_halfway_resumes_without_refetching(suite: PrivateSuite, stress: int, side: str) -> None:
+    """SIGKILL of `flotilla pull` in the middle of a layer: the next pull fetches nothing that was
+    complete. Client-side, the interrupted layer resumes from its ingest's offset (Range);
+    server-side, the suite's transfer service finishes the pull it was given, so the next pull
+    only finds everything there."""
     ns = _ns()
-    img = random_layers_image(16 * stress, layers=4)
+    img = random_layers_image(64 * stress, layers=4)  # 16 MiB layers: several reads each
     layers = img.layers[1:]
     with FakeRegistry() as fake:
         fake.add_image("big", "v1", img)
         for l in layers:
             fake.blobs[l.digest].slow = True
         cmd = [sys.executable, "-m", "flotilla.cli", "--address", suite.address, "--namespace", ns,
-               "pull", "--max-concurrent-downloads", "1", f"{fake.host}/big:v1"]
+               "pull", "--max-concurrent-downloads", "1", f"{fake.host}/big:v1",
+               *(["--client-side"] if side == "client-side" else [])]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             async def halfway() -> set[str]:
@@ -158,7 +162,8 @@ def test_flotilla_pull_killed_halfway_resumes_without_refetching(suite: PrivateS
             assert res.returncode == 0, res.stderr
             gets = [r for r in fake.requests if r.startswith("GET /v2/big/blobs/")]
             ranged = [r for r in gets if " bytes=" in r]
-            assert ranged, gets                           # the interrupted layer resumed
+            if side == "client-side":
+                assert ranged, (gets, complete_before, res.stderr)  # the interrupted layer resumed
             fetched = {r.split()[1].rsplit("/", 1)[1] for r in gets}
             async def complete() -> list[str]:
                 async with Client(suite.address, ns) as c:
@@ -167,6 +172,9 @@ def test_flotilla_pull_killed_halfway_resumes_without_refetching(suite: PrivateS
             # nothing committed before the kill was fetched again
             assert not fetched & complete_before, (fetched, complete_before)
             assert "exists" in res.stderr
+            res = suite.ctr("run", "--rm", f"{fake.host}/big:v1", "big-" + uuid.uuid4().hex[:6], "ls", "/",
+                            namespace=ns, timeout=120)
+            assert res.returncode == 0 and "blob3" in res.stdout, res.stderr
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -1,0 +1,1 @@
+"""Server-side pull: registry -> content store -> image record -> snapshots, in the suite."""

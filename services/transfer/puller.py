@@ -1,0 +1,262 @@
+"""One server-side pull through the services' contracts: blobs into the content service (layers
+in parallel, resumed from an interrupted ingest, never fetched twice), the image record in the
+metadata service, layers unpacked through the snapshots service as soon as each and its parent
+are in. Parents are written after their children, all under a lease deleted at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+
+from flotilla.libs.api.content import ContentClient, Info
+from flotilla.libs.api.metadata import Descriptor as MdDescriptor
+from flotilla.libs.api.metadata import Image, Lease, MetadataClient
+from flotilla.libs.api.snapshots import Descriptor as SnDescriptor
+from flotilla.libs.api.snapshots import SnapshotsClient
+from flotilla.libs.api.transfer import PullProgress, PullRequest, PullResult
+from flotilla.libs.distribution import (BadManifest, Credentials, Descriptor, Index, Manifest, RegistryClient,
+                                        diff_ids, media, parse_manifest, parse_reference, platforms)
+from flotilla.libs.errors import AlreadyExists, FailedPrecondition, FlotillaError, NotFound, Unavailable
+
+Report = Callable[[PullProgress], None]
+LEASE_EXPIRE = _dt.timedelta(hours=24)
+LOCKED_WAIT = 600.0  # seconds to wait for an ingest another pull holds
+
+
+def ref_key(desc: Descriptor) -> str:
+    """containerd's ingest ref for a descriptor (so a client-side pull resumes ours and back)."""
+    if media.is_manifest(desc.media_type):
+        kind = "manifest"
+    elif media.is_index(desc.media_type):
+        kind = "index"
+    elif media.is_layer(desc.media_type):
+        kind = "layer"
+    elif desc.media_type in media.CONFIGS:
+        kind = "config"
+    else:
+        kind = "unknown"
+    return f"{kind}-{desc.digest}"
+
+
+def chain_ids(ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for d in ids:
+        out.append(d if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+class Puller:
+    def __init__(self, content: ContentClient, metadata: MetadataClient, snapshots: SnapshotsClient,
+                 req: PullRequest, report: Report) -> None:
+        self.content, self.metadata, self.snapshots = content, metadata, snapshots
+        self.req, self.ns = req, req.namespace
+        self.ref = parse_reference(req.ref)
+        creds = Credentials(req.username, req.password) if req.username else None
+        self.registry = RegistryClient(creds, req.plain_http)
+        self.limit = asyncio.Semaphore(max(1, req.concurrency))
+        self.want = platforms.parse(req.platform) if req.platform else platforms.host()
+        self.source = {f"containerd.io/distribution.source.{self.ref.host}": self.ref.repository}
+        self.report_fn = report
+        self.lease = ""
+        self.fetched = 0
+        self.chain_id = ""
+
+    def report(self, desc: Descriptor, offset: int, status: str) -> None:
+        self.report_fn(PullProgress(ref_key(desc), desc.digest, desc.media_type, offset, desc.size, status))
+
+    async def _exists(self, digest: str) -> bool:
+        try:
+            await self.content.info(self.ns, digest)
+            return True
+        except NotFound:
+            return False
+
+    async def _label(self, digest: str, labels: dict[str, str]) -> None:
+        await self.content.update(self.ns, Info(digest, labels=labels), [f"labels.{k}" for k in labels])
+
+    async def fetch_blob(self, desc: Descriptor, labels: dict[str, str] | None = None,
+                         data: bytes | None = None) -> None:
+        labels = {**self.source, **(labels or {})}
+        if await self._exists(desc.digest):
+            await self._label(desc.digest, labels)
+            self.report(desc, desc.size, "exists")
+            return
+        self.report(desc, 0, "waiting")
+        key = ref_key(desc)
+        async with self.limit:
+            try:
+                w = await self._open_writer(key, desc)
+            except AlreadyExists:
+                await self._label(desc.digest, labels)
+                self.report(desc, desc.size, "exists")
+                return
+            try:
+                async with w:
+                    if not w.session.shared:
+                        if w.offset > desc.size:
+                            await w.truncate()
+                        self.report(desc, w.offset, "downloading")
+                        if data is not None:
+                            if w.offset:
+                                await w.truncate()
+                            await w.write(data)
+                        elif w.offset < desc.size:
+                            start = w.offset
+
+                            async def sink(chunk: bytes) -> None:
+                                await w.write(chunk)
+                            await self.registry.fetch_blob(self.ref, desc, sink, offset=w.offset,
+                                                           progress=lambda n: self.report(desc, n, "downloading"))
+                            self.fetched += desc.size - start
+                    try:
+                        await w.commit(desc.size, desc.digest, labels)
+                    except AlreadyExists:
+                        await self._label(desc.digest, labels)
+            except asyncio.CancelledError:
+                raise  # the ingest stays: the next pull resumes it
+            except BaseException:
+                await asyncio.shield(self._abort(key))
+                self.report(desc, 0, "failed")
+                raise
+        self.report(desc, desc.size, "done")
+
+    async def _open_writer(self, key: str, desc: Descriptor):  # type: ignore[no-untyped-def]
+        """Open the ingest; while another pull holds it (locked), wait as containerd's client does:
+        that pull either commits it (then AlreadyExists) or lets it go (then we resume it)."""
+        delay = 0.05
+        deadline = asyncio.get_running_loop().time() + LOCKED_WAIT
+        while True:
+            try:
+                return await self.content.writer(self.ns, key, desc.size, desc.digest, self.lease)
+            except Unavailable:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                self.report(desc, 0, "waiting")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _abort(self, key: str) -> None:
+        try:
+            await self.content.abort(self.ns, key)
+        except FlotillaError:
+            pass
+
+    async def unpack(self, config: Descriptor, layers: list[Descriptor], ids: list[str],
+                     done: list[asyncio.Event], fetches: list["asyncio.Task[None]"]) -> None:
+        if len(layers) != len(ids):
+            raise FailedPrecondition(f"image has {len(layers)} layers but its config lists {len(ids)} diff ids: "
+                                     "failed precondition")
+        sn = self.req.snapshotter
+        chain = chain_ids(ids)
+        for i, (layer, chain_id) in enumerate(zip(layers, chain)):
+            while not done[i].is_set():
+                for f in fetches:
+                    if f.done() and not f.cancelled() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+                waiter = asyncio.ensure_future(done[i].wait())
+                await asyncio.wait([waiter, *[f for f in fetches if not f.done()]],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            try:
+                await self.snapshots.stat(self.ns, sn, chain_id)
+                self.report(layer, layer.size, "exists")
+                continue
+            except NotFound:
+                pass
+            self.report(layer, 0, "unpacking")
+            labels = {"containerd.io/snapshot.ref": chain_id}
+            key = f"extract-{time.time_ns() % 10**9}-{uuid.uuid4().hex[:6]} {chain_id}"
+            mounts = await self.snapshots.prepare(self.ns, sn, key, chain[i - 1] if i else "", labels, self.lease)
+            try:
+                applied = await self.snapshots.apply(
+                    self.ns, SnDescriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations)), mounts)
+                if applied.digest != ids[i]:
+                    raise FailedPrecondition(f"wrong diff id calculated on extraction {ids[i]} (got {applied.digest})"
+                                             ": failed precondition")
+                try:
+                    await self.snapshots.commit(self.ns, sn, chain_id, key, labels, self.lease)
+                except AlreadyExists:
+                    await self.snapshots.remove(self.ns, sn, key)
+                    continue
+            except BaseException:
+                try:
+                    await asyncio.shield(self.snapshots.remove(self.ns, sn, key))
+                except FlotillaError:
+                    pass
+                raise
+            await self._label(layer.digest, {"containerd.io/uncompressed": applied.digest})
+            self.report(layer, layer.size, "unpacked")
+        if chain:
+            await self._label(config.digest, {f"containerd.io/gc.ref.snapshot.{sn}": chain[-1]})
+            self.chain_id = chain[-1]
+
+    async def pull_manifest(self, desc: Descriptor, doc: Manifest, data: bytes, unpack: bool) -> None:
+        await self.fetch_blob(doc.config)
+        done = [asyncio.Event() for _ in doc.layers]
+
+        async def layer(i: int, d: Descriptor) -> None:
+            await self.fetch_blob(d)
+            done[i].set()
+
+        fetches = [asyncio.create_task(layer(i, d)) for i, d in enumerate(doc.layers)]
+        try:
+            if unpack:
+                ids = diff_ids(await self.content.read_all(self.ns, doc.config.digest))
+                await self.unpack(doc.config, doc.layers, ids, done, fetches)
+            await asyncio.gather(*fetches)
+        finally:
+            for f in fetches:
+                f.cancel()
+            await asyncio.gather(*fetches, return_exceptions=True)
+        labels = {"containerd.io/gc.ref.content.config": doc.config.digest}
+        labels.update({f"containerd.io/gc.ref.content.l.{i}": l.digest for i, l in enumerate(doc.layers)})
+        await self.fetch_blob(desc, labels, data)
+
+    async def manifest(self, desc: Descriptor) -> tuple[Manifest | Index, bytes]:
+        data = await self.registry.fetch_manifest(self.ref, desc)
+        return parse_manifest(data, desc.media_type, f"{self.ref} {desc.digest}"), data
+
+    async def run(self) -> PullResult:
+        expire = (_dt.datetime.now(_dt.timezone.utc) + LEASE_EXPIRE).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = await self.metadata.create_lease(self.ns, Lease(f"flotilla-transfer-{uuid.uuid4().hex}",
+                                                                {"containerd.io/gc.expire": expire}))
+        self.lease = lease.id
+        try:
+            return await self._run()
+        finally:
+            try:
+                await asyncio.shield(self.metadata.delete_lease(self.ns, self.lease))
+            except FlotillaError:
+                pass
+
+    async def _run(self) -> PullResult:
+        top = await self.registry.resolve(self.ref)
+        doc, data = await self.manifest(top)
+        if isinstance(doc, Index):
+            if self.req.all_platforms:
+                chosen = [m for m in doc.manifests if media.is_manifest(m.media_type) or not m.media_type]
+            else:
+                chosen = [platforms.select(doc.manifests, self.want)]
+            for child in chosen:
+                child_doc, child_data = await self.manifest(child)
+                if not isinstance(child_doc, Manifest):
+                    raise BadManifest(f"{self.ref}: nested index {child.digest} is not supported: invalid argument")
+                unpack = self.req.unpack and (not self.req.all_platforms or platforms.matches(self.want, child.platform))
+                await self.pull_manifest(child, child_doc, child_data, unpack)
+            labels = {f"containerd.io/gc.ref.content.m.{i}": m.digest for i, m in enumerate(doc.manifests)
+                      if m in chosen}
+            await self.fetch_blob(top, labels, data)
+        else:
+            await self.pull_manifest(top, doc, data, self.req.unpack)
+        name = self.req.ref if self.req.ref == str(self.ref) else str(self.ref)
+        image = Image(name, {}, MdDescriptor(top.media_type, top.digest, top.size))
+        try:
+            await self.metadata.create_image(self.ns, image)
+        except AlreadyExists:
+            await self.metadata.update_image(self.ns, image, ["target"])
+        self.report_fn(PullProgress(name, top.digest, top.media_type, top.size, top.size, "done"))
+        return PullResult(name, top.digest, top.media_type, top.size, self.fetched, self.chain_id)

@@ -1,0 +1,101 @@
+"""Server-side pull: the suite's transfer service fetches, records and unpacks; clients watch."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from flotilla.client import Client, Progress, Unauthenticated, Unimplemented
+from flotilla.libs.distribution import BadManifest, Credentials, DigestMismatch, platforms
+from flotilla.testing import ContainerdPeer, PrivateSuite, Registry
+from flotilla.testing.images import busybox_image, multiplatform_image, push
+from tests.client.conftest import cleanup
+from tests.client.fakeregistry import FakeRegistry
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    with Registry() as r:
+        push(r.host, "busybox", "latest", busybox_image())
+        push(r.host, "multiarch", "latest", multiplatform_image())
+        yield r  # type: ignore[misc]
+
+
+@pytest.fixture
+async def client(suite: PrivateSuite) -> Client:
+    c = Client(suite.address, "tr-" + uuid.uuid4().hex[:8])
+    yield c  # type: ignore[misc]
+    await cleanup(c)
+    await c.close()
+
+
+async def test_server_side_pull_records_unpacks_and_runs(client: Client, registry: Registry,
+                                                        suite: PrivateSuite) -> None:
+    ref = f"{registry.host}/busybox:latest"
+    seen: list[Progress] = []
+    img = await client.pull(ref, server_side=True, progress=seen.append)
+    assert img.name == ref
+    statuses = {p.status for p in seen}
+    assert {"done", "unpacked"} <= statuses, statuses
+    resolved = await client.resolve_image(ref)
+    assert await client.snapshots.exists(resolved.chain_id)
+    res = suite.ctr("run", "--rm", ref, "tr-" + uuid.uuid4().hex[:6], "echo", "hi", namespace=client.namespace)
+    assert (res.returncode, res.stdout) == (0, "hi\n"), res.stderr
+    # again: nothing is fetched
+    again: list[Progress] = []
+    await client.pull(ref, server_side=True, progress=again.append)
+    assert "downloading" not in {p.status for p in again}
+    assert not await client.leases.list()
+
+
+async def test_server_side_pull_selects_the_platform(client: Client, registry: Registry) -> None:
+    ref = f"{registry.host}/multiarch:latest"
+    arm = platforms.parse("linux/arm64")
+    await client.pull(ref, server_side=True, platform=arm)
+    assert b'"architecture": "arm64"' in (await client.resolve_image(ref, arm)).config_bytes
+    assert len(await client.content.list()) == 4
+
+
+async def test_server_side_pull_auth(client: Client) -> None:
+    with Registry(auth=("flo", "tilla")) as r:
+        push(r.host, "busybox", "latest", busybox_image(), auth=("flo", "tilla"))
+        ref = f"{r.host}/busybox:latest"
+        with pytest.raises(Unauthenticated, match="requires credentials"):
+            await client.pull(ref, server_side=True)
+        img = await client.pull(ref, server_side=True, credentials=Credentials("flo", "tilla"))
+        assert img.name == ref
+
+
+@pytest.mark.parametrize("garbage", ["manifest-json", "digest-mismatch"])
+async def test_server_side_garbage_is_a_clear_error_and_leaves_nothing(client: Client, garbage: str) -> None:
+    img = busybox_image()
+    layer = img.layers[0]
+    with FakeRegistry() as fake:
+        fake.add_image("app", "v1", img)
+        if garbage == "manifest-json":
+            fake.manifests["app/v1"].data = b"{oops"
+            expected: type[Exception] = BadManifest
+        else:
+            fake.blobs[layer.digest].send = layer.data[:-4] + b"XXXX"
+            expected = DigestMismatch
+        with pytest.raises(Exception) as info:
+            await client.pull(f"{fake.host}/app:v1", server_side=True)
+        assert info.value.code == expected.code  # type: ignore[attr-defined]
+        assert ("not valid JSON" if garbage == "manifest-json" else "digest mismatch") in str(info.value)
+    assert await client.images.list() == []
+    assert await client.content.statuses() == []
+    assert not await client.content.exists(layer.digest)
+
+
+async def test_containerd_has_no_server_side_pull(containerd: ContainerdPeer, registry: Registry) -> None:
+    async with Client(containerd.address, "tr-" + uuid.uuid4().hex[:8]) as c:
+        try:
+            with pytest.raises(Unimplemented):
+                await c.pull(f"{registry.host}/busybox:latest", server_side=True)
+            # "if the server can": falls back to pulling client-side
+            img = await c.pull(f"{registry.host}/busybox:latest", server_side=None)
+            assert img.name == f"{registry.host}/busybox:latest"
+        finally:
+            await cleanup(c)
