@@ -319,8 +319,12 @@ def _set_xattrs(dfd: int, name: str, member: tarfile.TarInfo, is_dir: bool) -> N
         os.close(fd)
 
 
-def _write_file(dfd: int, name: str, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_file(fd: int, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    """Write the entry's data into the new file ``fd``, then its owner, mode, xattrs and
+    times through the same descriptor (no further path lookups)."""
     try:
         src = tf.extractfile(member)
         assert src is not None
@@ -350,8 +354,28 @@ def _write_file(dfd: int, name: str, member: tarfile.TarInfo, tf: tarfile.TarFil
                     n = os.write(fd, view)
                     view = view[n:]
                 left -= len(chunk)
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, _mode(member.mode))  # after chown, which clears setuid bits
+        xattrs = _xattrs_of(member)
+        for key, value in xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                    raise
+        mtime = _time_ns(member.pax_headers.get("mtime"), member.mtime)
+        os.utime(fd, ns=(_time_ns(member.pax_headers.get("atime"), mtime / 1e9), mtime))
     finally:
         os.close(fd)
+
+
+def _mode(mode: int) -> int:
+    return stat.S_IMODE(mode) | (mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX))
+
+
+def _xattrs_of(member: tarfile.TarInfo) -> dict[str, bytes]:
+    return {k[len("SCHILY.xattr."):]: (v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v)
+            for k, v in member.pax_headers.items() if k.startswith("SCHILY.xattr.")}
 
 
 def _copy_up(root: Root, state: _State, link_comps: list[str]) -> bool:
@@ -420,6 +444,19 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
         return
 
     path = real_parent + (base,)
+    if member.isreg():
+        # the common case, in as few system calls as possible: create, and only when the
+        # name is taken look at what is there and replace it
+        try:
+            fd = os.open(base, _CREATE, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            _remove(dfd, base)
+            root.forget()
+            dfd, base, real_parent = root.parent(member.name)
+            fd = os.open(base, _CREATE, 0o600, dir_fd=dfd)
+        _write_file(fd, member, tf)
+        state.created.add(path)
+        return
     existing = _exists(dfd, base)
     if existing is not None and not (member.isdir() and stat.S_ISDIR(existing.st_mode)):
         _remove(dfd, base)
@@ -429,8 +466,6 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
     if member.isdir():
         if existing is None or not stat.S_ISDIR(existing.st_mode):
             os.mkdir(base, 0o700, dir_fd=dfd)
-    elif member.isreg():
-        _write_file(dfd, base, member, tf)
     elif member.issym():
         os.symlink(member.linkname, base, dir_fd=dfd)
     elif member.islnk():
@@ -489,7 +524,7 @@ def _time_ns(pax: str | None, fallback: float) -> int:
 def _chmod(dfd: int, name: str, mode: int) -> None:
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
     try:
-        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(mode) | (mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX)))
+        os.chmod(f"/proc/self/fd/{fd}", _mode(mode))
     finally:
         os.close(fd)
 
