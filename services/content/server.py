@@ -87,7 +87,7 @@ class ContentServer:
 
     async def w_write(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.ChunkWrite, req)
-        session = self.store._session(r.session)
+        session = self.store.session(r.session)
         # chunks arrive several at a time; each waits for the one before it
         cond = self.order.setdefault(r.session, asyncio.Condition())
         async with cond:

@@ -334,7 +334,7 @@ class ContentStore:
                              expected=s.expected, digest=digest, started_at=s.started_at, updated_at=updated,
                              shared=s.shared is not None, file=f)
 
-    def _session(self, sid: str) -> Session:
+    def session(self, sid: str) -> Session:
         s = self.sessions.get(sid)
         if s is None:
             raise NotFound(f"write session {sid}: not found")
@@ -342,14 +342,14 @@ class ContentStore:
         return s
 
     def w_status(self, sid: str) -> WriterSession:
-        s = self._session(sid)
+        s = self.session(sid)
         with s.mutex:
             if s.fd >= 0:
                 s.offset = max(s.offset, os.fstat(s.fd).st_size)
             return self._session_record(s)
 
     def w_write(self, sid: str, offset: int, data: bytes) -> int:
-        s = self._session(sid)
+        s = self.session(sid)
         with s.mutex:
             if s.shared is not None:
                 raise FailedPrecondition(f"ref {s.ref}: content is shared, nothing to write: failed precondition")
@@ -367,7 +367,7 @@ class ContentStore:
 
     def w_sync(self, sid: str, offset: int) -> int:
         """The caller wrote the data file itself up to ``offset``: hash what is new."""
-        s = self._session(sid)
+        s = self.session(sid)
         with s.mutex:
             if s.shared is not None:
                 return s.offset
@@ -376,7 +376,7 @@ class ContentStore:
             return s.offset
 
     def w_truncate(self, sid: str) -> int:
-        s = self._session(sid)
+        s = self.session(sid)
         with s.mutex:
             if s.fd >= 0:
                 os.ftruncate(s.fd, 0)
@@ -385,7 +385,7 @@ class ContentStore:
             return s.offset
 
     def w_commit(self, sid: str, size: int, expected: str, labels: dict[str, str]) -> Info:
-        s = self._session(sid)
+        s = self.session(sid)
         with s.mutex:
             _validate_labels(labels)
             labels = {k: v for k, v in labels.items() if v}
