@@ -360,5 +360,7 @@ class MetadataClient:
     # -- garbage collection --------------------------------------------------------------
 
     async def collect_garbage(self, timeout: float = 60.0) -> GCStats:
-        data = await self._call(GC_RUN, GCRequest(), timeout, True)
+        # not idempotent for retries: a resend after a slow first attempt would queue a
+        # second whole collection behind the first
+        data = await self._call(GC_RUN, GCRequest(), timeout, False)
         return from_wire(GCStats, data)  # type: ignore[arg-type]

@@ -6,15 +6,22 @@ import asyncio
 
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.service import run
+from flotilla.libs.service import Cleanup, run
 
 from .server import MetadataServer
 from .store import MetadataStore
 
 
-async def setup(bus: Bus, cfg: Config) -> None:
+async def setup(bus: Bus, cfg: Config) -> Cleanup:
     store = await asyncio.to_thread(MetadataStore.open, cfg.database_url("metadata"))
-    await MetadataServer(bus, cfg, store).start()
+    server = MetadataServer(bus, cfg, store)
+    await server.start()
+
+    async def stop() -> None:
+        await server.gc.stop()
+        await asyncio.to_thread(store.engine.dispose)
+
+    return stop
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class Collector:
         self._run_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_run = 0.0
 
     async def _up(self, subject: str) -> bool:
         try:
@@ -106,7 +107,8 @@ class Collector:
             except asyncio.TimeoutError:
                 pass
             await asyncio.sleep(DELAY)
-            self._dirty.clear()
+            if not self._dirty.is_set() and self._last_run > time.monotonic() - PERIOD:
+                continue  # a synchronous collection already covered those deletes
             try:
                 await self.collect()
             except Exception:  # the next round tries again
@@ -115,7 +117,8 @@ class Collector:
     async def collect(self) -> GCStats:
         """One whole collection; callers asking for sync wait for a fresh one."""
         async with self._run_lock:
-            started = time.monotonic()
+            self._dirty.clear()  # this collection covers every delete made before it
+            self._last_run = started = time.monotonic()
             stats = GCStats()
             content_up, snaps_up = await self.content_up(), await self.snapshots_up()
             if not content_up:

@@ -109,14 +109,16 @@ def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, bud
 class StoreBase:
     """The engine and its transactions.
 
-    SQLite allows one writer; a transaction that read first and then writes can fail at
-    once (not wait) when another connection wrote meanwhile, so this process serialises its
-    write transactions. PostgreSQL takes row locks (``FOR UPDATE``) instead.
+    SQLite allows one writer: write transactions begin IMMEDIATE (libs/sqlite.py), which
+    makes a read-then-write atomic across processes too; this process also serialises its
+    own writers so they queue on a lock instead of SQLite's sleeping busy-wait. Reads use
+    an autocommit engine that never waits for a writer. PostgreSQL takes row locks
+    (``FOR UPDATE``) instead.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sqlite = engine.dialect.name == "sqlite"
+    def __init__(self, engines: tuple[Engine, Engine]) -> None:
+        self.engine, self.reader = engines
+        self.sqlite = self.engine.dialect.name == "sqlite"
         self._wlock = threading.Lock()
 
     @contextmanager
@@ -130,7 +132,7 @@ class StoreBase:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             yield conn
 
     def _ensure_namespace(self, conn: Connection, name: str) -> None:

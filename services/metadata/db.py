@@ -8,6 +8,8 @@ from sqlalchemy import (BigInteger, Column, ForeignKey, ForeignKeyConstraint, La
                         Table, Text, create_engine, event)
 from sqlalchemy.engine import Engine
 
+from flotilla.libs.sqlite import open_sqlite
+
 meta = MetaData()
 
 namespaces = Table(
@@ -72,21 +74,10 @@ lease_resources = Table(
 )
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str) -> tuple[Engine, Engine]:
+    """(writer, reader): the same engine for PostgreSQL; for SQLite, see libs/sqlite.py."""
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL survives a killed process (the OS holds the pages); only a
-            # power loss can drop the last transactions.
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-    else:
-        engine = create_engine(url, pool_pre_ping=True)
+        return open_sqlite(Path(url[len("sqlite:///"):]), meta, foreign_keys=True, busy_timeout=30)
+    engine = create_engine(url, pool_pre_ping=True)
     meta.create_all(engine)
-    return engine
+    return engine, engine

@@ -5,15 +5,16 @@ Methods are synchronous (SQLAlchemy); the server runs them in a thread.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from flotilla.libs.identifiers import validate_identifier, validate_labels
+from flotilla.libs.identifiers import validate_identifier
 
 from . import db
 from .api import Namespace
+from .common import check_labels
 from .containers import ContainersMixin
 from .gcmark import GCMixin
 from .images import ImagesMixin
@@ -21,11 +22,12 @@ from .integrity import IntegrityMixin
 from .leases import LeasesMixin
 
 
-def _validate_labels(labels: dict[str, str], what: str) -> None:
-    try:
-        validate_labels(labels)
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"{what}: {exc.message}") from None
+# built once: statement construction costs more than running them on a small table
+_LIST_NAMESPACES = (select(db.namespaces.c.name, db.namespace_labels.c.key, db.namespace_labels.c.value)
+                    .select_from(db.namespaces.outerjoin(db.namespace_labels))
+                    .order_by(db.namespaces.c.name))
+_NAMESPACE_LABELS = select(db.namespace_labels.c.key, db.namespace_labels.c.value).where(
+    db.namespace_labels.c.namespace == bindparam("name"))
 
 
 class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, IntegrityMixin):
@@ -36,17 +38,10 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
     # -- namespaces --------------------------------------------------------------------
 
     def _labels(self, conn: Connection, name: str) -> dict[str, str]:
-        rows = conn.execute(select(db.namespace_labels.c.key, db.namespace_labels.c.value)
-                            .where(db.namespace_labels.c.namespace == name))
-        return {k: v for k, v in rows}
-
-    def _ensure(self, conn: Connection, name: str) -> None:
-        """containerd creates a namespace on first write into it."""
-        if conn.execute(select(db.namespaces.c.name).where(db.namespaces.c.name == name)).first() is None:
-            conn.execute(insert(db.namespaces).values(name=name))
+        return {k: v for k, v in conn.execute(_NAMESPACE_LABELS, {"name": name})}
 
     def _set_label(self, conn: Connection, name: str, key: str, value: str) -> None:
-        _validate_labels({key: value}, "namespace.Labels")
+        check_labels({key: value}, "namespace.Labels")
         conn.execute(delete(db.namespace_labels).where(
             (db.namespace_labels.c.namespace == name) & (db.namespace_labels.c.key == key)))
         if value:
@@ -54,20 +49,21 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
 
     def get_namespace(self, name: str) -> Namespace:
         # containerd answers Get of an unknown namespace with empty labels, not NotFound
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return Namespace(name=name, labels=self._labels(conn, name))
 
     def list_namespaces(self) -> list[Namespace]:
-        with self.engine.connect() as conn:
-            names = [r[0] for r in conn.execute(select(db.namespaces.c.name).order_by(db.namespaces.c.name))]
-            labels: dict[str, dict[str, str]] = {n: {} for n in names}
-            for ns, key, value in conn.execute(select(db.namespace_labels)):
-                labels.setdefault(ns, {})[key] = value
-            return [Namespace(name=n, labels=labels[n]) for n in names]
+        labels: dict[str, dict[str, str]] = {}
+        with self._read() as conn:
+            for name, key, value in conn.execute(_LIST_NAMESPACES):
+                found = labels.setdefault(name, {})
+                if key is not None:
+                    found[key] = value
+        return [Namespace(name=n, labels=ls) for n, ls in labels.items()]
 
     def create_namespace(self, ns: Namespace) -> Namespace:
         validate_identifier(ns.name)
-        _validate_labels(ns.labels, "namespace.Labels")
+        check_labels(ns.labels, "namespace.Labels")
         try:
             with self._write() as conn:
                 conn.execute(insert(db.namespaces).values(name=ns.name))
@@ -79,7 +75,7 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
 
     def update_namespace(self, ns: Namespace, paths: list[str]) -> Namespace:
         with self._write() as conn:
-            self._ensure(conn, ns.name)
+            self._ensure_namespace(conn, ns.name)
             if paths:
                 for path in paths:
                     if not path.startswith("labels."):

@@ -1,0 +1,41 @@
+"""SQLite as every service opens it: WAL, explicit write transactions, a reader that never waits.
+
+pysqlite's own transaction handling emits BEGIN lazily and breaks SAVEPOINTs; we turn it
+off and emit ``BEGIN IMMEDIATE`` ourselves, so a read-then-write is atomic across threads
+and processes, while the reader engine autocommits and reads a WAL snapshot at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.engine import Engine
+
+
+def open_sqlite(path: Path, meta: MetaData | None = None, *, foreign_keys: bool = False,
+                busy_timeout: float = 60.0) -> tuple[Engine, Engine]:
+    """(writer, reader) engines on one WAL database file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={
+        "timeout": busy_timeout, "check_same_thread": False, "isolation_level": None})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL survives a killed process (the OS holds the pages); only a power
+        # loss can drop the last transactions
+        cur.execute("PRAGMA synchronous=NORMAL")
+        if foreign_keys:
+            cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):  # type: ignore[no-untyped-def]
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if meta is not None:
+        meta.create_all(engine)
+    return engine, engine.execution_options(isolation_level="AUTOCOMMIT")
