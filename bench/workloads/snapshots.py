@@ -7,6 +7,8 @@ gRPC APIs (the same client code for both):
   into its own fresh snapshot, the four Apply calls in flight at once (Flotilla spreads them
   over its worker processes);
   ``.../sequential``: the same four one after another, as containerd 1.6's unpacker does.
+* ``snapshots.apply_10k_files``: one gzip layer of 10 000 files of 1 KiB in 100 directories
+  (per-entry cost, where a Python applier pays most).
 
 Layers are made once per target (random-ish files, 256 KiB each) and ingested with ctr,
 unmeasured. Snapshots made here are removed after each iteration.
@@ -137,8 +139,60 @@ def apply_layers(t: Target) -> dict[str, float]:
     return {"parallel": _apply_all(t, True), "sequential": _apply_all(t, False)}
 
 
+def _make_small_files(path: Path) -> tuple[str, int]:
+    rnd = random.Random(7)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for d in range(100):
+            info = tarfile.TarInfo(f"d{d:03d}")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tf.addfile(info)
+            for f in range(100):
+                data = rnd.randbytes(1024)
+                info = tarfile.TarInfo(f"d{d:03d}/f{f:03d}")
+                info.size, info.mode, info.mtime = len(data), 0o644, 1_600_000_000
+                tf.addfile(info, io.BytesIO(data))
+    blob = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    path.write_bytes(blob)
+    return "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob)
+
+
+def setup_small(t: Target) -> None:
+    path = t.base / "snap-small-files.tar.gz"
+    digest, size = _make_small_files(path)
+    with open(path, "rb") as f:
+        subprocess.run([CTR, "--address", t.address, "-n", NS, "content", "ingest", "--expected-digest", digest,
+                        "--expected-size", str(size), "bench-" + uuid.uuid4().hex], stdin=f, check=True,
+                       capture_output=True)
+    t.ctr("content", "label", digest, "containerd.io/gc.root=bench", namespace=NS, check=True)
+    _layers[t.name + "/small"] = [(digest, size)]
+
+
+def teardown_small(t: Target) -> None:
+    for digest, _ in _layers.pop(t.name + "/small", []):
+        t.ctr("content", "rm", digest, namespace=NS)
+
+
+def apply_small(t: Target) -> float:
+    grpc, dpb, dgrpc, spb, sgrpc, descpb = _stubs()
+    md = [("containerd-namespace", NS)]
+    key = "small-" + uuid.uuid4().hex[:8]
+    digest, size = _layers[t.name + "/small"][0]
+    with grpc.insecure_channel(f"unix://{t.address}") as ch:
+        snaps, diff = sgrpc.SnapshotsStub(ch), dgrpc.DiffStub(ch)
+        mounts = snaps.Prepare(spb.PrepareSnapshotRequest(snapshotter="overlayfs", key=key, labels=ROOT),
+                               metadata=md).mounts
+        started = time.perf_counter()
+        diff.Apply(dpb.ApplyRequest(diff=descpb.Descriptor(media_type=GZIP, digest=digest, size=size),
+                                    mounts=mounts), metadata=md, timeout=600)
+        elapsed = time.perf_counter() - started
+        snaps.Remove(spb.RemoveSnapshotRequest(snapshotter="overlayfs", key=key), metadata=md)
+    return elapsed
+
+
 def workloads() -> list[Workload]:
     return [
         Workload("snapshots.prepare_commit", prepare_commit, repeat=5),
         Workload("snapshots.apply_4x64MiB", apply_layers, repeat=3, setup=setup_layers, teardown=teardown_layers),
+        Workload("snapshots.apply_10k_files", apply_small, repeat=3, setup=setup_small, teardown=teardown_small),
     ]
