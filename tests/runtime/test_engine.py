@@ -181,3 +181,27 @@ async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, rootf
             await second.delete(NS, id)
         await second.close()
         flag.unlink()
+
+
+async def test_output_nobody_reads_never_wedges_the_exit(engine: tuple[Engine, Recorder], rootfs: Path,
+                                                         tmp_path: Path) -> None:
+    """``ctr run -d`` leaves FIFOs nobody reads: a chatty process fills them and is stalled
+    (back-pressure), yet its supervisor still reaps a kill and records the exit."""
+    eng, _ = engine
+    id = _id()
+    _, stdout, stderr = fifo_paths(tmp_path)
+    info = await eng.create(NS, id, make_spec(str(rootfs), ["sh", "-c", "while true; do echo flood; done"]),
+                            stdio=Stdio(stdout=stdout, stderr=stderr))
+    await eng.start(NS, id)
+    # the FIFO and the pipe fill up; the process then sleeps in a pipe write
+    while "pipe_write" not in await asyncio.to_thread(_wchan, info.pid):
+        await asyncio.sleep(0.02)
+    await eng.kill(NS, id, signal=9)
+    # bounded only so a regression fails instead of hanging the run
+    assert (await asyncio.wait_for(eng.wait(NS, id), 60)).exit_status == 137
+    await eng.delete(NS, id)
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()

@@ -73,6 +73,20 @@ static void write_all(int fd, const char *buf, ssize_t n) {
     }
 }
 
+struct stream {
+    int src, dst;
+    size_t len, off;   /* bytes read from src and not yet written to dst: buf[off..len) */
+    char buf[BUF];
+};
+
+/* stdin's end: the FIFO is closed; a pipe's write end too (EOF for the process), a pty stays */
+static void close_stdin(struct stream *x, int terminal) {
+    if (x->src >= 0) { close(x->src); x->src = -1; }
+    if (!terminal && x->dst >= 0) close(x->dst);
+    if (!terminal) x->dst = -1;
+    x->len = x->off = 0;
+}
+
 static void write_exit(int status) {
     char tmp[4096], final[4096], line[64];
     struct timespec ts;
@@ -273,26 +287,43 @@ int main(int argc, char **argv) {
         if (write(sfd, msg, (size_t)n) < 0) { /* parent gone: keep supervising */ }
         close(sfd);
     }
-    int in_w = terminal ? master : p_in[1];     /* where stdin data goes */
-    int src_out = terminal ? master : p_out[0]; /* where output comes from */
-    int src_err = terminal ? -1 : p_err[0];
-    if (src_out >= 0) fcntl(src_out, F_SETFL, O_NONBLOCK);
-    if (src_err >= 0) fcntl(src_err, F_SETFL, O_NONBLOCK);
-
-    static char buf[BUF];
+    /* three copy streams; every descriptor is non-blocking, and a stream whose destination is
+     * full stops reading its source (back-pressure on the process, as containerd's shim
+     * applies) without ever stopping the loop: reaping and ctl commands go on */
+    static struct stream st_in, st_out, st_err;  /* static: buffers off the stack, zeroed */
+    st_in.src = stdin_fifo;
+    st_in.dst = terminal ? master : p_in[1];
+    st_out.src = terminal ? master : p_out[0];
+    st_out.dst = out_fd;
+    st_err.src = terminal ? -1 : p_err[0];
+    st_err.dst = err_fd;
+    struct stream *streams[3] = {&st_in, &st_out, &st_err};
+    for (int k = 0; k < 3; k++) {
+        if (streams[k]->src >= 0) fcntl(streams[k]->src, F_SETFL, fcntl(streams[k]->src, F_GETFL) | O_NONBLOCK);
+        if (streams[k]->dst >= 0) fcntl(streams[k]->dst, F_SETFL, fcntl(streams[k]->dst, F_GETFL) | O_NONBLOCK);
+    }
     int exited = 0;
     for (;;) {
-        struct pollfd fds[5];
+        struct pollfd fds[8];
         int nf = 0;
-        int i_sig = -1, i_ctl = -1, i_in = -1, i_out = -1, i_err = -1;
+        int i_sig = -1, i_ctl = -1, idx[3] = {-1, -1, -1};
         if (!exited) { i_sig = nf; fds[nf++] = (struct pollfd){sigfd, POLLIN, 0}; }
         if (!exited && ctl >= 0) { i_ctl = nf; fds[nf++] = (struct pollfd){ctl, POLLIN, 0}; }
-        if (!exited && stdin_fifo >= 0) { i_in = nf; fds[nf++] = (struct pollfd){stdin_fifo, POLLIN, 0}; }
-        if (src_out >= 0) { i_out = nf; fds[nf++] = (struct pollfd){src_out, POLLIN, 0}; }
-        if (src_err >= 0) { i_err = nf; fds[nf++] = (struct pollfd){src_err, POLLIN, 0}; }
-        if (exited && src_out < 0 && src_err < 0) break;
-        /* after the exit, output is drained until EOF or until it stays quiet briefly: a
-         * leftover holder of the pipe must not keep the exit from being recorded */
+        int busy = 0;  /* output still to move */
+        for (int k = 0; k < 3; k++) {
+            struct stream *x = streams[k];
+            if (k == 0 && exited) continue;  /* nobody reads stdin any more */
+            if (x->len > x->off && x->dst >= 0) {
+                idx[k] = nf; fds[nf++] = (struct pollfd){x->dst, POLLOUT, 0};
+            } else if (x->src >= 0) {
+                idx[k] = nf; fds[nf++] = (struct pollfd){x->src, POLLIN, 0};
+            }
+            if (k > 0 && (x->src >= 0 || x->len > x->off)) busy = 1;
+        }
+        if (exited && !busy) break;
+        /* after the exit, output is drained until EOF or until it stays stuck briefly: a
+         * leftover holder of the pipe, or a client gone from its FIFO, must not keep the exit
+         * from being recorded */
         int r = poll(fds, (nfds_t)nf, exited ? 100 : (init_status >= 0 ? 0 : -1));
         if (r < 0) { if (errno == EINTR) continue; break; }
         if (r == 0 && exited) break;
@@ -319,33 +350,39 @@ int main(int argc, char **argv) {
                         struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
                         ioctl(master, TIOCSWINSZ, &ws);
                     } else if (strcmp(line, "closestdin") == 0) {
-                        if (stdin_fifo >= 0) { close(stdin_fifo); stdin_fifo = -1; }
-                        if (!terminal && in_w >= 0) { close(in_w); in_w = -1; }
+                        close_stdin(&st_in, terminal);
                     }
                 }
             }
         }
-        if (i_in >= 0 && fds[i_in].revents) {
-            ssize_t n = read(stdin_fifo, buf, sizeof buf);
-            if (n > 0) write_all(in_w, buf, n);
-            else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-                /* the client closed its end: the process sees EOF (pipes only; a pty stays) */
-                close(stdin_fifo);
-                stdin_fifo = -1;
-                if (!terminal && in_w >= 0) { close(in_w); in_w = -1; }
+        for (int k = 0; k < 3; k++) {
+            struct stream *x = streams[k];
+            if (idx[k] < 0 || !fds[idx[k]].revents) continue;
+            if (x->len > x->off) {
+                ssize_t w = write(x->dst, x->buf + x->off, x->len - x->off);
+                if (w > 0) x->off += (size_t)w;
+                else if (w < 0 && errno != EAGAIN && errno != EINTR) x->off = x->len;  /* reader gone */
+                if (x->off >= x->len) x->off = x->len = 0;
+                continue;
+            }
+            ssize_t n = read(x->src, x->buf, sizeof x->buf);
+            if (n > 0) {
+                if (x->dst < 0) continue;  /* nowhere to go */
+                x->len = (size_t)n;
+                x->off = 0;
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                /* EOF (or EIO from a pty whose process is gone) */
+                if (k == 0) {
+                    close_stdin(&st_in, terminal);  /* the client closed stdin: the process sees EOF */
+                } else {
+                    if (x->src != master) close(x->src);
+                    x->src = -1;
+                }
             }
         }
-        if (i_out >= 0 && fds[i_out].revents) {
-            ssize_t n = read(src_out, buf, sizeof buf);
-            if (n > 0) write_all(out_fd, buf, n);
-            else if (n == 0 || (errno != EAGAIN && errno != EINTR)) { close(src_out); src_out = -1; }
-        }
-        if (i_err >= 0 && fds[i_err].revents) {
-            ssize_t n = read(src_err, buf, sizeof buf);
-            if (n > 0) write_all(err_fd, buf, n);
-            else if (n == 0 || (errno != EAGAIN && errno != EINTR)) { close(src_err); src_err = -1; }
-        }
-        if (init_status >= 0 && !exited && src_out < 0 && src_err < 0) exited = 1;
+        if (init_status >= 0 && !exited && st_out.src < 0 && st_err.src < 0 &&
+            st_out.len == st_out.off && st_err.len == st_err.off)
+            exited = 1;
     }
     write_exit(init_status < 0 ? 255 : init_status);
     unlink(ctl_path);
