@@ -44,6 +44,45 @@ def _norm(text: str, address: str) -> str:
     return "\n".join([head, *sorted(body)])  # containerd lists ingests in map order
 
 
+_created: list[str] = []
+
+
+def _new_ns(prefix: str) -> str:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _created.append(name)
+    return name
+
+
+def _empty_namespace(address: str, ns: str) -> None:
+    """Abort its ingests, delete its blobs, then the namespace itself (containerd made one)."""
+    md = [("containerd-namespace", ns)]
+    with grpc.insecure_channel(f"unix://{address}") as ch:
+        stub = pbc_grpc.ContentStub(ch)
+        for st in stub.ListStatuses(pbc.ListStatusesRequest(), metadata=md).statuses:
+            try:
+                stub.Abort(pbc.AbortRequest(ref=st.ref), metadata=md)
+            except grpc.RpcError:
+                pass
+        for block in stub.List(pbc.ListContentRequest(), metadata=md):
+            for info in block.info:
+                try:
+                    stub.Delete(pbc.DeleteContentRequest(digest=info.digest), metadata=md)
+                except grpc.RpcError:
+                    pass
+    ctr(address, "namespaces", "rm", ns)
+
+
+@pytest.fixture(autouse=True)
+def _clean_namespaces(request: pytest.FixtureRequest) -> Iterator[None]:
+    _created.clear()
+    yield
+    for name in ("suite", "containerd"):
+        if name in request.fixturenames:
+            peer = request.getfixturevalue(name)
+            for ns in _created:
+                _empty_namespace(peer.address, ns)
+
+
 def _run(address: str, args: list[str], data: bytes | None, ns: str) -> tuple[int, str, str, bytes]:
     proc = subprocess.run([CTR, "--address", address, "--namespace", ns, *args], input=data or b"",
                           capture_output=True, timeout=120)
@@ -61,7 +100,7 @@ def _same(suite: PrivateSuite, peer: ContainerdPeer, steps: list[tuple[list[str]
 
 
 def test_ctr_content_commands_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer) -> None:
-    ns = "ct-" + uuid.uuid4().hex[:8]
+    ns = _new_ns("ct")
     a, b = os.urandom(3 * MiB + 17), b"small blob\n"
     da, db = sha(a), sha(b)
     steps: list[tuple[list[str], bytes | None]] = [
@@ -132,7 +171,7 @@ def _grpc_codes(address: str, ns: str) -> list[str]:
 
 
 def test_grpc_errors_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer) -> None:
-    ns = "ce-" + uuid.uuid4().hex[:8]
+    ns = _new_ns("ce")
     assert _grpc_codes(suite.address, ns) == _grpc_codes(containerd.address, ns)
 
 
@@ -172,7 +211,7 @@ def _ref_locked(address: str, ns: str) -> tuple[str, str]:
 
 
 def test_two_writers_on_one_ref_one_is_refused(suite: PrivateSuite, containerd: ContainerdPeer) -> None:
-    ns = "cl-" + uuid.uuid4().hex[:8]
+    ns = _new_ns("cl")
     ours, theirs = _ref_locked(suite.address, ns), _ref_locked(containerd.address, ns)
     assert ours[0] == theirs[0] == "UNAVAILABLE"
     pattern = r"ref \S+shared-ref locked for \S+ \(since .*\): unavailable"
@@ -186,7 +225,7 @@ def _blob_files(suite: PrivateSuite) -> list[str]:
 
 
 def test_same_bytes_two_refs_concurrently_stored_once(suite: PrivateSuite) -> None:
-    ns = "cs-" + uuid.uuid4().hex[:8]
+    ns = _new_ns("cs")
     data = os.urandom(8 * MiB)
     procs = [subprocess.Popen([CTR, "--address", suite.address, "-n", ns, "content", "ingest", f"twin-{i}"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -208,7 +247,7 @@ def test_same_bytes_two_refs_concurrently_stored_once(suite: PrivateSuite) -> No
 
 
 def test_namespace_isolation_blob_stored_once(suite: PrivateSuite, tmp_path: Path) -> None:
-    a, b = "iso-a-" + uuid.uuid4().hex[:6], "iso-b-" + uuid.uuid4().hex[:6]
+    a, b = _new_ns("iso-a"), _new_ns("iso-b")
     data = os.urandom(2 * MiB)
     d = sha(data)
     subprocess.run([CTR, "--address", suite.address, "-n", a, "content", "ingest", "r"], input=data, check=True)
@@ -231,7 +270,7 @@ def test_namespace_isolation_blob_stored_once(suite: PrivateSuite, tmp_path: Pat
 
 
 def test_content_delete_event(suite: PrivateSuite) -> None:
-    ns = "cev-" + uuid.uuid4().hex[:6]
+    ns = _new_ns("cev")
     proc = subprocess.Popen([CTR, "--address", suite.address, "events"], stdout=subprocess.PIPE, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()  # type: ignore[union-attr]
@@ -313,7 +352,7 @@ def test_resume_after_sigkill_of_content_service(suite: PrivateSuite, stress: in
     size = 64 * MiB * stress
     seed = uuid.uuid4().bytes
     expected = _digest_of(size, seed)
-    ns, ref = "rk-" + uuid.uuid4().hex[:6], "big-layer"
+    ns, ref = _new_ns("rk"), "big-layer"
     with grpc.insecure_channel(f"unix://{suite.address}") as ch:
         stub = pbc_grpc.ContentStub(ch)
         w = WriteStream(stub, ns)
@@ -344,7 +383,7 @@ def test_resume_after_sigkill_of_the_client(suite: PrivateSuite, stress: int) ->
     size = 64 * MiB * stress
     seed = uuid.uuid4().bytes
     expected = _digest_of(size, seed)
-    ns, ref = "rc-" + uuid.uuid4().hex[:6], "client-dies"
+    ns, ref = _new_ns("rc"), "client-dies"
     client = subprocess.Popen([CTR, "--address", suite.address, "-n", ns, "content", "ingest",
                                "--expected-size", str(size), "--expected-digest", expected, ref],
                               stdin=subprocess.PIPE)
@@ -381,7 +420,7 @@ def test_resume_after_sigkill_of_the_client(suite: PrivateSuite, stress: int) ->
 
 def test_resume_with_ctr_after_client_killed(suite: PrivateSuite, tmp_path: Path) -> None:
     """ctr itself resumes: it skips what Status reports and sends the rest."""
-    ns, ref = "rr-" + uuid.uuid4().hex[:6], "ctr-resume"
+    ns, ref = _new_ns("rr"), "ctr-resume"
     data = os.urandom(6 * MiB)
     client = subprocess.Popen([CTR, "--address", suite.address, "-n", ns, "content", "ingest", ref],
                               stdin=subprocess.PIPE)
@@ -435,7 +474,7 @@ async def _spy(suite: PrivateSuite, body) -> dict[str, int]:  # type: ignore[no-
 
 
 def _roundtrip(s: PrivateSuite) -> None:
-    ns = "path-" + uuid.uuid4().hex[:6]
+    ns = _new_ns("path")
     data = os.urandom(24 * MiB + 5)
     subprocess.run([CTR, "--address", s.address, "-n", ns, "content", "ingest", "p"], input=data, check=True)
     got = subprocess.run([CTR, "--address", s.address, "-n", ns, "content", "get", sha(data)],
@@ -461,7 +500,7 @@ async def test_gateway_over_nats_keeps_the_same_guarantees() -> None:
 
 async def test_write_keeps_the_containerd_lease_header(suite: PrivateSuite) -> None:
     from flotilla.libs.api.content import ContentClient
-    ns, data = "lease-" + uuid.uuid4().hex[:6], b"held by a lease"
+    ns, data = _new_ns("lease"), b"held by a lease"
 
     def write() -> None:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
@@ -521,7 +560,7 @@ def _offset_rules(address: str, ns: str) -> list[str]:
 
 
 def test_write_offsets_and_read_ranges_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer) -> None:
-    ns = "co-" + uuid.uuid4().hex[:8]
+    ns = _new_ns("co")
     ours, theirs = _offset_rules(suite.address, ns), _offset_rules(containerd.address, ns)
     assert ours == theirs
     assert ours[0] == "OUT_OF_RANGE: write @5 must occur at current offset 0"
