@@ -93,6 +93,19 @@ async def cleanup(c: Client) -> None:
         await c.namespaces.delete(c.namespace)
     except FlotillaError:
         pass
+    remove_namespace_cgroups(c.namespace)
+
+
+def remove_namespace_cgroups(namespace: str) -> None:
+    """The runtime removes a container's cgroup (/<namespace>/<id>) but, like containerd's,
+    leaves the namespace's parent directory: remove it once it is empty."""
+    import glob
+    import os
+    for path in glob.glob(f"/sys/fs/cgroup/{namespace}") + glob.glob(f"/sys/fs/cgroup/*/{namespace}"):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # not empty (still in use) or already gone
 
 
 @pytest.fixture
