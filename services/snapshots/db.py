@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import (BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event)
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 from sqlalchemy.engine import Engine
+
+from flotilla.libs.sqlite import open_sqlite
 
 meta = MetaData()
 
@@ -35,28 +36,6 @@ snapshots = Table(
 )
 
 
-def open_engine(path: Path, writer: bool = True) -> Engine:
-    """The writer's transactions take SQLite's write lock when they begin; the reader's
-    statements run in autocommit (WAL readers never wait for the writer)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False,
-                                                               "isolation_level": None})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.close()
-
-    if not writer:
-        return engine
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
-        # take the write lock up front: a check-then-insert is then atomic across threads
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    meta.create_all(engine)
-    return engine
+def open_engines(path: Path) -> tuple[Engine, Engine]:
+    """(writer, reader): see libs/sqlite.py."""
+    return open_sqlite(path, meta, foreign_keys=True)

@@ -94,8 +94,7 @@ class SnapshotStore:
 
     @classmethod
     def open(cls, root: Path) -> "SnapshotStore":
-        engine = db.open_engine(root / "meta.db")
-        store = cls(root, engine, db.open_engine(root / "meta.db", writer=False))
+        store = cls(root, *db.open_engines(root / "meta.db"))
         for name in SNAPSHOTTERS:  # nothing is in flight yet: every orphan is reclaimable
             store.cleanup(name)
         return store
