@@ -180,3 +180,31 @@ def test_flotilla_pull_killed_halfway_resumes_without_refetching(suite: PrivateS
                 proc.kill()
                 proc.wait()
             _clean(suite.address, ns)
+
+
+def test_ctr_image_tag_check_export_import_like_containerd(suite: PrivateSuite, containerd: ContainerdPeer,
+                                                           registry: Registry, tmp_path: object) -> None:
+    ns = _ns()
+    ref = f"{registry.host}/busybox:latest"
+    tagged = f"{registry.host}/busybox:tagged"
+    outputs: dict[str, list[str]] = {}
+    try:
+        for name, run in (("flotilla", lambda *a, **kw: suite.ctr(*a, **kw)),
+                          ("containerd", lambda *a, **kw: ctr(containerd.address, *a, **kw))):
+            tar = f"{tmp_path}/{name}.tar"
+            steps = [run("image", "pull", "--plain-http", ref, namespace=ns, timeout=120),
+                     run("image", "tag", ref, tagged, namespace=ns),
+                     run("image", "ls", namespace=ns),
+                     run("image", "check", namespace=ns),
+                     run("image", "export", tar, tagged, namespace=ns),
+                     run("image", "import", tar, namespace=ns + "-imp"),
+                     run("image", "ls", "-q", namespace=ns + "-imp"),
+                     run("run", "--rm", tagged, "imp-" + uuid.uuid4().hex[:6], "echo", "imported", namespace=ns + "-imp")]
+            assert all(s.returncode == 0 for s in steps), [s.stderr for s in steps]
+            outputs[name] = [s.stdout for s in steps[2:4]] + [steps[6].stdout, steps[7].stdout]
+        assert outputs["flotilla"] == outputs["containerd"]
+        assert outputs["flotilla"][-1] == "imported\n"
+    finally:
+        for address in (suite.address, containerd.address):
+            _clean(address, ns)
+            _clean(address, ns + "-imp")
