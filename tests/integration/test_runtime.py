@@ -113,6 +113,19 @@ def test_run_rm_prints_output_and_returns_exit_code(suite: PrivateSuite, contain
         assert results[0][:2] == (code, out)
 
 
+def test_stdin_reaches_the_task_and_its_end_is_eof(suite: PrivateSuite, rootfs: Path) -> None:
+    """ctr copies its stdin into the task's stdin FIFO and closes it at EOF: the process reads
+    the data, then EOF, as containerd's shim code means to deliver it. (containerd 1.6.20
+    itself never ends this ``cat`` under ``ctr run``, so this one is not run side by side.)"""
+    id = _uid("in")
+    try:
+        res = suite.ctr("run", "--rm", "--rootfs", str(rootfs), id, "/bin/sh", "-c", "cat; echo done",
+                        input="line one\nline two\n")
+        assert (res.returncode, res.stdout) == (0, "line one\nline two\ndone\n")
+    finally:
+        _cleanup(suite.address, id)
+
+
 def test_image_run_through_snapshots_matches_containerd(suite: PrivateSuite, containerd: ContainerdPeer,
                                                        image: str) -> None:
     for args, code, out in ((["echo", "hi"], 0, "hi\n"), (["sh", "-c", "exit 3"], 3, "")):
