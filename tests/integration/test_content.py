@@ -338,12 +338,13 @@ def _resume(stub: pbc_grpc.ContentStub, ns: str, ref: str, size: int, seed: byte
 
 
 def _ingested_digest(address: str, ns: str, digest: str) -> str:
+    """The digest of what the store gives back, read in one streamed Read call."""
     h = hashlib.sha256()
-    with subprocess.Popen([CTR, "--address", address, "-n", ns, "content", "get", digest],
-                          stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        for piece in iter(lambda: proc.stdout.read(MiB), b""):  # type: ignore[union-attr]
-            h.update(piece)
+    with grpc.insecure_channel(f"unix://{address}",
+                               options=[("grpc.max_receive_message_length", 16 << 20)]) as ch:
+        for resp in pbc_grpc.ContentStub(ch).Read(pbc.ReadContentRequest(digest=digest),
+                                                  metadata=[("containerd-namespace", ns)]):
+            h.update(resp.data)
     return "sha256:" + h.hexdigest()
 
 
