@@ -116,3 +116,12 @@ async def client(address: str) -> AsyncIterator[Client]:
     finally:
         await cleanup(c)
         await c.close()
+
+
+@pytest.fixture
+async def ns(address: str) -> AsyncIterator[str]:
+    """A namespace name for a test that drives the server by other means (CLI, ctr); cleaned after."""
+    name = "cli-" + uuid.uuid4().hex[:8]
+    yield name
+    async with Client(address, name) as c:
+        await cleanup(c)

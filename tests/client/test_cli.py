@@ -7,21 +7,11 @@ import subprocess
 import sys
 import uuid
 
-import pytest
 
-from flotilla.client import Client
 from flotilla.testing import Registry
 from flotilla.testing.images import busybox_image, push
 
-from .conftest import Images, cleanup
-
-
-@pytest.fixture
-async def ns(address: str) -> str:
-    name = "cli-" + uuid.uuid4().hex[:8]
-    yield name  # type: ignore[misc]
-    async with Client(address, name) as c:
-        await cleanup(c)
+from .conftest import Images
 
 
 def flotilla(address: str, ns: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
