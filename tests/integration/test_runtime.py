@@ -184,6 +184,9 @@ def test_detached_task_commands_match_containerd(suite: PrivateSuite, containerd
             step("task", "ps", id)
             step("task", "exec", "--exec-id", "e1", id, "/bin/sh", "-c", "echo exec-out; exit 5")
             step("task", "exec", "--exec-id", "e2", id, "/bin/echo", "again")
+            step("task", "exec", "--detach", "--exec-id", "bg", id, "/bin/sleep", "1000")
+            ps = ctr(address, "task", "ps", id)                # order of pids may differ
+            steps.append((ps.returncode, "\n".join(sorted(_norm(ps.stdout, id).splitlines())), ps.stderr))
             step("task", "pause", id)
             _wait_status(address, id, "PAUSED")
             step("task", "ls")
@@ -210,6 +213,7 @@ def test_detached_task_commands_match_containerd(suite: PrivateSuite, containerd
     for a, b in zip(ours, theirs):
         assert a == b
     assert "exec-out" in ours[3][1] and ours[3][0] == 5
+    assert "bg" in ours[6][1]  # ctr task ps names the exec'd process
 
 
 def _codes(address: str, rootfs: Path) -> list[str]:
