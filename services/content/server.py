@@ -109,20 +109,27 @@ class ContentServer:
     async def w_commit(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.CommitRequest, req)
         info = await asyncio.to_thread(self.store.w_commit, r.session, r.size, r.expected, r.labels)
-        self.order.pop(r.session, None)
+        await self._forget(r.session)
         return info
 
     async def w_close(self, req: dict[str, Any]) -> Any:
         sid = from_wire(api.SessionRequest, req).session
         await asyncio.to_thread(self.store.w_close, sid)
-        self.order.pop(sid, None)
+        await self._forget(sid)
         return None
+
+    async def _forget(self, sid: str) -> None:
+        """The session is over: chunks still waiting for their turn fail now, not later."""
+        cond = self.order.pop(sid, None)
+        if cond is not None:
+            async with cond:
+                cond.notify_all()
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(IDLE / 4)
             for sid in await asyncio.to_thread(self.store.expire, IDLE):
-                self.order.pop(sid, None)
+                await self._forget(sid)
                 log.info("closed idle write session %s", sid)
 
     async def start(self) -> None:
