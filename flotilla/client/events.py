@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, struct_pb2  # noqa: F401
 from grpc import aio
 
 from flotilla._api.containerd.api.events import (container_pb2, content_pb2, image_pb2,  # noqa: F401

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
+
+from google.protobuf import struct_pb2
 
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.metadata import MetadataClient
@@ -12,12 +15,16 @@ from flotilla.libs.api.snapshots import SnapshotsClient
 from flotilla.libs.api.transfer import PULL, PullProgress, PullRequest, subject
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
+from flotilla.libs.events import Event
+from flotilla.libs.subjects import events as events_subject
 from flotilla.libs.wire import from_wire, to_wire
 
 from .puller import Puller
 
 log = logging.getLogger("flotilla.transfer")
 PROGRESS_INTERVAL = 0.1  # seconds between "downloading" records of one blob
+PROGRESS_TOPIC = "/transfer/progress"
+STRUCT_TYPE_URL = "google.protobuf.Struct"
 
 
 class TransferServer:
@@ -33,12 +40,26 @@ class TransferServer:
     async def stop(self) -> None:
         return None
 
+    async def _event(self, namespace: str, ref: str, p: PullProgress) -> None:
+        """``/transfer/progress`` with a google.protobuf.Struct payload (ctr events prints it)."""
+        payload = struct_pb2.Struct()
+        payload.update({"ref": ref, **{k: v for k, v in to_wire(p).items()}})
+        try:
+            await self.bus.publish(events_subject(self.cfg.prefix), Event(
+                topic=PROGRESS_TOPIC, namespace=namespace, type_url=STRUCT_TYPE_URL,
+                timestamp_ns=time.time_ns(), value=payload.SerializeToString()))
+        except Exception:  # progress is best effort; the pull goes on
+            log.warning("progress event lost", exc_info=True)
+
     async def pull(self, data: Any) -> Any:
         req = from_wire(PullRequest, data)
         loop = asyncio.get_running_loop()
         last: dict[str, float] = {}
 
         def report(p: PullProgress) -> None:
+            if p.status != "downloading" and p.status != "waiting":
+                # a blob's (or the image's) milestone: an event everyone can watch
+                loop.create_task(self._event(req.namespace, req.ref, p))
             if not req.progress:
                 return
             now = loop.time()

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import uuid
 
-
 from flotilla.testing import Registry
 from flotilla.testing.images import busybox_image, push
 

@@ -99,3 +99,27 @@ async def test_containerd_has_no_server_side_pull(containerd: ContainerdPeer, re
             assert img.name == f"{registry.host}/busybox:latest"
         finally:
             await cleanup(c)
+
+
+async def test_progress_is_published_as_events(client: Client, registry: Registry) -> None:
+    ref = f"{registry.host}/busybox:latest"
+    seen: list[dict[str, object]] = []
+
+    async def watch() -> None:
+        async for ev in client.events.subscribe(f'topic=="/transfer/progress",namespace=={client.namespace}'):
+            seen.append(ev.payload)
+            if ev.payload.get("key") == ref and ev.payload.get("status") == "done":
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        for _ in range(20):  # the subscription starts asynchronously: pull until it has seen one
+            await client.pull(ref, server_side=True)
+            done, _ = await asyncio.wait([watcher], timeout=0.5)
+            if done:
+                break
+        await watcher
+    finally:
+        watcher.cancel()
+    assert any(str(p.get("key", "")).startswith("layer-sha256:") for p in seen), seen
+    assert seen[-1]["ref"] == ref and seen[-1]["digest"] == (await client.images.get(ref)).target.digest
