@@ -50,6 +50,7 @@ LIST_STATUSES = "statuses"         # ListRequest -> list[Status]
 ABORT = "abort"                    # RefRequest -> None
 NAMESPACE_HELD = "namespace_held"  # NamespaceRequest -> bool
 RELEASE_LEASE = "release_lease"    # LeaseRequest -> int (records no longer held by it)
+NAMESPACES = "namespaces"          # None -> list[str] (namespaces owning a blob or an ingest)
 WRITER_OPEN = "writer.open"        # WriterOpen -> WriterSession
 
 # methods on the session's instance subject <prefix>.content.i.<instance>.<method>
@@ -395,6 +396,10 @@ class ContentClient:
 
     async def namespace_held(self, namespace: str) -> bool:
         return bool(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace), True))
+
+    async def namespaces(self) -> list[str]:
+        """Every namespace that owns a blob or has an ingest (containerd lists those too)."""
+        return list(await self._call(NAMESPACES, None, True))
 
     async def release_lease(self, namespace: str, lease: str) -> int:
         """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted)."""

@@ -73,6 +73,9 @@ class ContentServer:
         r = from_wire(api.NamespaceRequest, req)
         return await asyncio.to_thread(self.store.namespace_held, r.namespace)
 
+    async def namespaces(self, _req: Any) -> Any:
+        return await asyncio.to_thread(self.store.namespaces)
+
     async def release_lease(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.LeaseRequest, req)
         return await asyncio.to_thread(self.store.release_lease, r.namespace, r.lease)
@@ -138,6 +141,7 @@ class ContentServer:
             api.READ: self.read, api.LOCAL_PATH: self.local_path, api.STATUS: self.status,
             api.LIST_STATUSES: self.list_statuses, api.ABORT: self.abort,
             api.NAMESPACE_HELD: self.namespace_held, api.RELEASE_LEASE: self.release_lease,
+            api.NAMESPACES: self.namespaces,
             api.WRITER_OPEN: self.writer_open,
         }
         for method, handler in shared.items():

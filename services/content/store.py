@@ -180,6 +180,15 @@ class ContentStore:
             return conn.execute(select(db.owners.c.digest).where(
                 db.owners.c.namespace == namespace).limit(1)).first() is not None
 
+    def namespaces(self) -> list[str]:
+        with self.reader.connect() as conn:
+            names = {r[0] for r in conn.execute(select(db.owners.c.namespace).distinct())}
+        for path in self.ingests.iterdir():
+            meta = read_meta(path)
+            if meta is not None:
+                names.add(meta.namespace)
+        return sorted(names)
+
     def release_lease(self, namespace: str, lease: str) -> int:
         changed = 0
         with self.engine.begin() as conn:

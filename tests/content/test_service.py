@@ -107,6 +107,7 @@ async def test_update_filters_and_leases(client: ContentClient) -> None:
     assert info.labels == {"keep": "y", "new": "n"}
     with pytest.raises(InvalidArgument, match='cannot update "size" field on content info'):
         await client.update("u", Info(d1), ["size"])
+    assert "u" in await client.namespaces()
     assert await client.release_lease("u", "L") == 1
     assert (await client.info("u", d1)).leases == []
     assert await client.namespace_held("u")
