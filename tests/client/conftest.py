@@ -37,6 +37,11 @@ def images(registry: Registry) -> Images:
     return Images(registry.host)
 
 
+@pytest.fixture(scope="session")
+def registry_host(registry: Registry) -> str:
+    return registry.host
+
+
 @pytest.fixture(params=["containerd", "flotilla"])
 def address(request: pytest.FixtureRequest) -> str:
     if request.param == "containerd":

@@ -158,3 +158,28 @@ async def test_interrupted_layer_resumes_where_the_ingest_stopped(client: Client
         assert pulled.target.digest == img.manifest.digest
         assert f"GET /v2/big/blobs/{layer.digest} bytes={1 << 20}-" in fake.requests
     assert await client.content.exists(layer.digest)
+
+
+async def test_zstd_and_docker_media_types_pull_and_run(client: Client, registry_host: str) -> None:
+    """A Docker schema 2 manifest with a gzip layer under a zstd layer (OCI): both unpack."""
+    import json
+
+    import zstandard
+
+    from flotilla.testing.images import Blob, Entry, busybox_entries, push as push_image, sha256, tar_layer
+    from flotilla.testing.images import Image as TestImage
+
+    raw = [tar_layer(busybox_entries()), tar_layer([Entry("etc/zstd", data=b"zstd layer\n")])]
+    import gzip
+    layers = [Blob("application/vnd.docker.image.rootfs.diff.tar.gzip", gzip.compress(raw[0], 6, mtime=0)),
+              Blob("application/vnd.oci.image.layer.v1.tar+zstd", zstandard.ZstdCompressor().compress(raw[1]))]
+    config = Blob("application/vnd.docker.container.image.v1+json", json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(r) for r in raw]}}).encode())
+    manifest = Blob("application/vnd.docker.distribution.manifest.v2+json", json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": config.descriptor(), "layers": [b.descriptor() for b in layers]}).encode())
+    push_image(registry_host, "zstd", "latest", TestImage(manifest, config, layers))
+    img = await client.pull(f"{registry_host}/zstd:latest")
+    assert img.target.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    assert await run(client, img.name, "cat", "/etc/zstd") == (0, "zstd layer\n")
