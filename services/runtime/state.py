@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,12 +23,11 @@ from .oci import OciRuntime
 
 
 def write_json(path: Path, data: object) -> None:
-    """Atomically replace ``path`` (tmp + fsync + rename): a crash leaves old or new, never half."""
+    """Atomically replace ``path`` (tmp + rename): a crash of the service leaves the old or the
+    new record, never half. No fsync: the state is on tmpfs, and no task survives a reboot."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
     tmp.rename(path)
 
 

@@ -6,8 +6,9 @@
  * Runs the OCI runtime's "create" (or "exec --detach") command given after "--", becomes the
  * child subreaper so the container's process is reparented to it, holds that process' stdio
  * (copying between the client's FIFOs and the process' pipes or pty), reaps it and writes its
- * exit status durably to STATEDIR/exit ("<status> <unix ns>\n", written to a temporary file,
- * fsynced and renamed). It daemonizes (new session), so it outlives the runtime service.
+ * exit status to STATEDIR/exit ("<status> <unix ns>\n", written to a temporary file and
+ * renamed: it outlives any crash of the runtime service). It daemonizes (new session), so it
+ * outlives the runtime service.
  *
  * The argument "@CONSOLE@" in the runtime's command is replaced by a console socket path; the
  * pty master arrives there (SCM_RIGHTS). STATEDIR/ctl is a FIFO taking commands:
@@ -98,11 +99,10 @@ static void write_exit(int status) {
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return;
     write_all(fd, line, n);
-    fsync(fd);
     close(fd);
+    /* atomic for any reader; no fsync: the record must outlive the runtime service, not the
+     * host (the state lives on tmpfs, and no container survives a reboot) */
     rename(tmp, final);
-    int dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { fsync(dfd); close(dfd); }
 }
 
 static int recv_master(int listener) {
