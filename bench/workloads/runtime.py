@@ -8,6 +8,7 @@ they are skipped (None) where crun refuses the host (hybrid cgroups with a v2 co
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import subprocess
@@ -26,7 +27,9 @@ def _rootfs() -> Path:
     global _ROOTFS
     if _ROOTFS is None:
         from flotilla.testing.images import write_rootfs
-        _ROOTFS = write_rootfs(Path(tempfile.mkdtemp(prefix="flotilla-bench-rootfs-")) / "rootfs")
+        base = tempfile.mkdtemp(prefix="flotilla-bench-rootfs-")
+        atexit.register(shutil.rmtree, base, True)
+        _ROOTFS = write_rootfs(Path(base) / "rootfs")
     return _ROOTFS
 
 
