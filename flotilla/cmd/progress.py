@@ -12,7 +12,7 @@ from flotilla.client import Progress
 
 from ._base import human_size
 
-FINAL = ("done", "exists", "failed")
+FINAL = ("done", "exists", "unpacked", "failed")
 
 
 @dataclass
@@ -20,6 +20,7 @@ class ProgressView:
     stream: TextIO = sys.stderr
     tty: bool = field(default_factory=lambda: sys.stderr.isatty())
     rows: dict[str, Progress] = field(default_factory=dict)
+    moved: dict[str, int] = field(default_factory=dict)   # blobs fetched (or pushed): key -> size
     _drawn: int = 0
     _last: float = 0.0
     _started: float = field(default_factory=time.monotonic)
@@ -27,6 +28,8 @@ class ProgressView:
     def __call__(self, p: Progress) -> None:
         before = self.rows.get(p.key)
         self.rows[p.key] = p
+        if p.status == "done" and "-sha256:" in p.key:
+            self.moved[p.key] = p.total
         if not self.tty:
             if p.status in FINAL and (before is None or before.status != p.status):
                 self.stream.write(f"{p.key}: {p.status} {human_size(p.total)}\n")
@@ -38,7 +41,8 @@ class ProgressView:
             self.draw()
 
     def _bar(self, p: Progress, width: int) -> str:
-        frac = 1.0 if p.status in ("done", "exists") else (p.offset / p.total if p.total else 0.0)
+        frac = 1.0 if p.status in ("done", "exists", "unpacking", "unpacked") else (
+            p.offset / p.total if p.total else 0.0)
         filled = int(frac * width)
         return "[" + "=" * filled + (">" if filled < width else "") + " " * max(0, width - filled - 1) + "]"
 
@@ -47,7 +51,8 @@ class ProgressView:
         lines = []
         for p in self.rows.values():
             name = p.key[:28].ljust(28)
-            size = f"{human_size(p.offset if p.status not in ('done', 'exists') else p.total)}/{human_size(p.total)}"
+            shown = p.offset if p.status in ("waiting", "downloading", "uploading") else p.total
+            size = f"{human_size(shown)}/{human_size(p.total)}"
             lines.append(f"{name} {p.status:<11} {self._bar(p, max(10, cols - 70))} {size}"[:cols - 1])
         if self._drawn:
             self.stream.write(f"\x1b[{self._drawn}F")
@@ -59,7 +64,7 @@ class ProgressView:
     def finish(self, what: str, verb: str = "fetched") -> None:
         if self.tty:
             self.draw()
-        total = sum(p.total for p in self.rows.values() if p.status == "done")
+        total = sum(self.moved.values())
         elapsed = time.monotonic() - self._started
         self.stream.write(f"{what}: {verb} {human_size(total)} in {elapsed:.1f}s\n")
         self.stream.flush()
