@@ -277,8 +277,8 @@ class Engine:
         proc = task.init
         async with task.lock:
             if proc.status in (RUNNING, PAUSED):
-                raise FailedPrecondition(f"cannot delete a {'running' if proc.status == RUNNING else 'paused'} "
-                                         "process: failed precondition")
+                state = "running" if proc.status == RUNNING else "paused"
+                raise _unknown(f"failed to delete task: cannot delete a {state} process")
             if proc.status == CREATED and proc.exit is None:
                 # a created task is killed and removed, as containerd's createdState.Delete does
                 await task.oci.delete(id, force=True)
@@ -305,7 +305,7 @@ class Engine:
     async def _delete_exec(self, task: Task, exec_id: str) -> Exit:
         proc = self._proc(task, exec_id)
         if proc.rec.started and proc.exit is None:
-            raise FailedPrecondition("cannot delete a running process: failed precondition")
+            raise _unknown("cannot delete a running process")
         task.execs.pop(exec_id, None)
         await asyncio.to_thread(shutil.rmtree, proc.dir, True)
         return proc.exit or Exit(True, 0, 0, 0)
