@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text, create_engine, event
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, Text
 from sqlalchemy.engine import Engine
+
+from flotilla.libs.sqlite import open_sqlite
 
 meta = MetaData()
 
@@ -27,21 +29,5 @@ owners = Table(
 
 
 def open_engines(path: Path) -> tuple[Engine, Engine]:
-    """(writer, reader): the writer's transactions take SQLite's write lock up front."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 60, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    meta.create_all(engine)
-    return engine, engine.execution_options(isolation_level="AUTOCOMMIT")
+    """(writer, reader): see libs/sqlite.py."""
+    return open_sqlite(path, meta)
