@@ -80,8 +80,19 @@ class Client:
                 raise
             return await pull(self, ref, opts)
 
-    async def push(self, local: str, ref: str | None = None, opts: PushOptions | None = None, **kw: Any) -> Descriptor:
-        return await push(self, local, ref or local, opts or PushOptions(**kw))
+    async def push(self, local: str, ref: str | None = None, opts: PushOptions | None = None, *,
+                   server_side: bool | None = False, **kw: Any) -> Descriptor:
+        """Push the local image ``local`` as ``ref``; ``server_side`` as for ``pull``."""
+        opts = opts or PushOptions(**kw)
+        if server_side is False:
+            return await push(self, local, ref or local, opts)
+        from .transfer import server_push
+        try:
+            return await server_push(self, local, ref or local, opts)
+        except Unimplemented:
+            if server_side:
+                raise
+            return await push(self, local, ref or local, opts)
 
     async def resolve_image(self, name: str, platform: Platform | None = None) -> ResolvedImage:
         image = await self.images.get(name)

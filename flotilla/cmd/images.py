@@ -43,7 +43,8 @@ async def pull(client: Client, args: argparse.Namespace) -> int:
 async def push(client: Client, args: argparse.Namespace) -> int:
     view = ProgressView()
     top = await client.push(args.local, args.remote or args.local, PushOptions(
-        credentials=_credentials(args), plain_http=args.plain_http, progress=view))
+        credentials=_credentials(args), plain_http=args.plain_http, progress=view),
+        server_side=False if args.client_side else None)
     view.finish(args.remote or args.local, "pushed")
     print(f"{args.remote or args.local} {top.digest}")
     return 0
@@ -97,6 +98,8 @@ def register(sub: Any) -> None:
     p = command(sub, "push", push, "push a local image to a registry")
     p.add_argument("local")
     p.add_argument("remote", nargs="?", help="destination reference (default: the local name)")
+    p.add_argument("--client-side", action="store_true",
+                   help="read the blobs here and upload them (default: the server pushes if it can)")
     _registry_options(p)
 
     p = command(sub, "images", images, "list images")

@@ -5,13 +5,15 @@ Subjects (host-local, since a pull unpacks into this host's snapshots):
 publishes PullProgress records to the request's ``progress`` subject (if any); the last is
 ``status="done"`` for the image. Blobs already in the content store are never fetched again;
 an interrupted blob resumes from its ingest's offset.
+``<prefix>.transfer.<host>.push``: PushRequest -> PushResult: the image ``name`` of the
+namespace to the registry as ``ref`` (blobs the registry has are not sent again).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flotilla.libs.bus import Bus
 from flotilla.libs.subjects import local
@@ -19,6 +21,7 @@ from flotilla.libs.wire import from_wire
 
 SERVICE = "transfer"
 PULL = "pull"
+PUSH = "push"
 PULL_TIMEOUT = 3600.0
 
 
@@ -62,14 +65,42 @@ class PullResult:
 
 
 @dataclass
+class PushRequest:
+    namespace: str
+    name: str                       # the local image
+    ref: str                        # where it goes ("" = its own name)
+    username: str = ""
+    password: str = ""
+    plain_http: bool | None = None
+    concurrency: int = 4
+    progress: str = ""
+
+
+@dataclass
+class PushResult:
+    ref: str
+    digest: str
+    media_type: str
+    size: int
+    sent: int = 0                   # bytes uploaded by this push
+
+
+@dataclass
 class TransferClient:
     bus: Bus
     prefix: str
     host: str
-    events: list[PullProgress] = field(default_factory=list)
 
     async def pull(self, req: PullRequest, progress: Callable[[PullProgress], Awaitable[None] | None] | None = None,
                    timeout: float = PULL_TIMEOUT) -> PullResult:
+        return from_wire(PullResult, await self._call(PULL, req, progress, timeout))  # type: ignore[arg-type]
+
+    async def push(self, req: PushRequest, progress: Callable[[PullProgress], Awaitable[None] | None] | None = None,
+                   timeout: float = PULL_TIMEOUT) -> PushResult:
+        return from_wire(PushResult, await self._call(PUSH, req, progress, timeout))  # type: ignore[arg-type]
+
+    async def _call(self, method: str, req: PullRequest | PushRequest,
+                    progress: Callable[[PullProgress], Awaitable[None] | None] | None, timeout: float) -> object:
         sub = None
         if progress is not None:
             req.progress = req.progress or f"_INBOX.transfer.{uuid.uuid4().hex}"
@@ -81,8 +112,7 @@ class TransferClient:
 
             sub = await self.bus.subscribe(req.progress, on_progress)
         try:
-            data = await self.bus.request(subject(self.prefix, self.host, PULL), req, timeout=timeout)
-            return from_wire(PullResult, data)  # type: ignore[arg-type]
+            return await self.bus.request(subject(self.prefix, self.host, method), req, timeout=timeout)
         finally:
             if sub is not None:
                 await sub.unsubscribe()

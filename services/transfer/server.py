@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.api.snapshots import SnapshotsClient
-from flotilla.libs.api.transfer import PULL, PullProgress, PullRequest, subject
+from flotilla.libs.api.transfer import PULL, PUSH, PullProgress, PullRequest, PushRequest, subject
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.events import Event
@@ -20,6 +20,7 @@ from flotilla.libs.subjects import events as events_subject
 from flotilla.libs.wire import from_wire, to_wire
 
 from .puller import Puller
+from .pusher import Pusher
 
 log = logging.getLogger("flotilla.transfer")
 PROGRESS_INTERVAL = 0.1  # seconds between "downloading" records of one blob
@@ -36,6 +37,7 @@ class TransferServer:
 
     async def start(self) -> None:
         await self.bus.serve(subject(self.cfg.prefix, self.cfg.host, PULL), self.pull, method=PULL)
+        await self.bus.serve(subject(self.cfg.prefix, self.cfg.host, PUSH), self.push, method=PUSH)
 
     async def stop(self) -> None:
         return None
@@ -51,23 +53,33 @@ class TransferServer:
         except Exception:  # progress is best effort; the pull goes on
             log.warning("progress event lost", exc_info=True)
 
-    async def pull(self, data: Any) -> Any:
-        req = from_wire(PullRequest, data)
+    def _reporter(self, namespace: str, ref: str, progress: str):  # type: ignore[no-untyped-def]
         loop = asyncio.get_running_loop()
         last: dict[str, float] = {}
 
         def report(p: PullProgress) -> None:
-            if p.status != "downloading" and p.status != "waiting":
+            if p.status not in ("downloading", "uploading", "waiting"):
                 # a blob's (or the image's) milestone: an event everyone can watch
-                loop.create_task(self._event(req.namespace, req.ref, p))
-            if not req.progress:
+                loop.create_task(self._event(namespace, ref, p))
+            if not progress:
                 return
             now = loop.time()
-            if p.status == "downloading" and now - last.get(p.key, 0.0) < PROGRESS_INTERVAL:
+            if p.status in ("downloading", "uploading") and now - last.get(p.key, 0.0) < PROGRESS_INTERVAL:
                 return
             last[p.key] = now
-            loop.create_task(self.bus.publish(req.progress, to_wire(p)))
+            loop.create_task(self.bus.publish(progress, to_wire(p)))
+        return report
 
+    async def pull(self, data: Any) -> Any:
+        req = from_wire(PullRequest, data)
+        report = self._reporter(req.namespace, req.ref, req.progress)
         result = await Puller(self.content, self.metadata, self.snapshots, req, report).run()
         log.info("pulled %s into %s (%d bytes fetched)", result.name, req.namespace, result.fetched)
+        return to_wire(result)
+
+    async def push(self, data: Any) -> Any:
+        req = from_wire(PushRequest, data)
+        report = self._reporter(req.namespace, req.ref or req.name, req.progress)
+        result = await Pusher(self.content, self.metadata, req, report).run()
+        log.info("pushed %s from %s as %s (%d bytes sent)", req.name, req.namespace, result.ref, result.sent)
         return to_wire(result)

@@ -123,3 +123,23 @@ async def test_progress_is_published_as_events(client: Client, registry: Registr
         watcher.cancel()
     assert any(str(p.get("key", "")).startswith("layer-sha256:") for p in seen), seen
     assert seen[-1]["ref"] == ref and seen[-1]["digest"] == (await client.images.get(ref)).target.digest
+
+
+async def test_server_side_push_and_pull_back(client: Client, registry: Registry, suite: PrivateSuite) -> None:
+    ref = f"{registry.host}/busybox:latest"
+    await client.pull(ref, server_side=True)
+    copy = f"{registry.host}/pushed-{uuid.uuid4().hex[:6]}:v1"
+    seen: list[Progress] = []
+    top = await client.push(ref, copy, server_side=True, progress=seen.append)
+    assert top.digest == (await client.images.get(ref)).target.digest
+    assert any(p.status == "done" and p.key.startswith("layer-") for p in seen), seen
+    other = client.with_namespace(client.namespace + "-b")
+    try:
+        back = await other.pull(copy, server_side=True)
+        assert back.target.digest == top.digest
+        res = suite.ctr("run", "--rm", copy, "back-" + uuid.uuid4().hex[:6], "echo", "back",
+                        namespace=other.namespace)
+        assert (res.returncode, res.stdout) == (0, "back\n"), res.stderr
+    finally:
+        await cleanup(other)
+        await other.close()
