@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..bus import MAX_CHUNK, Bus
 from ..errors import AlreadyExists, FlotillaError
 from ..subjects import shared
@@ -68,27 +69,6 @@ def subject(prefix: str, method: str) -> str:
 
 def instance_subject(prefix: str, instance: str, method: str) -> str:
     return f"{prefix}.{SERVICE}.i.{instance}.{method}"
-
-
-# go-digest's algorithms: name -> hex length
-ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_HEX = re.compile(r"^[a-f0-9]+$")
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-
-
-def digest_error(digest: str) -> str:
-    """go-digest's Validate: "" when ``digest`` is valid, else its error text."""
-    i = digest.find(":")
-    if i <= 0 or i + 1 == len(digest):
-        return "invalid checksum digest format"
-    alg, hexpart = digest[:i], digest[i + 1:]
-    if alg not in ALGORITHMS:
-        return "invalid checksum digest format" if not _DIGEST.match(digest) else "unsupported digest algorithm"
-    if len(hexpart) != ALGORITHMS[alg]:
-        return "invalid checksum digest length"
-    if not _HEX.match(hexpart):
-        return "invalid checksum digest format"
-    return ""
 
 
 # -- records -------------------------------------------------------------------------

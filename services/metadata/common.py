@@ -17,29 +17,12 @@ from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs import filters
 from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.digests import digest_error  # noqa: F401  (used by images and leases)
 from flotilla.libs.identifiers import validate_labels
 
 from . import db
 
 T = TypeVar("T")
-_DIGEST_SIZES = {"sha256": 64, "sha384": 96, "sha512": 128}
-_HEX = re.compile(r"^[a-f0-9]+$")
-
-
-def digest_error(digest: str) -> str:
-    """go-digest's Validate: '' when valid, else its error text."""
-    i = digest.find(":")
-    if i <= 0 or i + 1 == len(digest):
-        return "invalid checksum digest format"
-    algorithm, encoded = digest[:i], digest[i + 1:]
-    size = _DIGEST_SIZES.get(algorithm)
-    if size is None:
-        return "unsupported digest algorithm"
-    if len(encoded) != size:
-        return "invalid checksum digest length"
-    if not _HEX.match(encoded):
-        return "invalid checksum digest format"
-    return ""
 
 
 def parse_filters(fs: list[str] | None) -> filters.Filter:
