@@ -91,7 +91,7 @@ async def test_images_containers_and_leases(client: Client) -> None:
 
 async def test_lease_scope_holds_what_is_written_under_it(client: Client, request: pytest.FixtureRequest) -> None:
     if "flotilla" in request.node.name:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
             "Flotilla keeps a blob written under a lease with the blob (content service) but "
             "Leases.ListResources (metadata service) does not list it yet")))
     data = b"leased bytes"
