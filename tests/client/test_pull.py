@@ -183,3 +183,24 @@ async def test_zstd_and_docker_media_types_pull_and_run(client: Client, registry
     img = await client.pull(f"{registry_host}/zstd:latest")
     assert img.target.media_type == "application/vnd.docker.distribution.manifest.v2+json"
     assert await run(client, img.name, "cat", "/etc/zstd") == (0, "zstd layer\n")
+
+
+@pytest.mark.parametrize("server_side", [False, None])
+async def test_a_blob_in_the_store_is_not_fetched_again_even_for_another_namespace(
+        client: Client, server_side: bool | None) -> None:
+    img = busybox_image()
+    with FakeRegistry() as fake:
+        fake.add_image("app", "v1", img)
+        await client.pull(f"{fake.host}/app:v1", server_side=server_side)
+        assert any(r.startswith("GET /v2/app/blobs/") for r in fake.requests)
+        fake.requests.clear()
+        other = client.with_namespace(client.namespace + "-o")
+        try:
+            pulled = await other.pull(f"{fake.host}/app:v1", server_side=server_side)
+            assert pulled.target.digest == img.manifest.digest
+            # only the manifest is asked for (to resolve the tag); no blob crosses the wire again
+            assert not [r for r in fake.requests if "/blobs/" in r], fake.requests
+        finally:
+            from .conftest import cleanup
+            await cleanup(other)
+            await other.close()
