@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,61 @@ async def test_a_blob_in_the_store_is_not_fetched_again_even_for_another_namespa
             from .conftest import cleanup
             await cleanup(other)
             await other.close()
+
+
+async def test_task_pids_pause_resume_exec(client: Client, images: Images) -> None:
+    img = await client.pull(images.ref("busybox"))
+    cid = "p-" + uuid.uuid4().hex[:8]
+    await client.new_container(cid, img.name, with_process_args("sleep", "600"))
+    try:
+        task = await start_task(client, cid, with_io=False)
+        assert await client.tasks.pids(cid) == [task.pid]
+        await client.tasks.pause(cid)
+        assert (await client.tasks.get(cid)).status == "paused"
+        await client.tasks.resume(cid)
+        assert (await client.tasks.get(cid)).status == "running"
+        from flotilla.client import FifoSet, exec_process
+        container = await client.containers.get(cid)
+        io = FifoSet.create("e1")
+        out = bytearray()
+        try:
+            io.start_copy(out.extend, out.extend)
+            await client.tasks.exec(cid, "e1", exec_process(container.spec, ["sh", "-c", "echo from exec; exit 6"]),
+                                    stdout=io.stdout, stderr=io.stderr)
+            waiter = asyncio.ensure_future(client.tasks.wait(cid, "e1"))
+            await asyncio.sleep(0)
+            await client.tasks.start(cid, "e1")
+            io.started()
+            assert (await waiter).status == 6
+            await io.wait()
+            await client.tasks.delete_process(cid, "e1")
+        finally:
+            io.close()
+        assert out == b"from exec\n"
+        await task.kill("SIGKILL")
+        await task.wait()
+        await task.delete()
+    finally:
+        await client.delete_container(cid)
+
+
+async def test_snapshot_usage_labels_and_diff_compare(client: Client, images: Images) -> None:
+    img = await client.pull(images.ref("busybox"))
+    parent = (await client.resolve_image(img.name)).chain_id
+    info = await client.snapshots.set_labels(parent, {"team": "ci"})
+    assert info.labels["team"] == "ci"
+    assert (await client.snapshots.usage(parent)).size > 0
+    # a view mounted, then compared with itself: an empty layer written to the content store
+    import subprocess
+    import tempfile
+    mounts = await client.snapshots.view("v-" + uuid.uuid4().hex[:6], parent)
+    assert mounts
+    desc = await client.diff.compare(mounts, mounts)
+    assert desc.digest.startswith("sha256:") and await client.content.exists(desc.digest)
+    with tempfile.TemporaryDirectory() as tmp:
+        m = mounts[0]
+        subprocess.run(["mount", "-t", m.type, m.source, tmp, "-o", ",".join(m.options)], check=True)
+        try:
+            assert (Path(tmp) / "bin" / "busybox").exists()
+        finally:
+            subprocess.run(["umount", tmp], check=True)
