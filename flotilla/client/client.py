@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from typing import Any
 
@@ -104,24 +105,27 @@ class Client:
                             labels: dict[str, str] | None = None, readonly: bool = False) -> Container:
         """A container from an unpacked image: a new snapshot on the image's top layer and a spec
         from the image's config, then ``opts`` (as ctr run builds it)."""
-        resolved = await self.resolve_image(image)
-        snaps = self.snapshots(snapshotter)
-        parent = resolved.chain_id
-        if not await snaps.exists(parent):
-            raise NotFound(f"image {image!r} is not unpacked in {snapshotter}: snapshot {parent}: not found")
-        if readonly:
-            await snaps.view(id, parent)
-        else:
-            await snaps.prepare(id, parent)
-        try:
-            from .spec import with_default_unix_devices
-            spec = generate_spec(self.namespace, id, with_default_unix_devices,
-                                 with_image_config(resolved.config, args or ()), *opts)
-            labels = {STOP_SIGNAL_LABEL: resolved.config.stop_signal or "SIGTERM", **(labels or {})}
-            return await self.containers.create(Container(id, image, spec, snapshotter, id, runtime, labels))
-        except BaseException:
-            await snaps.remove(id)
-            raise
+        # under a lease, as containerd's NewContainer: the new snapshot is not referenced by
+        # anything until the container record exists, and a GC in between would sweep it
+        async with self.leases.scope(expire=_dt.timedelta(minutes=10)):
+            resolved = await self.resolve_image(image)
+            snaps = self.snapshots(snapshotter)
+            parent = resolved.chain_id
+            if not await snaps.exists(parent):
+                raise NotFound(f"image {image!r} is not unpacked in {snapshotter}: snapshot {parent}: not found")
+            if readonly:
+                await snaps.view(id, parent)
+            else:
+                await snaps.prepare(id, parent)
+            try:
+                from .spec import with_default_unix_devices
+                spec = generate_spec(self.namespace, id, with_default_unix_devices,
+                                     with_image_config(resolved.config, args or ()), *opts)
+                labels = {STOP_SIGNAL_LABEL: resolved.config.stop_signal or "SIGTERM", **(labels or {})}
+                return await self.containers.create(Container(id, image, spec, snapshotter, id, runtime, labels))
+            except BaseException:
+                await snaps.remove(id)
+                raise
 
     async def delete_container(self, id: str, *, snapshot: bool = True) -> None:
         """The container record and (by default) its snapshot, as ``ctr containers rm`` does."""

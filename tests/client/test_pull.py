@@ -250,16 +250,18 @@ async def test_snapshot_usage_labels_and_diff_compare(client: Client, images: Im
     assert info.labels["team"] == "ci"
     assert (await client.snapshots.usage(parent)).size > 0
     # a view mounted, then compared with itself: an empty layer written to the content store
+    # (under a lease: nothing else references the view or the layer, and GC runs after deletes)
     import subprocess
     import tempfile
-    mounts = await client.snapshots.view("v-" + uuid.uuid4().hex[:6], parent)
-    assert mounts
-    desc = await client.diff.compare(mounts, mounts)
-    assert desc.digest.startswith("sha256:") and await client.content.exists(desc.digest)
-    with tempfile.TemporaryDirectory() as tmp:
-        m = mounts[0]
-        subprocess.run(["mount", "-t", m.type, m.source, tmp, "-o", ",".join(m.options)], check=True)
-        try:
-            assert (Path(tmp) / "bin" / "busybox").exists()
-        finally:
-            subprocess.run(["umount", tmp], check=True)
+    async with client.leases.scope():
+        mounts = await client.snapshots.view("v-" + uuid.uuid4().hex[:6], parent)
+        assert mounts
+        desc = await client.diff.compare(mounts, mounts)
+        assert desc.digest.startswith("sha256:") and await client.content.exists(desc.digest)
+        with tempfile.TemporaryDirectory() as tmp:
+            m = mounts[0]
+            subprocess.run(["mount", "-t", m.type, m.source, tmp, "-o", ",".join(m.options)], check=True)
+            try:
+                assert (Path(tmp) / "bin" / "busybox").exists()
+            finally:
+                subprocess.run(["umount", tmp], check=True)
