@@ -12,6 +12,7 @@ from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 a
 from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
 from flotilla.libs.api.metadata import AnyValue, Container, MetadataClient, Runtime
 from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.wire import to_wire
 
 from .protomsg import set_timestamp
 from .rpc import namespace, streaming, timeout, unary
@@ -31,21 +32,6 @@ def container_from_pb(c: pbc.Container) -> Container:
         snapshotter=c.snapshotter, snapshot_key=c.snapshot_key,
         extensions={k: any_from_pb(v) for k, v in c.extensions.items()},
     )
-
-
-def container_to_pb(c: Container) -> pbc.Container:
-    out = pbc.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
-                        snapshot_key=c.snapshot_key)
-    out.runtime.name = c.runtime.name
-    if c.runtime.options is not None:
-        out.runtime.options.type_url, out.runtime.options.value = c.runtime.options.type_url, c.runtime.options.value
-    if c.spec is not None:
-        out.spec.type_url, out.spec.value = c.spec.type_url, c.spec.value
-    set_timestamp(out.created_at, c.created_at)
-    set_timestamp(out.updated_at, c.updated_at)
-    for k, v in c.extensions.items():
-        out.extensions[k].type_url, out.extensions[k].value = v.type_url, v.value
-    return out
 
 
 def _set_any(target: any_pb2.Any, value: dict[str, Any] | None) -> None:
@@ -78,7 +64,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
     @unary("Containers.Get")
     async def Get(self, request: pbc.GetContainerRequest, context: aio.ServicerContext) -> pbc.GetContainerResponse:
         c = await self.metadata.get_container(namespace(context), request.id, timeout(context, self.default_timeout))
-        return pbc.GetContainerResponse(container=container_to_pb(c))
+        return pbc.GetContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.List")
     async def List(self, request: pbc.ListContainersRequest, context: aio.ServicerContext) -> pbc.ListContainersResponse:
@@ -99,7 +85,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         ns = namespace(context)
         c = await self.metadata.create_container(ns, container_from_pb(request.container),
                                                  timeout(context, self.default_timeout))
-        return pbc.CreateContainerResponse(container=container_to_pb(c))
+        return pbc.CreateContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.Update")
     async def Update(self, request: pbc.UpdateContainerRequest, context: aio.ServicerContext) -> pbc.UpdateContainerResponse:
@@ -109,7 +95,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         c = await self.metadata.update_container(ns, container_from_pb(request.container),
                                                  list(request.update_mask.paths),
                                                  timeout(context, self.default_timeout))
-        return pbc.UpdateContainerResponse(container=container_to_pb(c))
+        return pbc.UpdateContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.Delete")
     async def Delete(self, request: pbc.DeleteContainerRequest, context: aio.ServicerContext) -> empty_pb2.Empty:

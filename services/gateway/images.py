@@ -10,6 +10,7 @@ from grpc import aio
 from flotilla._api.containerd.api.services.images.v1 import images_pb2 as pbi
 from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as pbi_grpc
 from flotilla.libs.api.metadata import Descriptor, Image, MetadataClient
+from flotilla.libs.wire import to_wire
 
 from .protomsg import set_timestamp
 from .rpc import namespace, timeout, unary
@@ -21,15 +22,6 @@ def image_from_pb(i: pbi.Image) -> Image:
     t = i.target
     return Image(name=i.name, labels=dict(i.labels),
                  target=Descriptor(t.media_type, t.digest, t.size, dict(t.annotations)))
-
-
-def image_to_pb(i: Image) -> pbi.Image:
-    out = pbi.Image(name=i.name, labels=i.labels)
-    out.target.media_type, out.target.digest, out.target.size = i.target.media_type, i.target.digest, i.target.size
-    out.target.annotations.update(i.target.annotations)
-    set_timestamp(out.created_at, i.created_at)
-    set_timestamp(out.updated_at, i.updated_at)
-    return out
 
 
 def wire_to_pb(i: dict[str, Any]) -> pbi.Image:
@@ -54,7 +46,7 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
     @unary("Images.Get")
     async def Get(self, request: pbi.GetImageRequest, context: aio.ServicerContext) -> pbi.GetImageResponse:
         i = await self.metadata.get_image(namespace(context), request.name, timeout(context, self.default_timeout))
-        return pbi.GetImageResponse(image=image_to_pb(i))
+        return pbi.GetImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.List")
     async def List(self, request: pbi.ListImagesRequest, context: aio.ServicerContext) -> pbi.ListImagesResponse:
@@ -66,13 +58,13 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
     async def Create(self, request: pbi.CreateImageRequest, context: aio.ServicerContext) -> pbi.CreateImageResponse:
         i = await self.metadata.create_image(namespace(context), image_from_pb(request.image),
                                              timeout(context, self.default_timeout))
-        return pbi.CreateImageResponse(image=image_to_pb(i))
+        return pbi.CreateImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.Update")
     async def Update(self, request: pbi.UpdateImageRequest, context: aio.ServicerContext) -> pbi.UpdateImageResponse:
         i = await self.metadata.update_image(namespace(context), image_from_pb(request.image),
                                              list(request.update_mask.paths), timeout(context, self.default_timeout))
-        return pbi.UpdateImageResponse(image=image_to_pb(i))
+        return pbi.UpdateImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.Delete")
     async def Delete(self, request: pbi.DeleteImageRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
