@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from flotilla.libs.distribution import (Credentials, Descriptor, Index, RegistryClient, media, parse_manifest,
                                         parse_reference)
 from flotilla.libs.distribution.auth import CredentialsFor
+from flotilla.libs.errors import NotFound
 
 from .pull import Progress, ref_key
 
@@ -67,10 +68,14 @@ async def push(client: "Client", local: str, ref: str, opts: PushOptions | None 
     doc = parse_manifest(top_data, top.media_type)
     manifests: list[tuple[Descriptor, bytes]] = []
     if isinstance(doc, Index):
+        missing = [child for child in doc.manifests if not await client.content.exists(child.digest)]
+        if missing:
+            what = ", ".join(str(c.platform) if c.platform else c.digest for c in missing)
+            raise NotFound(f"image {local!r} is an index whose manifests for {what} are not in the content "
+                           "store (pulled for one platform?): pull it with all platforms to push it: not found")
         for child in doc.manifests:
-            if not media.is_manifest(child.media_type) or not await client.content.exists(child.digest):
-                continue
-            manifests.append((child, await client.content.read_all(child.digest)))
+            if media.is_manifest(child.media_type):
+                manifests.append((child, await client.content.read_all(child.digest)))
     else:
         manifests.append((top, top_data))
     for desc, data in manifests:

@@ -65,8 +65,14 @@ class Pusher:
         doc = parse_manifest(top_data, top.media_type)
         manifests: list[tuple[Descriptor, bytes]] = []
         if isinstance(doc, Index):
+            missing = [child for child in doc.manifests if not await self._exists(child.digest)]
+            if missing:
+                what = ", ".join(str(c.platform) if c.platform else c.digest for c in missing)
+                raise NotFound(f"image {self.req.name!r} is an index whose manifests for {what} are not in the "
+                               "content store (pulled for one platform?): pull it with all platforms to push it: "
+                               "not found")
             for child in doc.manifests:
-                if media.is_manifest(child.media_type) and await self._exists(child.digest):
+                if media.is_manifest(child.media_type):
                     manifests.append((child, await self.content.read_all(self.ns, child.digest)))
         else:
             manifests.append((top, top_data))

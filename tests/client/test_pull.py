@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.client import (Client, PullOptions, start_task, with_env, with_process_args)
+from flotilla.client import (Client, NotFound, PullOptions, start_task, with_env, with_process_args)
 from flotilla.libs.distribution import BadManifest, DigestMismatch, ShortRead, platforms
 from flotilla.testing.images import busybox_image, multiplatform_image, random_layers_image
 
@@ -265,3 +265,17 @@ async def test_snapshot_usage_labels_and_diff_compare(client: Client, images: Im
                 assert (Path(tmp) / "bin" / "busybox").exists()
             finally:
                 subprocess.run(["umount", tmp], check=True)
+
+
+@pytest.mark.parametrize("server_side", [False, None])
+async def test_push_of_a_multiplatform_image(client: Client, images: Images, server_side: bool | None) -> None:
+    name = images.ref("multiarch")
+    copy = images.ref("multi-" + uuid.uuid4().hex[:6], "v1")
+    await client.pull(name, platform=platforms.parse("linux/arm64"))
+    with pytest.raises(NotFound, match="linux/amd64 are not in the content store"):
+        await client.push(name, copy, server_side=server_side)
+    await client.pull(name, all_platforms=True)
+    top = await client.push(name, copy, server_side=server_side)
+    assert top.digest == (await client.images.get(name)).target.digest
+    back = await client.pull(copy, all_platforms=True)
+    assert back.target.digest == top.digest
