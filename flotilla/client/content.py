@@ -19,6 +19,7 @@ from .types import ts
 from grpc import aio
 
 READ_CHUNK = 1 << 20
+CLOSE_WAIT = 10.0  # seconds a closed Write stream may take to end on the server
 
 
 @dataclass
@@ -74,9 +75,16 @@ class Writer:
         return resp.digest or expected
 
     async def close(self) -> None:
+        """Half-close the stream and let the server end it (it releases the ref then), as
+        containerd's CloseSend does; cancel only if it does not end in a while."""
+        async def drain() -> None:  # the status comes after any message still unread
+            while await self._call.read() is not aio.EOF:
+                pass
+
         try:
             await self._call.done_writing()
-        except (aio.AioRpcError, asyncio.InvalidStateError, RuntimeError):
+            await asyncio.wait_for(drain(), CLOSE_WAIT)
+        except (aio.AioRpcError, asyncio.InvalidStateError, RuntimeError, asyncio.TimeoutError):
             pass
         self._call.cancel()
 
