@@ -24,7 +24,6 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("snapshots", "flotilla.services.snapshots"),
     ("runtime", "flotilla.services.runtime"),
     ("transfer", "flotilla.services.transfer"),
-    ("transfer", "flotilla.services.transfer"),
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222
