@@ -54,9 +54,11 @@ def containerd_target(peer: ContainerdPeer) -> Target:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("-k", dest="select", default="", help="only workloads whose name contains this")
+    parser.add_argument("--skip", default="", help="leave out workloads whose name contains this")
     parser.add_argument("--no-save", action="store_true", help="do not append to bench/results")
     args = parser.parse_args(argv)
-    workloads = [w for w in all_workloads() if args.select in w.name]
+    workloads = [w for w in all_workloads()
+                 if args.select in w.name and not (args.skip and args.skip in w.name)]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"bench: {len(workloads)} workloads on {_machine()}")
     rows: list[Row] = []
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.mkdir(exist_ok=True)
         now = datetime.datetime.now(datetime.timezone.utc)
         out = RESULTS / f"{now:%Y-%m-%d}-{platform.node()}.md"
-        command = f'make bench BENCH_ARGS="-k {args.select}"' if args.select else "make bench"
+        extra = " ".join(f"{flag} '{value}'" for flag, value in (("-k", args.select), ("--skip", args.skip)) if value)
+        command = f'make bench BENCH_ARGS="{extra}"' if extra else "make bench"
         with out.open("a") as f:
             f.write(f"\n## {now:%Y-%m-%d %H:%M} UTC: {_machine()}\n"
                     f"`{command}` ({time.monotonic() - started:.0f} s)\n\n{text}\n")
