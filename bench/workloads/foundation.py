@@ -56,13 +56,33 @@ def _kib(pid: int, field: str) -> float:
     return 0.0
 
 
-def _memory(field: str) -> Callable[[Target], dict[str, float]]:
-    def run(t: Target) -> dict[str, float]:
-        time.sleep(2)  # idle: let start-up garbage settle
-        values = {name: _kib(pid, field) / 1024 for name, pid in t.pids().items()}
-        values["total"] = sum(values.values())
+def _suite_pids(suite: PrivateSuite) -> dict[str, int]:
+    out = {}
+    for line in suite.suite.ctl("status").stdout.splitlines():
+        parts = line.replace(",", " ").split()
+        if "pid" in parts:
+            out[parts[0]] = int(parts[parts.index("pid") + 1])
+    return out
+
+
+def _idle_memory(t: Target) -> dict[str, float]:
+    """RSS and PSS of a freshly started, idle instance (not the one the other workloads
+    have exercised), per process and in total."""
+    def measure(pids: dict[str, int]) -> dict[str, float]:
+        time.sleep(3)  # let start-up settle
+        values: dict[str, float] = {}
+        for field in ("Rss", "Pss"):
+            per = {name: _kib(pid, field) / 1024 for name, pid in pids.items()}
+            values.update({f"{field.lower()} {name}": v for name, v in per.items()})
+            values[f"{field.lower()} total"] = sum(per.values())
         return values
-    return run
+
+    if t.name == "flotilla":
+        with PrivateSuite() as suite:
+            return measure(_suite_pids(suite))
+    with ContainerdPeer() as peer:
+        assert peer.proc is not None
+        return measure({"containerd": peer.proc.pid})
 
 
 def _startup(t: Target) -> float:
@@ -90,7 +110,6 @@ def workloads() -> list[Workload]:
                 namespace_pb2.ListNamespacesRequest(), timeout=10)), repeat=1000),
         Workload("ctr version", _ctr("version"), repeat=20),
         Workload("ctr namespaces ls", _ctr("namespaces", "ls"), repeat=20),
-        Workload("idle RSS", _memory("Rss"), repeat=1, unit="MiB"),
-        Workload("idle PSS", _memory("Pss"), repeat=1, unit="MiB"),
+        Workload("idle memory", _idle_memory, repeat=1, unit="MiB"),
         Workload("start until the socket answers", _startup, repeat=3),
     ]
