@@ -14,6 +14,7 @@ from ..bus import Bus
 from ..errors import DeadlineExceeded, Unavailable
 from ..subjects import local
 from ..wire import from_wire
+from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "runtime"
 
@@ -41,15 +42,6 @@ CREATED, RUNNING, STOPPED, PAUSED, PAUSING, UNKNOWN = "created", "running", "sto
 
 def subject(prefix: str, host: str, method: str) -> str:
     return local(prefix, SERVICE, host, method)
-
-
-@dataclass
-class Mount:
-    """A rootfs mount as containerd's snapshotters return it."""
-    type: str
-    source: str
-    target: str = ""
-    options: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..bus import Bus
 from ..subjects import local
 from ..wire import from_wire
+from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "snapshots"
 
@@ -47,14 +48,6 @@ LABEL_GC_ROOT = "containerd.io/gc.root"
 
 def subject(prefix: str, host: str, method: str) -> str:
     return local(prefix, SERVICE, host, method)
-
-
-@dataclass
-class Mount:
-    type: str
-    source: str
-    target: str = ""
-    options: list[str] = field(default_factory=list)
 
 
 @dataclass

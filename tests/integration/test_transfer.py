@@ -10,7 +10,7 @@ import pytest
 from flotilla.client import Client, Progress, Unauthenticated, Unimplemented
 from flotilla.libs.distribution import BadManifest, Credentials, DigestMismatch, platforms
 from flotilla.testing import ContainerdPeer, PrivateSuite, Registry
-from flotilla.testing.images import busybox_image, multiplatform_image, push
+from flotilla.testing.images import Entry, build_image, busybox_entries, busybox_image, multiplatform_image, push
 from tests.client.conftest import cleanup
 from tests.client.fakeregistry import FakeRegistry
 
@@ -70,7 +70,8 @@ async def test_server_side_pull_auth(client: Client) -> None:
 
 @pytest.mark.parametrize("garbage", ["manifest-json", "digest-mismatch"])
 async def test_server_side_garbage_is_a_clear_error_and_leaves_nothing(client: Client, garbage: str) -> None:
-    img = busybox_image()
+    # a layer no other test stored: one already in the store is (rightly) never fetched again
+    img = build_image([busybox_entries() + [Entry("unique", data=uuid.uuid4().bytes)]])
     layer = img.layers[0]
     with FakeRegistry() as fake:
         fake.add_image("app", "v1", img)
