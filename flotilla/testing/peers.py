@@ -14,10 +14,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from flotilla.deploy import Suite, free_port
 
 CTR = shutil.which("ctr") or "/usr/bin/ctr"
+P = TypeVar("P", bound="Peer")
 
 
 def ctr(address: str, *args: str, namespace: str = "default", timeout: float = 60,
@@ -27,7 +29,41 @@ def ctr(address: str, *args: str, namespace: str = "default", timeout: float = 6
                           capture_output=True, text=True, timeout=timeout, input=input, check=check)
 
 
-class PrivateSuite:
+class Peer:
+    """A process the tests start and must stop: a context manager that also cleans up
+    after a start that failed half-way."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: "P") -> "P":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL when ``proc`` has not exited within ``timeout``."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class PrivateSuite(Peer):
     """A whole Flotilla suite in its own temporary directories, ports and subject prefix."""
 
     def __init__(self, base: Path | None = None, **extra_env: str) -> None:
@@ -54,19 +90,8 @@ class PrivateSuite:
         if not keep:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "PrivateSuite":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()  # a suite that failed to come up leaves nothing behind
-            raise
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class ContainerdPeer:
+class ContainerdPeer(Peer):
     """Debian's containerd with its own root, state and socket, CRI disabled."""
 
     def __init__(self) -> None:
@@ -100,30 +125,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         raise TimeoutError("containerd did not start; see " + str(self.base / "containerd.log"))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         # containerd may leave shims' and snapshotters' mounts under its root
         with open("/proc/mounts") as f:
             mounts = [line.split()[1] for line in f if str(self.base) in line]
         for m in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", m], check=False)
         shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> "ContainerdPeer":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager
@@ -144,11 +152,10 @@ def nats_server() -> Iterator[str]:
                 time.sleep(0.02)
             yield f"nats://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            proc.wait(10)
+            terminate(proc, 10)
 
 
-class Registry:
+class Registry(Peer):
     """Debian's docker-registry on 127.0.0.1 with storage in a temporary directory;
     with ``auth`` it asks for HTTP basic credentials (htpasswd, bcrypt)."""
 
@@ -197,22 +204,5 @@ http:
         raise TimeoutError("docker-registry did not start; see " + str(self.base / "registry.log"))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> "Registry":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

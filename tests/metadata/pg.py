@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from flotilla.deploy import free_port
+from flotilla.testing.peers import Peer
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -21,7 +22,7 @@ def available() -> bool:
     return (BIN / "initdb").exists() and shutil.which("runuser") is not None
 
 
-class PostgresServer:
+class PostgresServer(Peer):
     def __init__(self) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-pg-"))
         self.data = self.base / "data"
@@ -61,14 +62,3 @@ class PostgresServer:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
             self.started = False
         shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> "PostgresServer":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
