@@ -5,7 +5,7 @@ packages=(
   nats-server runc crun containerd
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
   busybox-static docker-registry apache2-utils postgresql criu conmon
-  containernetworking-plugins tmux iproute2 psmisc
+  containernetworking-plugins tmux iproute2 psmisc procps gcc libc6-dev
 )
 missing=()
 for p in "${packages[@]}"; do
