@@ -107,6 +107,13 @@ class SnapshotStore:
     def _row(self, conn: Connection, ns: str, sn: str, key: str) -> Any:
         return conn.execute(_BY_KEY, {"ns": ns, "sn": sn, "key": key}).first()
 
+    def _existing(self, conn: Connection, ns: str, sn: str, key: str) -> Any:
+        """The snapshot's row, or containerd's NotFound."""
+        row = self._row(conn, ns, sn, key)
+        if row is None:
+            raise NotFound(f"snapshot {key} does not exist: not found")
+        return row
+
     def _by_id(self, conn: Connection, sid: int | None) -> Any:
         return None if sid is None else conn.execute(select(T).where(T.c.id == sid)).first()
 
@@ -222,9 +229,7 @@ class SnapshotStore:
     def mounts(self, ns: str, sn: str, key: str) -> list[Mount]:
         check_snapshotter(sn)
         with self.reader.connect() as conn:
-            row = self._row(conn, ns, sn, key)
-            if row is None:
-                raise NotFound(f"snapshot {key} does not exist: not found")
+            row = self._existing(conn, ns, sn, key)
             if row.kind == KIND_COMMITTED:
                 what = "active" if sn == "overlayfs" else "snapshot"
                 raise FailedPrecondition(f"failed to get {what} mount: requested snapshot {_bkey(row)} "
@@ -253,9 +258,7 @@ class SnapshotStore:
     def _check_commit(self, conn: Connection, ns: str, sn: str, name: str, key: str) -> Any:
         if self._row(conn, ns, sn, name) is not None:
             raise AlreadyExists(f'snapshot "{name}": already exists')
-        row = self._row(conn, ns, sn, key)
-        if row is None:
-            raise NotFound(f"snapshot {key} does not exist: not found")
+        row = self._existing(conn, ns, sn, key)
         if row.kind != KIND_ACTIVE:
             raise FailedPrecondition(f'failed to commit snapshot: snapshot "{_bkey(row)}" is not active: '
                                      'failed precondition')
@@ -264,9 +267,7 @@ class SnapshotStore:
     def remove(self, ns: str, sn: str, key: str) -> None:
         check_snapshotter(sn)
         with self.engine.begin() as conn:
-            row = self._row(conn, ns, sn, key)
-            if row is None:
-                raise NotFound(f"snapshot {key} does not exist: not found")
+            row = self._existing(conn, ns, sn, key)
             if conn.execute(select(T.c.id).where(T.c.parent_id == row.id).limit(1)).first() is not None:
                 raise FailedPrecondition("cannot remove snapshot with child: failed precondition")
             conn.execute(delete(T).where(T.c.id == row.id))
@@ -286,9 +287,7 @@ class SnapshotStore:
     def stat(self, ns: str, sn: str, key: str) -> Info:
         check_snapshotter(sn)
         with self.reader.connect() as conn:
-            row = self._row(conn, ns, sn, key)
-            if row is None:
-                raise NotFound(f"snapshot {key} does not exist: not found")
+            row = self._existing(conn, ns, sn, key)
             return self._info(conn, row)
 
     def update(self, ns: str, sn: str, info: Info, paths: Sequence[str] = ()) -> Info:
@@ -296,9 +295,7 @@ class SnapshotStore:
         if not info.name:
             raise InvalidArgument("invalid argument")
         with self.engine.begin() as conn:
-            row = self._row(conn, ns, sn, info.name)
-            if row is None:
-                raise NotFound(f"snapshot {info.name} does not exist: not found")
+            row = self._existing(conn, ns, sn, info.name)
             labels: dict[str, str] = json.loads(row.labels)
             if paths:
                 for path in paths:
@@ -337,9 +334,7 @@ class SnapshotStore:
     def usage(self, ns: str, sn: str, key: str) -> Usage:
         check_snapshotter(sn)
         with self.reader.connect() as conn:
-            row = self._row(conn, ns, sn, key)
-            if row is None:
-                raise NotFound(f"snapshot {key} does not exist: not found")
+            row = self._existing(conn, ns, sn, key)
         if row.kind == KIND_COMMITTED:
             return Usage(size=row.size, inodes=row.inodes)
         return disk_usage(self.snap_dir(sn, row.id) / "fs")
