@@ -12,10 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from flotilla.libs.distribution import (BadManifest, Credentials, Descriptor, Index, Manifest, Platform,
-                                        RegistryClient, diff_ids, media, parse_manifest, parse_reference,
+from flotilla.libs.distribution import (Credentials, Descriptor, Index, Manifest, Platform,
+                                        RegistryClient, diff_ids, parse_manifest, parse_reference,
                                         platforms)
+from flotilla.libs.distribution import plan
 from flotilla.libs.distribution.auth import CredentialsFor
+from flotilla.libs.distribution.plan import ref_key
 from flotilla.libs.distribution.reference import Reference
 from flotilla.libs.errors import AlreadyExists, FlotillaError
 
@@ -50,21 +52,6 @@ class PullOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     progress: Callable[[Progress], None] | None = None
     labels: dict[str, str] = field(default_factory=dict)
-
-
-def ref_key(desc: Descriptor) -> str:
-    """containerd's remotes.MakeRefKey: the ingest ref, stable across attempts (so they resume)."""
-    if media.is_manifest(desc.media_type):
-        kind = "manifest"
-    elif media.is_index(desc.media_type):
-        kind = "index"
-    elif media.is_layer(desc.media_type):
-        kind = "layer"
-    elif desc.media_type in media.CONFIGS:
-        kind = "config"
-    else:
-        kind = "unknown"
-    return f"{kind}-{desc.digest}"
 
 
 class _Puller:
@@ -166,27 +153,18 @@ class _Puller:
                 f.cancel()
             await asyncio.gather(*fetches, return_exceptions=True)
         # the manifest last: its labels reference blobs that are all there now
-        labels = {"containerd.io/gc.ref.content.config": doc.config.digest}
-        labels.update({f"containerd.io/gc.ref.content.l.{i}": l.digest for i, l in enumerate(doc.layers)})
-        await self.put_small(desc, data, labels)
+        await self.put_small(desc, data, plan.manifest_labels(doc))
 
     async def run(self) -> Image:
         top = await self.registry.resolve(self.ref)
         doc, data = await self.manifest(top)
         if isinstance(doc, Index):
-            if self.opts.all_platforms:
-                chosen = [m for m in doc.manifests if media.is_manifest(m.media_type) or not m.media_type]
-            else:
-                chosen = [platforms.select(doc.manifests, self.want)]
+            chosen = plan.chosen_manifests(doc, self.want, self.opts.all_platforms)
             for child in chosen:
                 child_doc, child_data = await self.manifest(child)
-                if not isinstance(child_doc, Manifest):
-                    raise BadManifest(f"{self.ref}: nested index {child.digest} is not supported: invalid argument")
-                unpack = self.opts.unpack and (not self.opts.all_platforms or platforms.matches(self.want, child.platform))
-                await self.pull_manifest(child, child_doc, child_data, unpack)
-            labels = {f"containerd.io/gc.ref.content.m.{i}": m.digest
-                      for i, m in enumerate(doc.manifests) if m in chosen}
-            await self.put_small(top, data, labels)
+                await self.pull_manifest(child, plan.child_manifest(self.ref, child, child_doc), child_data,
+                                         plan.unpacks(child, self.want, self.opts.unpack, self.opts.all_platforms))
+            await self.put_small(top, data, plan.index_labels(doc, chosen))
         else:
             await self.pull_manifest(top, doc, data, self.opts.unpack)
         return await self.client.images.put(Image(self.name, top, dict(self.opts.labels)))

@@ -13,7 +13,9 @@ from flotilla.libs.distribution import (Credentials, Descriptor, Index, Registry
 from flotilla.libs.distribution.auth import CredentialsFor
 from flotilla.libs.errors import NotFound
 
-from .pull import Progress, ref_key
+from flotilla.libs.distribution.plan import ref_key
+
+from .pull import Progress
 
 if TYPE_CHECKING:
     from .client import Client

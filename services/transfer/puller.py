@@ -18,28 +18,15 @@ from flotilla.libs.api.metadata import Image, Lease, MetadataClient
 from flotilla.libs.api.snapshots import Descriptor as SnDescriptor
 from flotilla.libs.api.snapshots import SnapshotsClient
 from flotilla.libs.api.transfer import PullProgress, PullRequest, PullResult
-from flotilla.libs.distribution import (BadManifest, Credentials, Descriptor, Index, Manifest, RegistryClient,
-                                        diff_ids, media, parse_manifest, parse_reference, platforms)
+from flotilla.libs.distribution import (Credentials, Descriptor, Index, Manifest, RegistryClient,
+                                        diff_ids, parse_manifest, parse_reference, platforms)
+from flotilla.libs.distribution import plan
+from flotilla.libs.distribution.plan import ref_key
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, FlotillaError, NotFound, Unavailable
 
 Report = Callable[[PullProgress], None]
 LEASE_EXPIRE = _dt.timedelta(hours=24)
 LOCKED_WAIT = 600.0  # seconds to wait for an ingest another pull holds
-
-
-def ref_key(desc: Descriptor) -> str:
-    """containerd's ingest ref for a descriptor (so a client-side pull resumes ours and back)."""
-    if media.is_manifest(desc.media_type):
-        kind = "manifest"
-    elif media.is_index(desc.media_type):
-        kind = "index"
-    elif media.is_layer(desc.media_type):
-        kind = "layer"
-    elif desc.media_type in media.CONFIGS:
-        kind = "config"
-    else:
-        kind = "unknown"
-    return f"{kind}-{desc.digest}"
 
 
 def chain_ids(ids: list[str]) -> list[str]:
@@ -212,9 +199,7 @@ class Puller:
             for f in fetches:
                 f.cancel()
             await asyncio.gather(*fetches, return_exceptions=True)
-        labels = {"containerd.io/gc.ref.content.config": doc.config.digest}
-        labels.update({f"containerd.io/gc.ref.content.l.{i}": l.digest for i, l in enumerate(doc.layers)})
-        await self.fetch_blob(desc, labels, data)
+        await self.fetch_blob(desc, plan.manifest_labels(doc), data)
 
     async def manifest(self, desc: Descriptor) -> tuple[Manifest | Index, bytes]:
         data = await self.registry.fetch_manifest(self.ref, desc)
@@ -237,19 +222,12 @@ class Puller:
         top = await self.registry.resolve(self.ref)
         doc, data = await self.manifest(top)
         if isinstance(doc, Index):
-            if self.req.all_platforms:
-                chosen = [m for m in doc.manifests if media.is_manifest(m.media_type) or not m.media_type]
-            else:
-                chosen = [platforms.select(doc.manifests, self.want)]
+            chosen = plan.chosen_manifests(doc, self.want, self.req.all_platforms)
             for child in chosen:
                 child_doc, child_data = await self.manifest(child)
-                if not isinstance(child_doc, Manifest):
-                    raise BadManifest(f"{self.ref}: nested index {child.digest} is not supported: invalid argument")
-                unpack = self.req.unpack and (not self.req.all_platforms or platforms.matches(self.want, child.platform))
-                await self.pull_manifest(child, child_doc, child_data, unpack)
-            labels = {f"containerd.io/gc.ref.content.m.{i}": m.digest for i, m in enumerate(doc.manifests)
-                      if m in chosen}
-            await self.fetch_blob(top, labels, data)
+                await self.pull_manifest(child, plan.child_manifest(self.ref, child, child_doc), child_data,
+                                         plan.unpacks(child, self.want, self.req.unpack, self.req.all_platforms))
+            await self.fetch_blob(top, plan.index_labels(doc, chosen), data)
         else:
             await self.pull_manifest(top, doc, data, self.req.unpack)
         name = self.req.ref if self.req.ref == str(self.ref) else str(self.ref)

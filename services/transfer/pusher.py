@@ -13,7 +13,9 @@ from flotilla.libs.distribution import (Credentials, Descriptor, Index, Registry
                                         parse_reference)
 from flotilla.libs.errors import NotFound
 
-from .puller import Report, ref_key
+from flotilla.libs.distribution.plan import ref_key
+
+from .puller import Report
 
 UPLOAD_CHUNK = 8 << 20
 
