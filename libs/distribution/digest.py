@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import re
 
+from ..digests import digest_error
 from .errors import DigestMismatch, InvalidArgument
 
-_ALGOS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_HEX = re.compile(r"^[a-f0-9]+$")
-
-
 def validate(digest: str) -> tuple[str, str]:
-    algo, _, hexpart = digest.partition(":")
-    if algo not in _ALGOS or len(hexpart) != _ALGOS[algo] or not _HEX.match(hexpart):
+    if digest_error(digest):
         raise InvalidArgument(f"invalid digest {digest!r}: invalid argument")
+    algo, _, hexpart = digest.partition(":")
     return algo, hexpart
 
 
