@@ -229,6 +229,8 @@ class Writer:
         self._disk: ThreadPoolExecutor | None = None
         self._writes: list[tuple[asyncio.Future[None], int]] = []
         self._backlog = 0
+        self._changed = False    # bytes written or truncated since ``session`` was current
+        self._committed = False  # the service ended the session at commit
         # the service closes sessions nobody touches (their caller died): say we live
         self._beat = asyncio.ensure_future(self._heartbeat())
 
@@ -248,16 +250,22 @@ class Writer:
                                              timeout=timeout or self.client.timeout)
 
     async def status(self) -> WriterSession:
+        if not self._changed:  # nothing happened since the service last said: no round trip
+            return self.session
         await self.flush()
-        return from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+        self.session = from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+        self._changed = False
+        return self.session
 
     async def truncate(self) -> None:
         await self.flush()
+        self._changed = True
         self.offset = self._synced = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
 
     async def write(self, data: bytes | memoryview) -> int:
         """Append ``data``; returns the offset after it (calls may still be in flight)."""
         view = memoryview(data)
+        self._changed = True
         if self.local:
             if self._fd is None:
                 assert self.session.file is not None
@@ -309,8 +317,13 @@ class Writer:
 
     async def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None) -> Info:
         await self.flush()
-        data = await self._call(W_COMMIT, CommitRequest(self.session.session, size, expected, labels or {}),
-                                timeout=max(self.client.timeout, 600.0))
+        try:
+            data = await self._call(W_COMMIT, CommitRequest(self.session.session, size, expected, labels or {}),
+                                    timeout=max(self.client.timeout, 600.0))
+        except AlreadyExists:
+            self._committed = True  # the service ended the session (and dropped the ingest)
+            raise
+        self._committed = True
         return from_wire(Info, data)
 
     async def close(self) -> None:
@@ -331,6 +344,9 @@ class Writer:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._committed:
+            return
+        self._committed = True  # a second close has nothing to release either
         try:
             await self._call(W_CLOSE, SessionRequest(self.session.session), timeout=5.0)
         except FlotillaError:

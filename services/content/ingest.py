@@ -106,10 +106,12 @@ class Hasher:
 
     def catch_up(self, fd: int, end: int) -> None:
         """Hash the file's bytes from what was hashed up to ``end`` (read from the page cache)."""
-        buf = bytearray(READ_BUFFER)
-        view = memoryview(buf)
+        if self.offset >= end:
+            return
+        # sized to what is left: zeroing a full buffer for a small tail costs more than hashing it
+        view = memoryview(bytearray(min(READ_BUFFER, end - self.offset)))
         while self.offset < end:
-            n = os.preadv(fd, [view[:min(READ_BUFFER, end - self.offset)]], self.offset)
+            n = os.preadv(fd, [view[:min(len(view), end - self.offset)]], self.offset)
             if n <= 0:
                 break
             self.update(view[:n])

@@ -108,6 +108,10 @@ class ContentStore:
         return conn.execute(select(db.owners).where(
             (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).first()
 
+    def _owned(self, namespace: str, digest: str) -> bool:
+        with self.reader.connect() as conn:
+            return self._row(conn, namespace, digest) is not None
+
     def info(self, namespace: str, digest: str) -> Info:
         check_digest(digest)
         with self.reader.connect() as conn:
@@ -400,6 +404,10 @@ class ContentStore:
             labels = {k: v for k, v in labels.items() if v}
             if expected:
                 check_digest(expected)
+                if self._owned(s.namespace, expected):
+                    # containerd's Write: the expected blob is there, so the ingest goes
+                    self._end(s, remove=True)
+                    raise AlreadyExists(f"blob with expected digest {expected} exists")
             if s.shared is not None:
                 if size and size != s.shared.size:
                     raise FailedPrecondition(f'"{s.ref}" failed size validation: {s.shared.size} != {size}: '

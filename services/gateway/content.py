@@ -190,7 +190,9 @@ class ContentServicer(pbc_grpc.ContentServicer):
         try:
             while True:
                 msg = pbc.WriteContentResponse(action=req.action, offset=w.offset)
-                if req.expected:
+                # containerd looks the expected blob up on every message; the writer's open
+                # did for its own expected, and the commit does for the commit's
+                if req.expected and req.expected != expected and req.action != pbc.COMMIT:
                     expected = req.expected
                     if await self._exists(ns, req.expected):
                         await w.close()
@@ -199,6 +201,8 @@ class ContentServicer(pbc_grpc.ContentServicer):
                         except FlotillaError:
                             pass
                         raise AlreadyExists(f"blob with expected digest {req.expected} exists")
+                if req.expected:
+                    expected = req.expected
                 if req.total > 0:
                     total = req.total
                 if req.action == pbc.STAT:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flotilla.libs.api.content import WriterOpen
-from flotilla.libs.errors import FailedPrecondition, NotFound, Unavailable
+from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from flotilla.services.content.store import ContentStore
 
 
@@ -63,6 +63,23 @@ def test_failed_commit_leaves_no_blob_and_keeps_the_ingest(tmp_path: Path) -> No
     store.abort("ns", "r")
     with pytest.raises(NotFound, match="reference r: not found"):
         store.status("ns", "r")
+    store.close()
+
+
+def test_commit_of_an_expected_blob_already_there_drops_the_ingest(tmp_path: Path) -> None:
+    """containerd's Write: a commit naming a blob the namespace has gets AlreadyExists, and
+    the ingest is aborted (the gateway relies on this instead of asking Info first)."""
+    store = ContentStore(tmp_path)
+    slow = store.open_writer(WriterOpen("ns", "slow", local=False))
+    store.w_write(slow.session, 0, b"same")
+    fast = store.open_writer(WriterOpen("ns", "fast", local=False))
+    store.w_write(fast.session, 0, b"same")
+    store.w_commit(fast.session, 4, sha(b"same"), {})
+    with pytest.raises(AlreadyExists, match=f"^blob with expected digest {sha(b'same')} exists$"):
+        store.w_commit(slow.session, 4, sha(b"same"), {})
+    with pytest.raises(NotFound):
+        store.status("ns", "slow")
+    assert store.info("ns", sha(b"same")).size == 4
     store.close()
 
 
