@@ -120,7 +120,7 @@ class Collector:
             self._dirty.clear()  # this collection covers every delete made before it
             self._last_run = started = time.monotonic()
             stats = GCStats()
-            content_up, snaps_up = await self.content_up(), await self.snapshots_up()
+            content_up, snaps_up = await asyncio.gather(self.content_up(), self.snapshots_up())
             if not content_up:
                 stats.skipped.append("content")
             if not snaps_up:
@@ -134,25 +134,34 @@ class Collector:
             return stats
 
     async def _collect_namespace(self, ns: str, content_up: bool, snaps_up: bool, stats: GCStats) -> None:
-        blobs: list[Blob] = []
-        snaps: list[Snap] = []
-        if content_up:
+        # a synchronous delete waits for this: ask the stores and the database at once
+        async def blobs_of() -> list[Blob] | None:
+            if not content_up:
+                return None
             try:
-                blobs = [Blob(i.digest, i.labels, i.leases) for i in await self.content.list(ns)]
+                return [Blob(i.digest, i.labels, i.leases) for i in await self.content.list(ns)]
             except FlotillaError as exc:
                 log.warning("gc: content of %s not listed: %s", ns, exc.message)
-                content_up = False
-        if snaps_up:
-            for sn in SNAPSHOTTERS:
+                return None
+
+        async def snaps_of() -> list[Snap]:
+            async def one(sn: str) -> list[Snap]:
                 try:
-                    snaps += [Snap(sn, i.name, i.parent, i.labels, i.leases)
-                              for i in await self.snapshots.list(ns, sn)]
+                    return [Snap(sn, i.name, i.parent, i.labels, i.leases) for i in await self.snapshots.list(ns, sn)]
                 except FlotillaError as exc:
                     log.warning("gc: %s snapshots of %s not listed: %s", sn, ns, exc.message)
-        records = await asyncio.to_thread(self.store.gc_records, ns)
+                    return []
+            per = await asyncio.gather(*(one(sn) for sn in (SNAPSHOTTERS if snaps_up else ())))
+            return [snap for snaps in per for snap in snaps]
+
+        listed_blobs, snaps, records = await asyncio.gather(
+            blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns))
+        content_up = listed_blobs is not None
+        blobs = listed_blobs or []
         keep_content, keep_snaps = mark(records, blobs, snaps)
         expired = [lease.id for lease in records.leases if lease.expired]
-        await asyncio.to_thread(self.store.remove_leases, ns, expired)
+        if expired:
+            await asyncio.to_thread(self.store.remove_leases, ns, expired)
         stats.leases_expired += len(expired)
         if content_up:
             for blob in blobs:
