@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
+from ..directio import Appender
 from ..bus import MAX_CHUNK, Bus
 from ..errors import AlreadyExists, FlotillaError
 from ..subjects import shared
@@ -222,15 +223,16 @@ class Writer:
         self.client, self.session = client, session
         self.offset = session.offset
         self.local = local and same_file(session.file)
-        self._fd: int | None = None
+        self._file: Appender | None = None  # used on the disk thread only
         self._pending: list[asyncio.Task[Any]] = []
         self._synced = self.offset
-        # local path: pwrites queue on one thread (in order) so write() answers at once
+        # local path: appends queue on one thread (in order) so write() answers at once
         self._disk: ThreadPoolExecutor | None = None
-        self._writes: list[tuple[asyncio.Future[None], int]] = []
+        self._writes: list[tuple[asyncio.Future[int], int]] = []
         self._backlog = 0
         self._changed = False    # bytes written or truncated since ``session`` was current
         self._committed = False  # the service ended the session at commit
+        self._closing: asyncio.Future[None] | None = None
         # the service closes sessions nobody touches (their caller died): say we live
         self._beat = asyncio.ensure_future(self._heartbeat())
 
@@ -259,6 +261,9 @@ class Writer:
 
     async def truncate(self) -> None:
         await self.flush()
+        closed = self._close_file()  # the next write starts a new file from offset 0
+        if closed:
+            await closed
         self._changed = True
         self.offset = self._synced = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
 
@@ -267,22 +272,24 @@ class Writer:
         view = memoryview(data)
         self._changed = True
         if self.local:
-            if self._fd is None:
+            loop = asyncio.get_running_loop()
+            if self._file is None:
                 assert self.session.file is not None
-                self._fd = await asyncio.to_thread(os.open, self.session.file.path, os.O_WRONLY)
-                self._disk = ThreadPoolExecutor(1, thread_name_prefix="content-write")
+                if self._disk is None:
+                    self._disk = ThreadPoolExecutor(1, thread_name_prefix="content-write")
+                self._file = await loop.run_in_executor(self._disk, Appender, self.session.file.path, self.offset)
             if not isinstance(view.obj, bytes):
                 view = memoryview(bytes(view))  # the caller may reuse its buffer
-            fut = asyncio.get_running_loop().run_in_executor(self._disk, _pwrite_all, self._fd, view, self.offset)
+            fut = loop.run_in_executor(self._disk, self._file.append, view)
             self._writes.append((fut, len(view)))
             self._backlog += len(view)
             self.offset += len(view)
             while self._backlog > LOCAL_BACKLOG or (self._writes and self._writes[0][0].done()):
                 await self._drain_one()  # bounded memory; an earlier failure surfaces here
             if self.offset - self._synced >= LOCAL_CHUNK:
-                # the service hashes what was written while we write the next pieces
+                # the service hashes what the file holds while we write the next pieces
                 self._synced = self.offset
-                await self._launch(self._sync_after(fut, self.offset), 2)
+                await self._launch(self._sync_after(fut), 2)
             return self.offset
         for start in range(0, len(view), CHUNK):
             piece = bytes(view[start:start + CHUNK])
@@ -295,9 +302,8 @@ class Writer:
         self._backlog -= n
         await fut
 
-    async def _sync_after(self, written: "asyncio.Future[None]", offset: int) -> Any:
-        await written
-        return await self._call(W_SYNC, SyncRequest(self.session.session, offset))
+    async def _sync_after(self, written: "asyncio.Future[int]") -> Any:
+        return await self._call(W_SYNC, SyncRequest(self.session.session, await written))
 
     async def _launch(self, call: Any, window: int) -> None:
         self._pending.append(asyncio.ensure_future(call))
@@ -308,6 +314,8 @@ class Writer:
         try:
             while self._writes:
                 await self._drain_one()
+            if self._file is not None:  # the staged tail too: the service reads the file next
+                await asyncio.get_running_loop().run_in_executor(self._disk, self._file.flush)
             while self._pending:
                 await self._pending.pop(0)
         finally:
@@ -327,42 +335,49 @@ class Writer:
         return from_wire(Info, data)
 
     async def close(self) -> None:
-        """Release the ref (the ingest stays for a later resume); safe to call twice."""
+        """Release the ref (the ingest stays for a later resume); safe to call twice.
+
+        The release goes on even when the caller is cancelled meanwhile (its client went
+        away mid-stream): otherwise the ref would stay locked until the service's timeout.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._release())
+        await asyncio.shield(self._closing)
+
+    async def _release(self) -> None:
         self._beat.cancel()
         for task in self._pending:
             task.cancel()
         self._pending.clear()
-        for fut, _ in self._writes:  # let queued pwrites end before their fd closes
+        closed = self._close_file()  # queued behind the writes: the staged tail reaches the file
+        if self._disk is not None:
+            self._disk.shutdown(wait=False)  # queued work still runs
+            self._disk = None
+        for fut in [f for f, _ in self._writes] + ([closed] if closed else []):
             try:
                 await fut
-            except Exception:
-                pass
+            except (Exception, asyncio.CancelledError):  # a write cancelled with its caller
+                pass  # the ingest keeps what reached the file; a resume starts there
         self._writes.clear()
-        if self._disk is not None:
-            self._disk.shutdown(wait=False)
-            self._disk = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         if self._committed:
             return
-        self._committed = True  # a second close has nothing to release either
         try:
             await self._call(W_CLOSE, SessionRequest(self.session.session), timeout=5.0)
         except FlotillaError:
             pass  # the session ends on the service's idle timeout anyway
+
+    def _close_file(self) -> "asyncio.Future[None] | None":
+        """Queue the file's close (its staged tail written) on the disk thread."""
+        if self._file is None or self._disk is None:
+            return None
+        file, self._file = self._file, None
+        return asyncio.wrap_future(self._disk.submit(file.close))
 
     async def __aenter__(self) -> "Writer":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 class ContentClient:

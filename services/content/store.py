@@ -325,10 +325,12 @@ class ContentStore:
                 meta.lease = req.lease
                 write_meta(s.path, meta)
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT, 0o644)
+            s.hasher.read_direct(s.path / "data")
             s.hasher.catch_up(s.fd, os.fstat(s.fd).st_size)
             s.offset = s.hasher.offset
         else:
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            s.hasher.read_direct(s.path / "data")
             write_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
 
     def _session_record(self, s: Session, with_file: bool = False) -> WriterSession:
@@ -458,6 +460,7 @@ class ContentStore:
 
     def _end(self, s: Session, remove: bool) -> None:
         self.sessions.pop(s.id, None)
+        s.hasher.close()
         if s.fd >= 0:
             os.close(s.fd)
             s.fd = -1

@@ -1,0 +1,136 @@
+"""Bulk blob bytes past the page cache (``O_DIRECT``), where the filesystem allows it.
+
+Why: on VMs whose free memory the host reclaims, every fresh page-cache page costs a
+fault in the host; writing a 1 GiB ingest through the cache cost ~3 ms of system time
+per MiB here, against ~0.2 ms direct. Ingest data is written once, hashed once and
+then read by an unpack, so caching it buys little.
+
+``O_DIRECT`` wants buffers, offsets and lengths aligned to the block size: aligned
+pieces go direct from an aligned staging buffer, the unaligned tail goes through the
+cache. Filesystems without ``O_DIRECT`` (tmpfs) simply use the cache throughout.
+Objects here are confined to one thread (the caller's disk thread).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+ALIGN = 4096
+_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def open_direct(path: str, flags: int) -> int:
+    """An ``O_DIRECT`` descriptor of ``path``, or -1 where the filesystem refuses it."""
+    if not _DIRECT:
+        return -1
+    try:
+        return os.open(path, flags | _DIRECT)
+    except OSError:
+        return -1
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class Appender:
+    """Appends to a file from ``offset`` on: aligned pieces direct, the tail cached.
+
+    ``append`` returns how far the file holds the bytes (``written``); what is still
+    staged reaches the file at the next aligned piece or at ``flush``.
+    """
+
+    def __init__(self, path: str, offset: int, stage: int = 4 << 20) -> None:
+        self.fd = os.open(path, os.O_WRONLY)
+        self.dfd = open_direct(path, os.O_WRONLY) if offset % ALIGN == 0 else -1
+        self.stage = mmap.mmap(-1, stage) if self.dfd >= 0 else None  # page aligned
+        self.written = offset  # the file holds every byte before this
+        self.fill = 0          # staged bytes, to go at ``written``
+
+    def append(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        if self.stage is None:
+            _pwrite_all(self.fd, view, self.written)
+            self.written += len(view)
+            return self.written
+        size = len(self.stage)
+        while view:
+            n = min(len(view), size - self.fill)
+            self.stage[self.fill:self.fill + n] = view[:n]
+            self.fill += n
+            view = view[n:]
+            if self.fill == size:
+                self._write_direct(size)
+        if self.fill >= ALIGN:
+            self._write_direct(self.fill - self.fill % ALIGN)
+        return self.written
+
+    def _write_direct(self, n: int) -> None:
+        assert self.stage is not None
+        _pwrite_all(self.dfd, memoryview(self.stage)[:n], self.written)
+        self.written += n
+        rest = self.fill - n
+        if rest:
+            self.stage.move(0, n, rest)
+        self.fill = rest
+
+    def flush(self) -> int:
+        """Write what is staged (through the cache: it is not a whole block)."""
+        if self.fill:
+            assert self.stage is not None
+            _pwrite_all(self.fd, memoryview(self.stage)[:self.fill], self.written)
+            self.written += self.fill
+            self.fill = 0
+            # later appends start unaligned: stay with the cache for this writer
+            if self.written % ALIGN:
+                self._stop_direct()
+        return self.written
+
+    def _stop_direct(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+        if self.stage is not None:
+            _unmap(self.stage)
+            self.stage = None
+
+    def close(self) -> None:
+        self.flush()
+        self._stop_direct()
+        os.close(self.fd)
+
+
+class Reader:
+    """Reads a file in big aligned pieces past the cache when it can (hashing an ingest)."""
+
+    def __init__(self, path: str, piece: int) -> None:
+        self.dfd = open_direct(path, os.O_RDONLY)
+        self.buf = mmap.mmap(-1, piece) if self.dfd >= 0 else None
+
+    def read_into(self, fd: int, offset: int, size: int) -> memoryview | None:
+        """Up to ``size`` bytes at ``offset``, direct when ``offset`` is aligned; None when
+        the caller should read through ``fd`` itself."""
+        if self.buf is None or offset % ALIGN:
+            return None
+        want = min(size, len(self.buf))
+        # a direct read must ask for whole blocks; the file's end makes it short
+        n = os.preadv(self.dfd, [memoryview(self.buf)[:-(-want // ALIGN) * ALIGN]], offset)
+        return memoryview(self.buf)[:min(n, want)]
+
+    def close(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+        if self.buf is not None:
+            _unmap(self.buf)
+            self.buf = None
+
+
+def _unmap(buf: mmap.mmap) -> None:
+    try:
+        buf.close()
+    except BufferError:  # a caller still holds a view: the collector unmaps it later
+        pass
