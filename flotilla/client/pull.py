@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flotilla.libs.distribution import (Credentials, Descriptor, Index, Manifest, Platform,
-                                        RegistryClient, diff_ids, parse_manifest, parse_reference,
+                                        diff_ids, parse_manifest, parse_reference,
                                         platforms)
 from flotilla.libs.distribution import plan
 from flotilla.libs.distribution.auth import CredentialsFor
@@ -60,6 +60,8 @@ class _Puller:
         self.name = name
         self.ref = ref
         self.opts = opts
+        from flotilla.libs.distribution.registry import RegistryClient  # loads the HTTP side
+
         self.registry = RegistryClient(opts.credentials, opts.plain_http)
         self.limit = asyncio.Semaphore(max(1, opts.concurrency))
         self.source_label = {f"containerd.io/distribution.source.{ref.host}": ref.repository}

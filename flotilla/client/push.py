@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from flotilla.libs.distribution import (Credentials, Descriptor, Index, RegistryClient, media, parse_manifest,
+from flotilla.libs.distribution import (Credentials, Descriptor, Index, media, parse_manifest,
                                         parse_reference)
 from flotilla.libs.distribution.auth import CredentialsFor
 from flotilla.libs.errors import NotFound
@@ -46,6 +46,8 @@ async def push(client: "Client", local: str, ref: str, opts: PushOptions | None 
     """Push the local image ``local`` as ``ref``; returns the pushed top descriptor."""
     opts = opts or PushOptions()
     reference = parse_reference(ref)
+    from flotilla.libs.distribution.registry import RegistryClient  # loads the HTTP side
+
     registry = RegistryClient(opts.credentials, opts.plain_http)
     image = await client.images.get(local)
     limit = asyncio.Semaphore(max(1, opts.concurrency))

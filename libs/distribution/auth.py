@@ -6,9 +6,6 @@ import base64
 import json
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,6 +87,10 @@ class Authorizer:
             raise AuthFailed(f"{host}: bearer challenge without a realm")
         query = {k: v for k, v in (("service", challenge.params.get("service", "")),
                                    ("scope", scope or challenge.params.get("scope", ""))) if v}
+        import urllib.error
+        import urllib.parse
+        import urllib.request  # only registries with token auth need it (costs ~50 ms to load)
+
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         req = urllib.request.Request(url)
         if creds is not None:
