@@ -29,6 +29,8 @@ log = logging.getLogger("flotilla.metadata.gc")
 _PING_TIMEOUT = 0.5
 DELAY = 0.2          # a burst of deletes is collected once
 PERIOD = 300.0       # and expired leases at least this often
+PAUSE_SHARE = 0.02   # scheduled collections take at most this share of the time (containerd's
+MAX_SPACING = 1.0    # pause_threshold), but follow a delete within this many seconds
 
 
 class WriteGate:
@@ -75,6 +77,8 @@ class Collector:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_run = 0.0
+        self._last_end = 0.0   # when the last collection ended, and how long it took
+        self._last_took = 0.0
 
     async def _up(self, subject: str) -> bool:
         try:
@@ -106,7 +110,8 @@ class Collector:
                 await asyncio.wait_for(self._dirty.wait(), PERIOD)
             except asyncio.TimeoutError:
                 pass
-            await asyncio.sleep(DELAY)
+            spacing = min(MAX_SPACING, self._last_took / PAUSE_SHARE)
+            await asyncio.sleep(max(DELAY, self._last_end + spacing - time.monotonic()))
             if not self._dirty.is_set() and self._last_run > time.monotonic() - PERIOD:
                 continue  # a synchronous collection already covered those deletes
             try:
@@ -128,8 +133,10 @@ class Collector:
             async with self.gate.exclusive():
                 for ns in await asyncio.to_thread(self.store.gc_namespaces):
                     await self._collect_namespace(ns, content_up, snaps_up, stats)
+            self._last_end = time.monotonic()
+            self._last_took = self._last_end - started
             log.info("gc: %d blobs, %d snapshots, %d leases removed in %.3fs%s", stats.content_removed,
-                     stats.snapshots_removed, stats.leases_expired, time.monotonic() - started,
+                     stats.snapshots_removed, stats.leases_expired, self._last_took,
                      f" (skipped {', '.join(stats.skipped)})" if stats.skipped else "")
             return stats
 
