@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from flotilla.libs import filters
@@ -53,6 +53,12 @@ def _validate_labels(labels: dict[str, str]) -> None:
 def _info(row: Row[Any]) -> Info:
     return Info(digest=row.digest, size=row.size, created_at=row.created_at, updated_at=row.updated_at,
                 labels=json.loads(row.labels), leases=json.loads(row.leases))
+
+
+# built once: composing a statement per call costs more than the query (on every Info)
+_OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namespace"))
+                                     & (db.owners.c.digest == bindparam("digest")))
+_ANY_OWNER = select(db.owners).where(db.owners.c.digest == bindparam("digest")).limit(1)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -105,8 +111,7 @@ class ContentStore:
     # -- ownership records -------------------------------------------------------------
 
     def _row(self, conn: Connection, namespace: str, digest: str) -> Row[Any] | None:
-        return conn.execute(select(db.owners).where(
-            (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).first()
+        return conn.execute(_OWNER_ROW, {"namespace": namespace, "digest": digest}).first()
 
     def _owned(self, namespace: str, digest: str) -> bool:
         with self.reader.connect() as conn:
@@ -289,7 +294,7 @@ class ContentStore:
                                       f"from invalid digest: {err}: invalid argument")
             with self.reader.connect() as conn:
                 mine = self._row(conn, req.namespace, req.expected)
-                other = conn.execute(select(db.owners).where(db.owners.c.digest == req.expected).limit(1)).first()
+                other = conn.execute(_ANY_OWNER, {"digest": req.expected}).first()
             if mine is not None:
                 # as containerd: the caller's lease takes the blob before we say it exists
                 if req.lease:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -19,6 +19,8 @@ from .api import AnyValue, Container, Runtime
 from .common import StoreBase, page, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
 
 _T = db.containers
+# built once: composing a statement per call costs more than the lookup
+_GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.id == bindparam("id")))
 # the fields a full replace (no field mask) may change
 _REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
 
@@ -135,7 +137,7 @@ def map_lookup(m: dict[str, str], path: Sequence[str]) -> tuple[str, bool]:
 class ContainersMixin(StoreBase):
     def get_container(self, namespace: str, id: str) -> Container:
         with self._read() as conn:
-            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.id == id))).first()
+            row = conn.execute(_GET, {"namespace": namespace, "id": id}).first()
         if row is None:
             raise NotFound(f'container "{id}" in namespace "{namespace}": not found')
         return _row_to_container(row)

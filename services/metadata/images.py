@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -19,6 +19,8 @@ from .common import StoreBase, page, parse_filters, check_labels, digest_error, 
 from .containers import map_lookup
 
 _T = db.images
+# built once: composing a statement per call costs more than the lookup
+_GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.name == bindparam("name")))
 
 
 def _row_to_image(row: Row[Any]) -> Image:
@@ -103,7 +105,7 @@ def _normalise(i: Image) -> None:
 class ImagesMixin(StoreBase):
     def get_image(self, namespace: str, name: str) -> Image:
         with self._read() as conn:
-            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.name == name))).first()
+            row = conn.execute(_GET, {"namespace": namespace, "name": name}).first()
         if row is None:
             raise NotFound(f'image "{name}": not found')
         return _row_to_image(row)
