@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from flotilla.libs.directio import FileReader
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _CHUNK = 1 << 20
@@ -597,8 +599,8 @@ def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
     """
     if media_type not in MEDIA_TYPES:
         raise LayerError(f"failed to get stream processor for {media_type}: no processor for media-type")
-    with open(blob, "rb") as raw:
-        stream = _Decompressed(raw)
+    with FileReader(blob) as raw:
+        stream = _Decompressed(raw)  # type: ignore[arg-type]
         apply_tar(stream, root_path, overlay, parents)  # type: ignore[arg-type]
         stream.drain()  # the digest covers the tar's trailing blocks too
     digest = "sha256:" + stream.hash.hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.libs.directio import ALIGN, Appender, Reader, open_direct
+from flotilla.libs.directio import ALIGN, Appender, FileReader, Reader, open_direct
 
 SIZES = [1, ALIGN - 1, ALIGN, 3 * ALIGN + 7, 1 << 20, (4 << 20) + 5, 100, 9 << 20, 17]
 
@@ -77,3 +77,18 @@ def test_reader_hashes_like_a_plain_read(roots: list[Path]) -> None:
         reader.close()
         assert h.hexdigest() == hashlib.sha256(data).hexdigest()
         assert reader.read_into(0, 0, 10) is None  # closed: the caller reads itself
+
+
+def test_file_reader_reads_any_piece_sizes(roots: list[Path]) -> None:
+    for root in roots:
+        data = os.urandom((2 << 20) + 999)
+        (root / "blob").write_bytes(data)
+        got = []
+        with FileReader(str(root / "blob"), piece=1 << 20) as r:
+            assert r.read(4) == data[:4]  # a header first, as the decompressor reads it
+            got.append(data[:4])
+            sizes = iter([1, 4095, 1 << 20, 77, 3 << 20])
+            while piece := r.read(next(sizes, 1 << 20)):
+                got.append(piece)
+            assert r.read(10) == b""
+        assert b"".join(got) == data
