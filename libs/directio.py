@@ -2,8 +2,9 @@
 
 Why: on VMs whose free memory the host reclaims, every fresh page-cache page costs a
 fault in the host; writing a 1 GiB ingest through the cache cost ~3 ms of system time
-per MiB here, against ~0.2 ms direct. Ingest data is written once, hashed once and
-then read by an unpack, so caching it buys little.
+per MiB here, against ~0.2 ms direct. Ingest data is written once (``Appender``),
+hashed once (``Reader``) and read once by its unpack (``FileReader``), so caching it
+buys little.
 
 ``O_DIRECT`` wants buffers, offsets and lengths aligned to the block size: aligned
 pieces go direct from an aligned staging buffer, the unaligned tail goes through the
@@ -36,7 +37,24 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-class Appender:
+class _Direct:
+    """A file's ``O_DIRECT`` descriptor and an aligned buffer for it; both absent (-1,
+    None) where the filesystem refuses direct I/O or the caller cannot use it."""
+
+    def __init__(self, path: str, flags: int, size: int, usable: bool = True) -> None:
+        self.dfd = open_direct(path, flags) if usable else -1
+        self.buf = mmap.mmap(-1, size) if self.dfd >= 0 else None  # mmap memory is page aligned
+
+    def _stop_direct(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+        if self.buf is not None:
+            _unmap(self.buf)
+            self.buf = None
+
+
+class Appender(_Direct):
     """Appends to a file from ``offset`` on: aligned pieces direct, the tail cached.
 
     ``append`` returns how far the file holds the bytes (``written``); what is still
@@ -44,22 +62,21 @@ class Appender:
     """
 
     def __init__(self, path: str, offset: int, stage: int = 4 << 20) -> None:
+        super().__init__(path, os.O_WRONLY, stage, usable=offset % ALIGN == 0)
         self.fd = os.open(path, os.O_WRONLY)
-        self.dfd = open_direct(path, os.O_WRONLY) if offset % ALIGN == 0 else -1
-        self.stage = mmap.mmap(-1, stage) if self.dfd >= 0 else None  # page aligned
         self.written = offset  # the file holds every byte before this
         self.fill = 0          # staged bytes, to go at ``written``
 
     def append(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
-        if self.stage is None:
+        if self.buf is None:
             _pwrite_all(self.fd, view, self.written)
             self.written += len(view)
             return self.written
-        size = len(self.stage)
+        size = len(self.buf)
         while view:
             n = min(len(view), size - self.fill)
-            self.stage[self.fill:self.fill + n] = view[:n]
+            self.buf[self.fill:self.fill + n] = view[:n]
             self.fill += n
             view = view[n:]
             if self.fill == size:
@@ -69,19 +86,19 @@ class Appender:
         return self.written
 
     def _write_direct(self, n: int) -> None:
-        assert self.stage is not None
-        _pwrite_all(self.dfd, memoryview(self.stage)[:n], self.written)
+        assert self.buf is not None
+        _pwrite_all(self.dfd, memoryview(self.buf)[:n], self.written)
         self.written += n
         rest = self.fill - n
         if rest:
-            self.stage.move(0, n, rest)
+            self.buf.move(0, n, rest)
         self.fill = rest
 
     def flush(self) -> int:
         """Write what is staged (through the cache: it is not a whole block)."""
         if self.fill:
-            assert self.stage is not None
-            _pwrite_all(self.fd, memoryview(self.stage)[:self.fill], self.written)
+            assert self.buf is not None
+            _pwrite_all(self.fd, memoryview(self.buf)[:self.fill], self.written)
             self.written += self.fill
             self.fill = 0
             # later appends start unaligned: stay with the cache for this writer
@@ -89,26 +106,17 @@ class Appender:
                 self._stop_direct()
         return self.written
 
-    def _stop_direct(self) -> None:
-        if self.dfd >= 0:
-            os.close(self.dfd)
-            self.dfd = -1
-        if self.stage is not None:
-            _unmap(self.stage)
-            self.stage = None
-
     def close(self) -> None:
         self.flush()
         self._stop_direct()
         os.close(self.fd)
 
 
-class Reader:
+class Reader(_Direct):
     """Reads a file in big aligned pieces past the cache when it can (hashing an ingest)."""
 
     def __init__(self, path: str, piece: int) -> None:
-        self.dfd = open_direct(path, os.O_RDONLY)
-        self.buf = mmap.mmap(-1, piece) if self.dfd >= 0 else None
+        super().__init__(path, os.O_RDONLY, piece)
 
     def read_into(self, fd: int, offset: int, size: int) -> memoryview | None:
         """Up to ``size`` bytes at ``offset``, direct when ``offset`` is aligned; None when
@@ -121,23 +129,17 @@ class Reader:
         return memoryview(self.buf)[:min(n, want)]
 
     def close(self) -> None:
-        if self.dfd >= 0:
-            os.close(self.dfd)
-            self.dfd = -1
-        if self.buf is not None:
-            _unmap(self.buf)
-            self.buf = None
+        self._stop_direct()
 
 
-class FileReader:
+class FileReader(_Direct):
     """A whole file read front to back, past the cache where it can be (a layer blob that
     the ingest wrote past the cache, read once by its unpack): ``read`` as a raw file's,
     served from aligned direct reads."""
 
     def __init__(self, path: str, piece: int = 4 << 20) -> None:
+        super().__init__(path, os.O_RDONLY | os.O_CLOEXEC, piece)
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.dfd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.buf = mmap.mmap(-1, piece) if self.dfd >= 0 else None
         self.offset = 0             # the next byte to hand out
         self.start = self.end = 0   # the file range the buffer holds
 
@@ -158,13 +160,10 @@ class FileReader:
         return data
 
     def close(self) -> None:
-        for fd in (self.fd, self.dfd):
-            if fd >= 0:
-                os.close(fd)
-        self.fd = self.dfd = -1
-        if self.buf is not None:
-            _unmap(self.buf)
-            self.buf = None
+        self._stop_direct()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def __enter__(self) -> "FileReader":
         return self

@@ -53,7 +53,7 @@ def test_direct_is_used_where_the_filesystem_has_it(tmp_path: Path) -> None:
         pytest.skip("this filesystem refuses O_DIRECT")
     os.close(fd)
     app = Appender(str(tmp_path / "probe"), 0)
-    assert app.dfd >= 0 and app.stage is not None
+    assert app.dfd >= 0 and app.buf is not None
     assert app.append(b"x" * (ALIGN + 1)) == ALIGN  # the aligned part is on the file already
     assert app.flush() == ALIGN + 1
     app.close()
