@@ -14,6 +14,7 @@ Objects here are confined to one thread (the caller's disk thread).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 
@@ -74,20 +75,35 @@ class Appender(_Direct):
             self.written += len(view)
             return self.written
         size = len(self.buf)
-        while view:
+        while view and self.buf is not None:
             n = min(len(view), size - self.fill)
             self.buf[self.fill:self.fill + n] = view[:n]
             self.fill += n
             view = view[n:]
             if self.fill == size:
                 self._write_direct(size)
-        if self.fill >= ALIGN:
+        if self.buf is None:  # direct I/O refused on the way: the rest through the cache
+            _pwrite_all(self.fd, view, self.written)
+            self.written += len(view)
+        elif self.fill >= ALIGN:
             self._write_direct(self.fill - self.fill % ALIGN)
         return self.written
 
     def _write_direct(self, n: int) -> None:
         assert self.buf is not None
-        _pwrite_all(self.dfd, memoryview(self.buf)[:n], self.written)
+        done = 0
+        try:
+            while done < n:
+                done += os.pwrite(self.dfd, memoryview(self.buf)[done:n], self.written + done)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # the device wants more alignment than a page: the cache from here on
+            _pwrite_all(self.fd, memoryview(self.buf)[done:self.fill], self.written + done)
+            self.written += self.fill
+            self.fill = 0
+            self._stop_direct()
+            return
         self.written += n
         rest = self.fill - n
         if rest:
@@ -124,8 +140,14 @@ class Reader(_Direct):
         if self.buf is None or offset % ALIGN:
             return None
         want = min(size, len(self.buf))
-        # a direct read must ask for whole blocks; the file's end makes it short
-        n = os.preadv(self.dfd, [memoryview(self.buf)[:-(-want // ALIGN) * ALIGN]], offset)
+        try:
+            # a direct read must ask for whole blocks; the file's end makes it short
+            n = os.preadv(self.dfd, [memoryview(self.buf)[:-(-want // ALIGN) * ALIGN]], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._stop_direct()  # more alignment wanted than a page: the caller reads cached
+            return None
         return memoryview(self.buf)[:min(n, want)]
 
     def close(self) -> None:
@@ -146,14 +168,19 @@ class FileReader(_Direct):
     def read(self, n: int = -1) -> bytes:
         if n < 0:
             n = max(0, os.fstat(self.fd).st_size - self.offset)
+        if self.buf is not None and not self.start <= self.offset < self.end:
+            self.start = self.offset - self.offset % ALIGN
+            try:
+                self.end = self.start + os.preadv(self.dfd, [self.buf], self.start)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._stop_direct()  # more alignment wanted than a page: read cached
         if self.buf is None:
             data = os.pread(self.fd, n, self.offset)
+        elif self.offset >= self.end:
+            return b""
         else:
-            if not self.start <= self.offset < self.end:
-                self.start = self.offset - self.offset % ALIGN
-                self.end = self.start + os.preadv(self.dfd, [self.buf], self.start)
-                if self.offset >= self.end:
-                    return b""
             at = self.offset - self.start
             data = self.buf[at:at + min(n, self.end - self.offset)]
         self.offset += len(data)

@@ -3,6 +3,7 @@ for any piece sizes, on a filesystem with O_DIRECT and on one without (tmpfs).""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -92,3 +93,47 @@ def test_file_reader_reads_any_piece_sizes(roots: list[Path]) -> None:
                 got.append(piece)
             assert r.read(10) == b""
         assert b"".join(got) == data
+
+
+def test_a_device_refusing_our_alignment_falls_back_to_the_cache(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some devices want more than page alignment: direct I/O then fails with EINVAL, and
+    every reader and writer goes on through the cache without losing a byte."""
+    fd = open_direct(str(tmp_path / "probe"), os.O_WRONLY | os.O_CREAT)
+    if fd < 0:
+        pytest.skip("this filesystem refuses O_DIRECT")
+    os.close(fd)
+    direct: set[int] = set()
+    real_pwrite, real_preadv = os.pwrite, os.preadv
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        if fd in direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
+
+    def preadv(fd: int, buffers: list[object], offset: int) -> int:
+        if fd in direct:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "preadv", preadv)
+    data = os.urandom((3 << 20) + 77)
+    (tmp_path / "data").touch()  # the service makes an ingest's data file before any write
+    app = Appender(str(tmp_path / "data"), 0, stage=1 << 20)
+    direct.add(app.dfd)
+    for start in range(0, len(data), 700_000):
+        app.append(data[start:start + 700_000])
+    assert app.buf is None  # gave up on direct I/O
+    app.close()
+    assert (tmp_path / "data").read_bytes() == data
+
+    with FileReader(str(tmp_path / "data"), piece=1 << 20) as r:
+        direct.add(r.dfd)
+        got = b"".join(iter(lambda: r.read(1 << 20), b""))
+    assert got == data
+
+    reader = Reader(str(tmp_path / "data"), 1 << 20)
+    direct.add(reader.dfd)
+    assert reader.read_into(0, 0, 100) is None and reader.buf is None
+    reader.close()
