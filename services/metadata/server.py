@@ -9,7 +9,7 @@ from typing import Any
 
 from flotilla.libs import events
 from flotilla.libs.api.content import ContentClient
-from flotilla.libs.api.snapshots import SnapshotsClient
+from flotilla.libs.api.snapshots import SNAPSHOTTERS, SnapshotsClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import FlotillaError
@@ -192,7 +192,28 @@ class MetadataServer:
 
     async def l_resources(self, req: dict[str, Any]) -> Any:
         ref = from_wire(api.LeaseRef, req)
-        return await asyncio.to_thread(self.store.list_lease_resources, ref.namespace, ref.id)
+        added = await asyncio.to_thread(self.store.list_lease_resources, ref.namespace, ref.id)
+        # what was written under the lease is recorded with it by its store (the content
+        # service keeps a blob's leases, the snapshots service a snapshot's), not here
+        known = {(r.type, r.id) for r in added}
+        held = [r for r in await self._held_by_lease(ref.namespace, ref.id) if (r.type, r.id) not in known]
+        # containerd lists content, then ingests, then snapshots by snapshotter
+        order = {"content": 0, "ingests": 1}
+        return sorted(added + held, key=lambda r: (order.get(r.type, 2), r.type, r.id))
+
+    async def _held_by_lease(self, ns: str, lease: str) -> list[api.Resource]:
+        async def blobs() -> list[api.Resource]:
+            if not await self.gc.content_up():
+                return []
+            return [api.Resource(i.digest, "content") for i in await self.gc.content.list(ns) if lease in i.leases]
+
+        async def snapshots(sn: str) -> list[api.Resource]:
+            return [api.Resource(i.name, f"snapshots/{sn}")
+                    for i in await self.gc.snapshots.list(ns, sn) if lease in i.leases]
+
+        snaps_up = await self.gc.snapshots_up()
+        found = await asyncio.gather(blobs(), *(snapshots(sn) for sn in (SNAPSHOTTERS if snaps_up else ())))
+        return [r for per in found for r in per]
 
     async def gc_run(self, _req: Any) -> Any:
         return await self.gc.collect()

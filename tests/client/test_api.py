@@ -89,16 +89,15 @@ async def test_images_containers_and_leases(client: Client) -> None:
     assert lease.id not in [x.id for x in await client.leases.list()]
 
 
-async def test_lease_scope_holds_what_is_written_under_it(client: Client, request: pytest.FixtureRequest) -> None:
-    if "flotilla" in request.node.name:
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "Flotilla keeps a blob written under a lease with the blob (content service) but "
-            "Leases.ListResources (metadata service) does not list it yet")))
+async def test_lease_scope_holds_what_is_written_under_it(client: Client) -> None:
     data = b"leased bytes"
     async with client.leases.scope() as lease:
         await client.content.write_blob("leased", data, digest(data))
+        await client.snapshots.prepare("leased-active")
         resources = await client.leases.resources(lease.id)
         assert any(r.id == digest(data) and r.type == "content" for r in resources)
+        assert any(r.id == "leased-active" and r.type.startswith("snapshots/") for r in resources)
+        await client.snapshots.remove("leased-active")
     assert lease.id not in [x.id for x in await client.leases.list()]
 
 
