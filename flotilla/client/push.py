@@ -4,7 +4,7 @@ then the index or manifest under the tag."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,8 +20,6 @@ from .pull import Progress
 if TYPE_CHECKING:
     from .client import Client
 
-UPLOAD_CHUNK = 8 << 20
-
 
 @dataclass
 class PushOptions:
@@ -29,17 +27,6 @@ class PushOptions:
     plain_http: bool | None = None
     concurrency: int = 3
     progress: Callable[[Progress], None] | None = None
-
-
-async def _chunks(client: "Client", digest: str) -> AsyncIterator[bytes]:
-    buf = bytearray()
-    async for data in client.content.read(digest):
-        buf += data
-        if len(buf) >= UPLOAD_CHUNK:
-            yield bytes(buf)
-            buf.clear()
-    if buf:
-        yield bytes(buf)
 
 
 async def push(client: "Client", local: str, ref: str, opts: PushOptions | None = None) -> Descriptor:
@@ -59,7 +46,7 @@ async def push(client: "Client", local: str, ref: str, opts: PushOptions | None 
     async def blob(desc: Descriptor) -> None:
         async with limit:
             report(desc, 0, "uploading")
-            sent = await registry.push_blob(reference, desc, _chunks(client, desc.digest),
+            sent = await registry.push_blob(reference, desc, client.content.read(desc.digest),
                                             progress=lambda n: report(desc, n, "uploading"))
             report(desc, desc.size, "done" if sent else "exists")
 

@@ -29,7 +29,7 @@ from typing import Any
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
 from ..bus import MAX_CHUNK, Bus
-from ..errors import AlreadyExists, FlotillaError
+from ..errors import AlreadyExists, FlotillaError, NotFound
 from ..subjects import shared
 from ..wire import from_wire
 
@@ -393,6 +393,13 @@ class ContentClient:
 
     async def info(self, namespace: str, digest: str) -> Info:
         return from_wire(Info, await self._call(INFO, DigestRequest(namespace, digest), True))
+
+    async def exists(self, namespace: str, digest: str) -> bool:
+        try:
+            await self.info(namespace, digest)
+            return True
+        except NotFound:
+            return False
 
     async def list(self, namespace: str, filters: list[str] | None = None) -> list[Info]:
         data = await self._call(LIST, ListRequest(namespace, list(filters or [])), True)

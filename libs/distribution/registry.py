@@ -22,6 +22,7 @@ from .transport import Transport
 
 CHUNK = 4 << 20
 MAX_MANIFEST = 8 << 20
+UPLOAD_CHUNK = 8 << 20  # bytes per PATCH of a blob upload
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int], None]
 
@@ -163,7 +164,8 @@ class RegistryClient:
 
     async def push_blob(self, ref: Reference, desc: Descriptor, chunks: AsyncIterator[bytes],
                         progress: Progress | None = None) -> bool:
-        """Upload a blob in chunks (PATCH each, then PUT); False if the registry had it already."""
+        """Upload a blob (a PATCH per ``UPLOAD_CHUNK`` of ``chunks``, then PUT); False if the
+        registry had it already."""
         if await self.blob_exists(ref, desc.digest):
             return False
 
@@ -173,7 +175,7 @@ class RegistryClient:
                 return self._location(ref, resp)
         location = await asyncio.to_thread(start)
         sent = 0
-        async for chunk in chunks:
+        async for chunk in _regroup(chunks, UPLOAD_CHUNK):
             def patch(data: bytes = chunk, first: int = sent, url: str = location) -> str:
                 resp = self.transport.open("PATCH", ref, "", url=url, data=data, push=True, headers={
                     "Content-Type": "application/octet-stream",
@@ -218,3 +220,16 @@ def _doc_media_type(data: bytes) -> str:
     if doc.get("mediaType"):
         return str(doc["mediaType"])
     return media.OCI_INDEX if "manifests" in doc else (media.OCI_MANIFEST if "config" in doc else "")
+
+
+async def _regroup(pieces: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """``pieces`` as chunks of at least ``size`` bytes (the last may be shorter): a request
+    per piece would cost a round trip per 1 MiB that the content store hands out."""
+    buf = bytearray()
+    async for data in pieces:
+        buf += data
+        if len(buf) >= size:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)

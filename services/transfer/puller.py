@@ -55,20 +55,13 @@ class Puller:
     def report(self, desc: Descriptor, offset: int, status: str) -> None:
         self.report_fn(PullProgress(ref_key(desc), desc.digest, desc.media_type, offset, desc.size, status))
 
-    async def _exists(self, digest: str) -> bool:
-        try:
-            await self.content.info(self.ns, digest)
-            return True
-        except NotFound:
-            return False
-
     async def _label(self, digest: str, labels: dict[str, str]) -> None:
         await self.content.update(self.ns, Info(digest, labels=labels), [f"labels.{k}" for k in labels])
 
     async def fetch_blob(self, desc: Descriptor, labels: dict[str, str] | None = None,
                          data: bytes | None = None) -> None:
         labels = {**self.source, **(labels or {})}
-        if await self._exists(desc.digest):
+        if await self.content.exists(self.ns, desc.digest):
             await self._label(desc.digest, labels)
             self.report(desc, desc.size, "exists")
             return

@@ -4,7 +4,6 @@ when the registry has them), then manifests, then the index or manifest under th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.metadata import MetadataClient
@@ -16,8 +15,6 @@ from flotilla.libs.errors import NotFound
 from flotilla.libs.distribution.plan import ref_key
 
 from .puller import Report
-
-UPLOAD_CHUNK = 8 << 20
 
 
 class Pusher:
@@ -33,31 +30,14 @@ class Pusher:
     def report(self, desc: Descriptor, offset: int, status: str) -> None:
         self.report_fn(PullProgress(ref_key(desc), desc.digest, desc.media_type, offset, desc.size, status))
 
-    async def _chunks(self, digest: str) -> AsyncIterator[bytes]:
-        buf = bytearray()
-        async for data in self.content.read(self.ns, digest):
-            buf += data
-            if len(buf) >= UPLOAD_CHUNK:
-                yield bytes(buf)
-                buf.clear()
-        if buf:
-            yield bytes(buf)
-
     async def blob(self, desc: Descriptor) -> None:
         async with self.limit:
             self.report(desc, 0, "uploading")
-            sent = await self.registry.push_blob(self.ref, desc, self._chunks(desc.digest),
+            sent = await self.registry.push_blob(self.ref, desc, self.content.read(self.ns, desc.digest),
                                                  progress=lambda n: self.report(desc, n, "uploading"))
             if sent:
                 self.sent += desc.size
             self.report(desc, desc.size, "done" if sent else "exists")
-
-    async def _exists(self, digest: str) -> bool:
-        try:
-            await self.content.info(self.ns, digest)
-            return True
-        except NotFound:
-            return False
 
     async def run(self) -> PushResult:
         image = await self.metadata.get_image(self.ns, self.req.name)
@@ -67,7 +47,7 @@ class Pusher:
         doc = parse_manifest(top_data, top.media_type)
         manifests: list[tuple[Descriptor, bytes]] = []
         if isinstance(doc, Index):
-            missing = [child for child in doc.manifests if not await self._exists(child.digest)]
+            missing = [child for child in doc.manifests if not await self.content.exists(self.ns, child.digest)]
             if missing:
                 what = ", ".join(str(c.platform) if c.platform else c.digest for c in missing)
                 raise NotFound(f"image {self.req.name!r} is an index whose manifests for {what} are not in the "
