@@ -20,7 +20,6 @@ import concurrent.futures
 import gzip
 import hashlib
 import io
-import os
 import random
 import statistics
 import subprocess
@@ -50,6 +49,13 @@ def _stubs():  # type: ignore[no-untyped-def]
     return grpc, diff_pb2, diff_pb2_grpc, snapshots_pb2, snapshots_pb2_grpc, descriptor_pb2
 
 
+def _write_gzip(raw: io.BytesIO, path: Path) -> tuple[str, int]:
+    """The tar in ``raw`` as a gzip layer at ``path``: its digest and size."""
+    blob = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    path.write_bytes(blob)
+    return "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob)
+
+
 def _make_layer(path: Path, seed: int) -> tuple[str, int]:
     """A gzip layer of LAYER_SIZE bytes of files, half compressible (like binaries)."""
     rnd = random.Random(seed)
@@ -63,9 +69,7 @@ def _make_layer(path: Path, seed: int) -> tuple[str, int]:
             info = tarfile.TarInfo(f"layer{seed}/f{i:05d}")
             info.size, info.mode, info.mtime = len(data), 0o644, 1_600_000_000
             tf.addfile(info, io.BytesIO(data))
-    blob = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
-    path.write_bytes(blob)
-    return "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob)
+    return _write_gzip(raw, path)
 
 
 def setup_layers(t: Target) -> None:
@@ -152,9 +156,7 @@ def _make_small_files(path: Path) -> tuple[str, int]:
                 info = tarfile.TarInfo(f"d{d:03d}/f{f:03d}")
                 info.size, info.mode, info.mtime = len(data), 0o644, 1_600_000_000
                 tf.addfile(info, io.BytesIO(data))
-    blob = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
-    path.write_bytes(blob)
-    return "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob)
+    return _write_gzip(raw, path)
 
 
 def setup_small(t: Target) -> None:
