@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,16 @@ U64 = (1 << 64) - 1
 
 def unified() -> bool:
     return (ROOT / "cgroup.controllers").exists()
+
+
+@functools.cache
+def hybrid_with_v2_controllers() -> bool:
+    """v1 hierarchies plus a cgroup2 mount at ``unified`` that holds a controller (this host
+    binds hugetlb there): crun refuses such a host, runc does not."""
+    try:
+        return not unified() and bool((ROOT / "unified" / "cgroup.controllers").read_text().split())
+    except OSError:
+        return False
 
 
 def _int(path: Path) -> int | None:

@@ -29,7 +29,7 @@ from flotilla.libs.errors import (
 from flotilla.libs.identifiers import validate_identifier
 
 from . import cgroups, mounts, supervisor
-from .oci import OciRuntime, RuntimeFailed, log_error
+from .oci import OciRuntime, RuntimeFailed, log_error, preferred_binary
 from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
 
 log = logging.getLogger("flotilla.runtime")
@@ -39,8 +39,10 @@ RUNC_V2 = "io.containerd.runc.v2"
 
 
 def default_binary() -> str:
-    """The OCI runtime used when the container names none (``FLOTILLA_OCI_RUNTIME``)."""
-    return os.environ.get("FLOTILLA_OCI_RUNTIME", "runc")
+    """The OCI runtime used when the container names none: ``FLOTILLA_OCI_RUNTIME``, where
+    ``auto`` (the default) is crun if it loses nothing against runc on this host, else runc."""
+    name = os.environ.get("FLOTILLA_OCI_RUNTIME", "auto")
+    return preferred_binary() if name == "auto" else name
 
 
 def binary_for(runtime_name: str, binary: str) -> str:
@@ -172,7 +174,7 @@ class Engine:
         self.tasks[(ns, id)] = task  # reserved: a concurrent create of the same id fails
         try:
             async with task.lock:
-                await self._create(task, spec_json, oci)
+                await self._create(task, spec_json, str((spec.get("root") or {}).get("path") or ""), oci)
         except BaseException:
             self.tasks.pop((ns, id), None)
             raise
@@ -181,7 +183,7 @@ class Engine:
                           pid=task.init.rec.pid)
         return task.init.info(id)
 
-    async def _create(self, task: Task, spec_json: bytes, oci: OciRuntime) -> None:
+    async def _create(self, task: Task, spec_json: bytes, root_path: str, oci: OciRuntime) -> None:
         bundle, rec = task.bundle, task.rec
         if await asyncio.to_thread(bundle.exists):  # left by a task whose delete was interrupted
             await mounts.unmount_all(bundle / "rootfs")
@@ -198,6 +200,11 @@ class Engine:
             if rec.rootfs:
                 await mounts.mount_all(rec.rootfs, bundle / "rootfs")
                 await asyncio.to_thread(task.save)
+            root = bundle / root_path  # an absolute path stays itself
+            if not await asyncio.to_thread(root.exists):
+                # runc's check, done here for every runtime: crun fails later, on a confusing cgroup error
+                raise _unknown(f"failed to create shim task: OCI runtime create failed: {oci.name} create failed: "
+                               f"invalid rootfs: stat {root}: no such file or directory")
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
@@ -208,7 +215,7 @@ class Engine:
                 cmd += ["--console-socket", "@CONSOLE@"]
             argv = oci.argv("--log", str(logf), "--log-format", "json", *cmd, rec.id)
             try:
-                started = await supervisor.spawn(self.shim, bundle, rec.init.stdio, argv)
+                started = await supervisor.spawn(self.shim, bundle, rec.init.stdio, argv, oci.hides_cgroup2)
             except supervisor.SupervisorFailed as exc:
                 text = await asyncio.to_thread(log_error, logf) or str(exc)
                 verb = "restore" if rec.checkpoint else "create"
@@ -471,6 +478,9 @@ class Engine:
         try:
             await task.oci.checkpoint(id, image, work, leave_running=not exit)
         except RuntimeFailed as exc:
+            if "unknown command" in exc.text:  # Debian's crun is built without CRIU
+                raise _unknown(f"{task.oci.name} cannot checkpoint (built without CRIU): create the task with "
+                               "runc to checkpoint it (ctr run --runc-binary runc)") from None
             # CRIU's own reason is in its dump log; containerd names that log too
             text = exc.text if "dump.log" in exc.text else f"{exc.text}; log file: {work / 'dump.log'}"
             raise _unknown(text) from None
@@ -491,6 +501,7 @@ class Engine:
 
     async def recover(self) -> int:
         """Re-adopt every task under the state dir; report exits missed while we were down."""
+        await asyncio.to_thread(default_binary)  # its one probe runs here, not on a create
         root = self.base / "tasks"
         found = await asyncio.to_thread(lambda: sorted(root.glob("*/*/task.json")) if root.exists() else [])
         for path in found:

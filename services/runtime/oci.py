@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flotilla.libs.errors import FailedPrecondition, NotFound, Unknown
 
-from . import proc
+from . import cgroups, proc
 
 _MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+@functools.cache
+def preferred_binary() -> str:
+    """crun starts containers about twice as fast as runc here, so it is the default wherever
+    it is installed and can checkpoint, or where CRIU cannot work anyway (``criu check`` fails,
+    as on this kernel); otherwise runc, containerd's default. Probed once (about 30 ms)."""
+    if not shutil.which("crun") or not shutil.which("runc"):
+        return "crun" if shutil.which("crun") else "runc"
+    try:
+        features = subprocess.run(["crun", "--version"], capture_output=True, text=True, timeout=10).stdout
+        if "+CRIU" in features:
+            return "crun"
+        criu = subprocess.run(["criu", "check"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "runc"
+    return "runc" if criu.returncode == 0 else "crun"
 
 
 def error_text(stderr: str) -> str:
@@ -65,6 +84,16 @@ class OciRuntime:
     @property
     def path(self) -> str:
         return shutil.which(self.binary) or self.binary
+
+    @property
+    def name(self) -> str:
+        return Path(self.binary).name
+
+    @property
+    def hides_cgroup2(self) -> bool:
+        """crun creates (and restores) containers only where it does not see the hybrid host's
+        cgroup2 mount; the supervisor then runs it in a mount namespace without that mount."""
+        return self.name == "crun" and cgroups.hybrid_with_v2_controllers()
 
     def argv(self, *args: str) -> list[str]:
         return [self.path, "--root", str(self.root), *args]

@@ -55,9 +55,11 @@ class SupervisorFailed(Exception):
     pass
 
 
-async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str]) -> Started:
+async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str],
+                hide_cgroup2: bool = False) -> Started:
     """Start a supervisor running ``runtime_argv`` (its create or exec command); returns once
-    that command finished and the process runs under the supervisor."""
+    that command finished and the process runs under the supervisor. ``hide_cgroup2`` runs
+    the command where /sys/fs/cgroup/unified is not mounted (see ``OciRuntime.hides_cgroup2``)."""
     args = [str(binary), "-s", str(state)]
     if stdio.stdin:
         args += ["-i", stdio.stdin]
@@ -67,6 +69,8 @@ async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str]
         args += ["-e", stdio.stderr]
     if stdio.terminal:
         args.append("-t")
+    if hide_cgroup2:
+        args.append("-u")
     res = await proc.run([*args, "--", *runtime_argv])
     if res.returncode != 0:
         raise SupervisorFailed(res.stderr.decode(errors="replace").strip())

@@ -80,8 +80,16 @@ def fifo_paths(base: Path) -> tuple[str, str, str]:
     return paths  # type: ignore[return-value]
 
 
+@pytest.fixture(params=["runc", "crun"])
+def oci_runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every engine test runs on both OCI runtimes (the default one, as a container naming none
+    gets it)."""
+    monkeypatch.setenv("FLOTILLA_OCI_RUNTIME", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
-async def engine(shim_binary: Path) -> AsyncIterator[tuple[Engine, Recorder]]:
+async def engine(shim_binary: Path, oci_runtime: str) -> AsyncIterator[tuple[Engine, Recorder]]:
     tmp = Path(tempfile.mkdtemp(prefix="flotilla-rt-"))
     rec = Recorder()
     eng = Engine(tmp / "state", rec, shim_binary)

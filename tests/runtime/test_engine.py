@@ -32,9 +32,7 @@ def _id() -> str:
     return "t-" + uuid.uuid4().hex[:10]
 
 
-@pytest.mark.parametrize("binary", ["runc"])
-async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder], rootfs: Path, tmp_path: Path,
-                                                binary: str) -> None:
+async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder], rootfs: Path, tmp_path: Path) -> None:
     eng, rec = engine
     id = _id()
     stdin, stdout, stderr = fifo_paths(tmp_path)
@@ -42,7 +40,7 @@ async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder],
     err: list[bytes] = []
     threads = [_reader(stdout, out), _reader(stderr, err)]
     spec = make_spec(str(rootfs), ["sh", "-c", "echo hi; echo oops >&2; exit 3"])
-    info = await eng.create(NS, id, spec, binary=binary, stdio=Stdio(stdin, stdout, stderr))
+    info = await eng.create(NS, id, spec, stdio=Stdio(stdin, stdout, stderr))
     assert info.status == CREATED and info.pid > 0
     assert (await eng.start(NS, id)).status == RUNNING
     exit_ = await eng.wait(NS, id)
@@ -135,7 +133,8 @@ async def test_bad_spec_and_missing_rootfs_leave_nothing(engine: tuple[Engine, R
     assert not (eng.base / "tasks" / NS / id).exists()
 
 
-async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, rootfs: Path, tmp_path: Path) -> None:
+async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, oci_runtime: str, rootfs: Path,
+                                                        tmp_path: Path) -> None:
     rec = Recorder()
     state = tmp_path / "state"
     first = Engine(state, rec, shim_binary)

@@ -1,7 +1,7 @@
 /*
  * flotilla-shim: the per-process supervisor of the Flotilla runtime service.
  *
- *   flotilla-shim -s STATEDIR [-i STDIN] [-o STDOUT] [-e STDERR] [-t] -- RUNTIME ARGS...
+ *   flotilla-shim -s STATEDIR [-i STDIN] [-o STDOUT] [-e STDERR] [-t] [-u] -- RUNTIME ARGS...
  *
  * Runs the OCI runtime's "create" (or "exec --detach") command given after "--", becomes the
  * child subreaper so the container's process is reparented to it, holds that process' stdio
@@ -17,17 +17,24 @@
  * The runtime's pid file must be STATEDIR/pid. The first process prints "<pid> <shim pid>\n"
  * once the runtime command succeeded, or exits 1 with the runtime's status on stderr.
  *
+ * -u runs the runtime command in a mount namespace of its own where /sys/fs/cgroup/unified is
+ * unmounted: crun refuses a hybrid cgroup host whose cgroup2 mount has a controller, and sees
+ * plain cgroup v1 without it (only its create and restore look; the container's cgroups are
+ * the same v1 ones runc uses).
+ *
  * Why C: a Python supervisor costs ~10 MiB RSS per container; this one costs a few hundred KiB.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -143,19 +150,20 @@ static void cleanup_console(void) {
 
 int main(int argc, char **argv) {
     const char *in_path = NULL, *out_path = NULL, *err_path = NULL;
-    int terminal = 0, opt;
-    while ((opt = getopt(argc, argv, "+s:i:o:e:t")) != -1) {
+    int terminal = 0, hide_unified = 0, opt;
+    while ((opt = getopt(argc, argv, "+s:i:o:e:tu")) != -1) {
         switch (opt) {
         case 's': state_dir = optarg; break;
         case 'i': in_path = optarg; break;
         case 'o': out_path = optarg; break;
         case 'e': err_path = optarg; break;
         case 't': terminal = 1; break;
+        case 'u': hide_unified = 1; break;
         default: return 2;
         }
     }
     if (!state_dir || optind >= argc) {
-        fprintf(stderr, "usage: flotilla-shim -s STATEDIR [-i IN] [-o OUT] [-e ERR] [-t] -- RUNTIME ARGS...\n");
+        fprintf(stderr, "usage: flotilla-shim -s STATEDIR [-i IN] [-o OUT] [-e ERR] [-t] [-u] -- RUNTIME ARGS...\n");
         return 2;
     }
     char **rt_argv = argv + optind;
@@ -239,6 +247,12 @@ int main(int argc, char **argv) {
         dup2(p_in[0] >= 0 ? p_in[0] : nul, 0);
         dup2(p_out[1] >= 0 ? p_out[1] : nul, 1);
         dup2(p_err[1] >= 0 ? p_err[1] : nul, 2);
+        /* slave first, so the unmount never propagates back to the host's mounts */
+        if (hide_unified && (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0 ||
+                             umount2("/sys/fs/cgroup/unified", MNT_DETACH) < 0)) {
+            perror("flotilla-shim: hiding /sys/fs/cgroup/unified");
+            _exit(126);
+        }
         execvp(rt_argv[0], rt_argv);
         _exit(127);
     }
