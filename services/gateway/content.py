@@ -21,9 +21,9 @@ from flotilla.libs.api.content import ContentClient, Info, LocalFile, Status, Wr
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
-from flotilla.libs.subjects import events as events_subject
 
 from .blobfiles import BlobFiles
+from .events import EventHub
 from .protomsg import set_timestamp
 from .rpc import namespace, streaming, unary
 
@@ -69,16 +69,15 @@ class ContentServicer(pbc_grpc.ContentServicer):
         self._files = BlobFiles(self._resolve)
 
     @classmethod
-    async def register(cls, server: aio.Server, bus: Bus, cfg: Config) -> "ContentServicer":
+    def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
         servicer = cls(bus, cfg)
         # a delete anywhere drops our cached file of that blob at once
-        await bus.subscribe(events_subject(cfg.prefix), servicer._on_event)
+        hub.watch("/content/delete", servicer._on_delete)
         pbc_grpc.add_ContentServicer_to_server(servicer, server)
         return servicer
 
-    async def _on_event(self, data: Any) -> None:
-        if isinstance(data, dict) and data.get("topic") == "/content/delete":
-            self._files.drop(data.get("namespace", ""), (data.get("fields") or {}).get("digest", ""))
+    def _on_delete(self, event: dict[str, Any]) -> None:
+        self._files.drop(event.get("namespace", ""), (event.get("fields") or {}).get("digest", ""))
 
     async def _resolve(self, ns: str, digest: str) -> LocalFile | None:
         return await self.content.local_file(ns, digest) if self.content.local else None

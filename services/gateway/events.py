@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from google.protobuf import descriptor_pool, empty_pb2, message_factory
@@ -112,11 +112,19 @@ class EventHub:
     def __init__(self, bus: Bus, prefix: str) -> None:
         self.bus, self.prefix = bus, prefix
         self.queues: set[asyncio.Queue[pb.events.Envelope]] = set()
+        self.watchers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
 
     async def start(self) -> None:
         await self.bus.subscribe(events_subject(self.prefix), self._on_event)
 
+    def watch(self, topic: str, callback: Callable[[dict[str, Any]], None]) -> None:
+        """``callback(event)`` for every event of ``topic``, from this one subscription (every
+        event reaches every gateway: a second subscription would decode each twice)."""
+        self.watchers.setdefault(topic, []).append(callback)
+
     async def _on_event(self, data: dict[str, Any]) -> None:
+        for callback in self.watchers.get(data.get("topic", ""), ()) if isinstance(data, dict) else ():
+            callback(data)
         if not self.queues:
             return
         env = to_envelope(from_wire(Event, data))

@@ -189,22 +189,23 @@ class Engine:
             await mounts.unmount_all(bundle / "rootfs")
             await asyncio.to_thread(shutil.rmtree, bundle, True)
 
-        def prepare() -> None:  # one trip to a thread: this is on every container's start path
+        root = bundle / root_path  # an absolute path stays itself
+
+        def prepare() -> bool:  # one trip to a thread: this is on every container's start path
             (bundle / "rootfs").mkdir(parents=True)
             oci.root.mkdir(parents=True, exist_ok=True)
             (bundle / "config.json").write_bytes(spec_json)
             if not rec.rootfs:
                 task.save()
+            return bool(rec.rootfs) or root.exists()  # mounts land in bundle/rootfs, made above
         try:
-            await asyncio.to_thread(prepare)
-            if rec.rootfs:
-                await mounts.mount_all(rec.rootfs, bundle / "rootfs")
-                await asyncio.to_thread(task.save)
-            root = bundle / root_path  # an absolute path stays itself
-            if not await asyncio.to_thread(root.exists):
+            if not await asyncio.to_thread(prepare):
                 # runc's check, done here for every runtime: crun fails later, on a confusing cgroup error
                 raise _unknown(f"failed to create shim task: OCI runtime create failed: {oci.name} create failed: "
                                f"invalid rootfs: stat {root}: no such file or directory")
+            if rec.rootfs:
+                await mounts.mount_all(rec.rootfs, bundle / "rootfs")
+                await asyncio.to_thread(task.save)
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
