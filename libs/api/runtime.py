@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..bus import Bus
-from ..errors import DeadlineExceeded, Unavailable
+from ..errors import DeadlineExceeded, NotFound, Unavailable
 from ..subjects import local
 from ..wire import from_wire
 from .types import Mount  # noqa: F401  (part of this contract)
@@ -38,6 +38,16 @@ WAIT = "tasks.wait"              # WaitFor -> Exit (exited False while still run
 
 # task and process states, as containerd names them
 CREATED, RUNNING, STOPPED, PAUSED, PAUSING, UNKNOWN = "created", "running", "stopped", "paused", "pausing", "unknown"
+
+
+def task_not_found(id: str) -> NotFound:
+    """The runtime has no task ``id``. Its other NotFound answers (a finished process, an
+    unknown exec id) mean the task, and so its container, exists."""
+    return NotFound(f"task {id} not found")
+
+
+def is_task_not_found(exc: NotFound, id: str) -> bool:
+    return exc.message == task_not_found(id).message
 
 
 def subject(prefix: str, host: str, method: str) -> str:

@@ -20,7 +20,7 @@ from flotilla.libs import filters
 from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.api.runtime import (
     Checkpoint, CloseIO, CreateTask, Exec, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
-    RuntimeClient, Stdio, Update,
+    RuntimeClient, Stdio, Update, is_task_not_found,
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
@@ -111,16 +111,18 @@ def _runc_binary(any_msg: Any) -> str:
 
 def _with_container_check(fn):  # type: ignore[no-untyped-def]
     """containerd looks the container up before the task: when the runtime has no such task and
-    no such container exists either, answer with the container's NotFound as containerd does."""
+    no such container exists either, answer with the container's NotFound as containerd does.
+    Any other NotFound (a finished process) means the task, so its container, exists."""
     import functools
 
     @functools.wraps(fn)
     async def call(self: "TasksServicer", request: Any, context: aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
-        except NotFound:
-            await self.metadata.get_container(namespace(context), request.container_id,
-                                              timeout(context, self.default_timeout))
+        except NotFound as exc:
+            if is_task_not_found(exc, request.container_id):
+                await self.metadata.get_container(namespace(context), request.container_id,
+                                                  timeout(context, self.default_timeout))
             raise
     return call
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from flotilla.libs.api.runtime import (
     CREATED, PAUSED, RUNNING, STOPPED, CheckpointResult, Exit, Mount, PidInfo, ProcessInfo, Stdio,
-    TaskMetrics,
+    TaskMetrics, task_not_found,
 )
 from flotilla.libs.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown,
@@ -56,10 +56,6 @@ def binary_for(runtime_name: str, binary: str) -> str:
     return default_binary()
 
 
-def _not_found(id: str) -> NotFound:
-    return NotFound(f"task {id} not found")
-
-
 def _unknown(text: str) -> Unknown:
     return Unknown(text if text.endswith(": unknown") else f"{text}: unknown")
 
@@ -80,7 +76,7 @@ class Engine:
     def _task(self, ns: str, id: str) -> Task:
         task = self.tasks.get((ns, id))
         if task is None or task.deleted:
-            raise _not_found(id)
+            raise task_not_found(id)
         return task
 
     def _proc(self, task: Task, exec_id: str) -> Proc:
