@@ -317,6 +317,10 @@ int main(int argc, char **argv) {
         if (streams[k]->src >= 0) fcntl(streams[k]->src, F_SETFL, fcntl(streams[k]->src, F_GETFL) | O_NONBLOCK);
         if (streams[k]->dst >= 0) fcntl(streams[k]->dst, F_SETFL, fcntl(streams[k]->dst, F_GETFL) | O_NONBLOCK);
     }
+    /* the last size asked for: crun may still be setting the new pty up (to 0x0) when our
+     * first resize lands, so the size is checked again once the process has written */
+    struct winsize want = {0};
+    int recheck_size = 0;
     int exited = 0;
     for (;;) {
         struct pollfd fds[8];
@@ -362,8 +366,9 @@ int main(int argc, char **argv) {
                 for (char *line = strtok(cmd, "\n"); line; line = strtok(NULL, "\n")) {
                     unsigned cols, rows;
                     if (sscanf(line, "resize %u %u", &cols, &rows) == 2 && master >= 0) {
-                        struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
-                        ioctl(master, TIOCSWINSZ, &ws);
+                        want = (struct winsize){.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+                        ioctl(master, TIOCSWINSZ, &want);
+                        recheck_size = 1;
                     } else if (strcmp(line, "closestdin") == 0) {
                         close_stdin(&st_in, terminal);
                     }
@@ -382,6 +387,13 @@ int main(int argc, char **argv) {
             }
             ssize_t n = read(x->src, x->buf, sizeof x->buf);
             if (n > 0) {
+                if (recheck_size && x->src == master) {  /* past its exec: no one resets it now */
+                    struct winsize now;
+                    if (ioctl(master, TIOCGWINSZ, &now) == 0 &&
+                        (now.ws_row != want.ws_row || now.ws_col != want.ws_col))
+                        ioctl(master, TIOCSWINSZ, &want);
+                    recheck_size = 0;
+                }
                 if (x->dst < 0) continue;  /* nowhere to go */
                 x->len = (size_t)n;
                 x->off = 0;
