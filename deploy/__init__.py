@@ -171,17 +171,19 @@ stdout_logfile_backups=2
         raise TimeoutError(f"{self.socket} did not answer within {timeout:.0f}s; see {self.logs}")
 
     def answers(self) -> bool:
-        """True when the gateway serves and the metadata service answers through it."""
+        """True when the gateway serves and every service answers its ping through it (a
+        service answers its ping only once all its subjects are served)."""
         if not self.socket.exists():
             return False
         import grpc  # only here: the suite's control path needs no grpc otherwise
-        from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
+        from flotilla._api.containerd.api.services.introspection.v1 import introspection_pb2, introspection_pb2_grpc
         try:
             with grpc.insecure_channel(f"unix://{self.socket}") as channel:
-                namespace_pb2_grpc.NamespacesStub(channel).List(namespace_pb2.ListNamespacesRequest(), timeout=1)
-            return True
+                plugins = introspection_pb2_grpc.IntrospectionStub(channel).Plugins(
+                    introspection_pb2.PluginsRequest(), timeout=2).plugins
         except grpc.RpcError:
             return False
+        return not any(p.init_err.code == grpc.StatusCode.UNAVAILABLE.value[0] for p in plugins)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],

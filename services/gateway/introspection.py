@@ -93,7 +93,8 @@ class IntrospectionServicer(pb.introspection_grpc.IntrospectionServicer):
             return f"{backend} service is not running: {exc.message}"
 
     async def _backends(self) -> dict[str, str]:
-        if time.monotonic() - self._checked > _PING_CACHE:
+        # a backend found down is asked again at once: a starting suite comes up in a moment
+        if time.monotonic() - self._checked > _PING_CACHE or any(self._up.values()):
             wanted = {(p.backend, p.host_local) for p in PLUGINS if p.backend}
             results = await asyncio.gather(*(self._ping(b, h) for b, h in wanted))
             self._up = {b: r for (b, _), r in zip(wanted, results)}

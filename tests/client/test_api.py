@@ -102,18 +102,20 @@ async def test_lease_scope_holds_what_is_written_under_it(client: Client) -> Non
 
 
 async def test_snapshots_prepare_commit_view(client: Client) -> None:
-    mounts = await client.snapshots.prepare("active-1", labels={"a": "b"})
-    assert mounts and mounts[0].type in ("bind", "overlay")
-    await client.snapshots.commit("base", "active-1")
-    info = await client.snapshots.stat("base")
-    assert info.kind == "committed"
-    await client.snapshots.view("view-1", "base")
-    assert (await client.snapshots.stat("view-1")).parent == "base"
-    with pytest.raises(FailedPrecondition):
-        await client.snapshots.remove("base")  # has a child
-    await client.snapshots.remove("view-1")
-    await client.snapshots.remove("base")
-    assert await client.snapshots.list() == []
+    # under a lease: once view-1 is gone, nothing else keeps "base" from containerd's collector
+    async with client.leases.scope():
+        mounts = await client.snapshots.prepare("active-1", labels={"a": "b"})
+        assert mounts and mounts[0].type in ("bind", "overlay")
+        await client.snapshots.commit("base", "active-1")
+        info = await client.snapshots.stat("base")
+        assert info.kind == "committed"
+        await client.snapshots.view("view-1", "base")
+        assert (await client.snapshots.stat("view-1")).parent == "base"
+        with pytest.raises(FailedPrecondition):
+            await client.snapshots.remove("base")  # has a child
+        await client.snapshots.remove("view-1")
+        await client.snapshots.remove("base")
+        assert await client.snapshots.list() == []
 
 
 async def test_events_see_an_image_create(client: Client) -> None:

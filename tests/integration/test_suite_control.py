@@ -55,6 +55,10 @@ def test_up_down_keeps_data_and_serves_metrics() -> None:
         up = subprocess.run([FLOTILLA, "up"], env=env, capture_output=True, text=True, timeout=120)
         assert up.returncode == 0, up.stderr
         assert "flotilla is up" in up.stdout
+        # "up" returns once every service answers its ping, so each is usable at once
+        for args in (("snapshots", "ls"), ("content", "ls"), ("leases", "ls"), ("tasks", "ls"), ("images", "ls")):
+            res = ctr(sock, *args)
+            assert res.returncode == 0, (args, res.stderr)
         status = subprocess.run([FLOTILLA, "status"], env=env, capture_output=True, text=True, timeout=30)
         assert all(f"{p} " in status.stdout for p in ("nats", "metadata", "gateway")), status.stdout
         assert status.stdout.count("RUNNING") == len(status.stdout.strip().splitlines())
