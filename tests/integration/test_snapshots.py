@@ -61,15 +61,22 @@ def _same(suite: PrivateSuite, peer: ContainerdPeer, ns: str, steps: list[list[s
 def test_ctr_snapshot_commands_match_containerd(suite: PrivateSuite, containerd: ContainerdPeer, sn: str) -> None:
     ns = "snap-" + uuid.uuid4().hex[:8]
     s = ["snapshots", "--snapshotter", sn]
+    # ctr's lease ends with each command: a gc.root label keeps either daemon's collector, which
+    # runs at its own moments, from taking a snapshot between two steps
+    root = ["containerd.io/gc.root=test"]
     steps = [
         s + ["prepare", "base", ""],
+        s + ["label", "base", *root],
         s + ["prepare", "base"],                       # AlreadyExists
         s + ["ls"],
         s + ["commit", "c-base", "base"],
+        s + ["label", "c-base", *root],
         s + ["commit", "c-base", "base"],              # NotFound now
         s + ["prepare", "work", "c-base"],
+        s + ["label", "work", *root],
         s + ["prepare", "orphan", "nope"],             # parent NotFound
         s + ["view", "look", "c-base"],
+        s + ["label", "look", *root],
         s + ["ls"],
         s + ["tree"],
         s + ["info", "work"],
