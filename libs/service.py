@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -45,7 +47,27 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     await bus.close()
 
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED = 256 << 20     # bytes of freed heap kept for reuse rather than given back
+MMAP_ABOVE = 32 << 20      # allocations this big or bigger still get their own mapping
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed heap memory for reuse. By default glibc gives a freed 1 MiB message buffer
+    back to the kernel and the next one comes back as fresh pages, each faulted in and zeroed:
+    that cost the gateway about a third of its CPU on ``ctr content ingest`` (measured here).
+    False (and nothing changed) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE))
+
+
 def run(name: str, setup: Setup, *, host_local: bool = False) -> None:
+    keep_freed_memory()
     cfg = config_mod.load()
     log_mod.setup(name, cfg.log_level)
     metrics.serve(cfg.metrics_port)
