@@ -76,6 +76,17 @@ def get(t: Target) -> float:
     return _mbs(SIZE, time.perf_counter() - started)
 
 
+def get_floor(t: Target) -> float:
+    """The same `ctr content get` against a gRPC server that only reads the file
+    (bench/nullgrpc.py): what Python's gRPC alone costs for ctr's one call per 32 KiB."""
+    from ..nullgrpc import running
+    path, digest = _source(t)
+    with running(t.base, path) as address, open(os.devnull, "wb") as out:
+        started = time.perf_counter()
+        subprocess.run([CTR, "--address", address, "-n", NS, "content", "get", digest], stdout=out, check=True)
+        return _mbs(SIZE, time.perf_counter() - started)
+
+
 def grpc_read(t: Target) -> float:
     """One Read call over the whole blob (a client reading big ranges, as a puller or
     differ does); `ctr content get` instead asks one Read call per 32 KiB (Go's
@@ -190,6 +201,8 @@ def workloads() -> list[Workload]:
         Workload("content-ctr-ingest-1GiB", ingest, repeat=3, unit="MB/s", higher_is_better=True),
         Workload("content-ctr-get-1GiB", get, repeat=3, unit="MB/s", higher_is_better=True,
                  setup=get_setup, teardown=get_teardown),
+        Workload("content-ctr-get-1GiB python-grpc floor", get_floor, repeat=3, unit="MB/s",
+                 targets=("flotilla",), higher_is_better=True),
         Workload("content-grpc-read-1GiB", grpc_read, repeat=3, unit="MB/s", higher_is_better=True,
                  setup=get_setup, teardown=get_teardown),
         Workload("content-nats-write-256MiB", nats_write, repeat=3, unit="MB/s",

@@ -17,6 +17,7 @@ unmeasured. Snapshots made here are removed after each iteration.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -111,6 +112,16 @@ def prepare_commit(t: Target) -> float:
     return statistics.median(times)
 
 
+def prepare_commit_floor(t: Target) -> float:
+    """The same pairs against a gRPC server that answers without doing anything
+    (bench/nullgrpc.py): the floor of a Python gateway."""
+    from ..nullgrpc import running
+    blob = t.base / "null-blob"
+    blob.touch()
+    with running(t.base, blob) as address:
+        return prepare_commit(dataclasses.replace(t, address=address))
+
+
 def _apply_all(t: Target, parallel: bool) -> float:
     grpc, dpb, dgrpc, spb, sgrpc, descpb = _stubs()
     md = [("containerd-namespace", NS)]
@@ -195,6 +206,8 @@ def apply_small(t: Target) -> float:
 def workloads() -> list[Workload]:
     return [
         Workload("snapshots.prepare_commit", prepare_commit, repeat=5),
+        Workload("snapshots.prepare_commit python-grpc floor", prepare_commit_floor, repeat=5,
+                 targets=("flotilla",)),
         Workload("snapshots.apply_4x64MiB", apply_layers, repeat=3, setup=setup_layers, teardown=teardown_layers),
         Workload("snapshots.apply_10k_files", apply_small, repeat=3, setup=setup_small, teardown=teardown_small),
     ]
