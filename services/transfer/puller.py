@@ -61,10 +61,19 @@ class Puller:
     async def fetch_blob(self, desc: Descriptor, labels: dict[str, str] | None = None,
                          data: bytes | None = None) -> None:
         labels = {**self.source, **(labels or {})}
-        if await self.content.exists(self.ns, desc.digest):
-            await self._label(desc.digest, labels)
-            self.report(desc, desc.size, "exists")
-            return
+        if not await self._present(desc, labels):
+            await self._download(desc, labels, data)
+
+    async def _present(self, desc: Descriptor, labels: dict[str, str]) -> bool:
+        """True (and ``labels`` set) when the store has the blob already."""
+        if not await self.content.exists(self.ns, desc.digest):
+            return False
+        await self._label(desc.digest, labels)
+        self.report(desc, desc.size, "exists")
+        return True
+
+    async def _download(self, desc: Descriptor, labels: dict[str, str], data: bytes | None) -> None:
+        """Fetch into the content store; waits for a download slot first, in call order."""
         self.report(desc, 0, "waiting")
         key = ref_key(desc)
         async with self.limit:
@@ -178,8 +187,13 @@ class Puller:
         await self.fetch_blob(doc.config)
         done = [asyncio.Event() for _ in doc.layers]
 
+        # lookups first, all at once; then the downloads ask for slots bottom layer first (the
+        # unpack needs them in that order), not in the order the lookups happened to answer
+        present = await asyncio.gather(*(self._present(d, self.source) for d in doc.layers))
+
         async def layer(i: int, d: Descriptor) -> None:
-            await self.fetch_blob(d)
+            if not present[i]:
+                await self._download(d, self.source, None)
             done[i].set()
 
         fetches = [asyncio.create_task(layer(i, d)) for i, d in enumerate(doc.layers)]

@@ -50,6 +50,18 @@ async def test_server_side_pull_records_unpacks_and_runs(client: Client, registr
     assert not await client.leases.list()
 
 
+async def test_server_side_pull_downloads_bottom_layer_first(client: Client, registry: Registry) -> None:
+    # the unpack goes bottom up: a slot given to an upper layer first would hold it back
+    layers = [busybox_entries()] + [[Entry(f"l{i}", data=uuid.uuid4().bytes * 4096)] for i in range(4)]
+    img = build_image(layers)
+    push(registry.host, "order", "v1", img)
+    seen: list[Progress] = []
+    await client.pull(f"{registry.host}/order:v1", server_side=True, concurrency=1, progress=seen.append)
+    # one slot: each layer's download ends before the next one's begins
+    fetched = [p.digest for p in seen if p.status in ("done", "exists") and p.key.startswith("layer-")]
+    assert fetched == [layer.digest for layer in img.layers]
+
+
 async def test_server_side_pull_selects_the_platform(client: Client, registry: Registry) -> None:
     ref = f"{registry.host}/multiarch:latest"
     arm = platforms.parse("linux/arm64")
