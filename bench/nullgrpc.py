@@ -1,7 +1,8 @@
 """A gRPC server that does nothing but answer: the floor of any Python gateway.
 
 ``python -m bench.nullgrpc SOCKET BLOB`` serves, on a UNIX socket, containerd's
-``Content.Info``/``Content.Read`` straight from one file (any digest names it) and
+``Content.Info``/``Content.Read`` straight from one file (any digest names it),
+``Content.Write`` by counting the bytes it is sent, and
 ``Snapshots.Prepare/Commit/Remove/List`` as empty answers, with the gateway's own server
 (grpc.aio on uvloop). No bus, no store, no checks: what a ctr command costs against it is
 what Python's gRPC alone costs per call, which no Python gateway can go below.
@@ -45,6 +46,17 @@ class NullContent(pbc_grpc.ContentServicer):
                 data = f.read(min(1 << 20, end - pos))
                 yield pbc.ReadContentResponse(offset=pos, data=data)
                 pos += len(data)
+
+
+    async def Write(self, request_iterator: AsyncIterator[pbc.WriteContentRequest],
+                    context: aio.ServicerContext) -> AsyncIterator[pbc.WriteContentResponse]:
+        """Counts the bytes and answers every message; keeps nothing."""
+        offset = 0
+        async for req in request_iterator:
+            offset += len(req.data)
+            yield pbc.WriteContentResponse(action=req.action, offset=offset, digest=req.expected)
+            if req.action == pbc.COMMIT:
+                return
 
 
 class NullSnapshots(spb_grpc.SnapshotsServicer):

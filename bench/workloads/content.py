@@ -9,6 +9,7 @@ ctr's input is a file (a pipe would cap each Write at the pipe's 64 KiB), its ou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -60,6 +61,14 @@ def ingest(t: Target) -> float:
     seconds = _ingest(t, path)
     t.ctr("content", "rm", digest, namespace=NS)  # the next iteration writes it anew
     return _mbs(SIZE, seconds)
+
+
+def ingest_floor(t: Target) -> float:
+    """The same ingest against a gRPC server that only counts the bytes (bench/nullgrpc.py)."""
+    from ..nullgrpc import running
+    path, _ = _source(t)
+    with running(t.base, path) as address:
+        return _mbs(SIZE, _ingest(dataclasses.replace(t, address=address), path))
 
 
 def get_setup(t: Target) -> None:
@@ -199,6 +208,8 @@ def workloads() -> list[Workload]:
         Workload("content-limit-disk-write-1GiB", disk_write_limit, repeat=3, unit="MB/s",
                  targets=("flotilla",), higher_is_better=True),
         Workload("content-ctr-ingest-1GiB", ingest, repeat=3, unit="MB/s", higher_is_better=True),
+        Workload("content-ctr-ingest-1GiB python-grpc floor", ingest_floor, repeat=3, unit="MB/s",
+                 targets=("flotilla",), higher_is_better=True),
         Workload("content-ctr-get-1GiB", get, repeat=3, unit="MB/s", higher_is_better=True,
                  setup=get_setup, teardown=get_teardown),
         Workload("content-ctr-get-1GiB python-grpc floor", get_floor, repeat=3, unit="MB/s",
