@@ -89,11 +89,9 @@ def get_floor(t: Target) -> float:
     """The same `ctr content get` against a gRPC server that only reads the file
     (bench/nullgrpc.py): what Python's gRPC alone costs for ctr's one call per 32 KiB."""
     from ..nullgrpc import running
-    path, digest = _source(t)
-    with running(t.base, path) as address, open(os.devnull, "wb") as out:
-        started = time.perf_counter()
-        subprocess.run([CTR, "--address", address, "-n", NS, "content", "get", digest], stdout=out, check=True)
-        return _mbs(SIZE, time.perf_counter() - started)
+    path, _ = _source(t)
+    with running(t.base, path) as address:
+        return get(dataclasses.replace(t, address=address))
 
 
 def grpc_read(t: Target) -> float:
