@@ -11,12 +11,14 @@ what Python's gRPC alone costs per call, which no Python gateway can go below.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from grpc import aio
 
@@ -26,6 +28,11 @@ from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2 as 
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as spb_grpc
 from flotilla.libs.service import run_loop
 from google.protobuf import empty_pb2
+
+if TYPE_CHECKING:
+    from .harness import Target
+
+R = TypeVar("R")
 
 
 class NullContent(pbc_grpc.ContentServicer):
@@ -87,8 +94,14 @@ async def serve(socket_path: str, blob: str) -> None:
     await server.wait_for_termination()
 
 
+def against(t: "Target", blob: Path, workload: "Callable[[Target], R]") -> R:
+    """``workload`` run against a null server (serving ``blob``) instead of ``t``'s daemon."""
+    with _running(t.base, blob) as address:
+        return workload(dataclasses.replace(t, address=address))
+
+
 @contextlib.contextmanager
-def running(base: Path, blob: Path) -> Iterator[str]:
+def _running(base: Path, blob: Path) -> Iterator[str]:
     """A null server in its own process for the block; yields its socket path."""
     socket_path = base / "null-grpc.sock"
     proc = subprocess.Popen([sys.executable, "-m", "bench.nullgrpc", str(socket_path), str(blob)],

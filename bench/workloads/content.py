@@ -9,7 +9,6 @@ ctr's input is a file (a pipe would cap each Write at the pipe's 64 KiB), its ou
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 from flotilla.testing import CTR
 
 from ..harness import Target, Workload
+from ..nullgrpc import against
 
 MiB = 1 << 20
 SIZE = 1024 * MiB        # the issue's 1 GiB
@@ -65,10 +65,8 @@ def ingest(t: Target) -> float:
 
 def ingest_floor(t: Target) -> float:
     """The same ingest against a gRPC server that only counts the bytes (bench/nullgrpc.py)."""
-    from ..nullgrpc import running
     path, _ = _source(t)
-    with running(t.base, path) as address:
-        return _mbs(SIZE, _ingest(dataclasses.replace(t, address=address), path))
+    return against(t, path, lambda floor: _mbs(SIZE, _ingest(floor, path)))
 
 
 def get_setup(t: Target) -> None:
@@ -88,10 +86,7 @@ def get(t: Target) -> float:
 def get_floor(t: Target) -> float:
     """The same `ctr content get` against a gRPC server that only reads the file
     (bench/nullgrpc.py): what Python's gRPC alone costs for ctr's one call per 32 KiB."""
-    from ..nullgrpc import running
-    path, _ = _source(t)
-    with running(t.base, path) as address:
-        return get(dataclasses.replace(t, address=address))
+    return against(t, _source(t)[0], get)
 
 
 def grpc_read(t: Target) -> float:

@@ -17,7 +17,6 @@ unmeasured. Snapshots made here are removed after each iteration.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import gzip
 import hashlib
 import io
@@ -32,6 +31,7 @@ from pathlib import Path
 from flotilla.testing import CTR
 
 from ..harness import Target, Workload
+from ..nullgrpc import against
 
 NS = "bench-snapshots"
 MiB = 1 << 20
@@ -115,11 +115,9 @@ def prepare_commit(t: Target) -> float:
 def prepare_commit_floor(t: Target) -> float:
     """The same pairs against a gRPC server that answers without doing anything
     (bench/nullgrpc.py): the floor of a Python gateway."""
-    from ..nullgrpc import running
     blob = t.base / "null-blob"
     blob.touch()
-    with running(t.base, blob) as address:
-        return prepare_commit(dataclasses.replace(t, address=address))
+    return against(t, blob, prepare_commit)
 
 
 def _apply_all(t: Target, parallel: bool) -> float:
