@@ -420,8 +420,9 @@ class ContentClient:
         return list(await self._call(NAMESPACES, None, True))
 
     async def release_lease(self, namespace: str, lease: str) -> int:
-        """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted)."""
-        return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), True))
+        """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted). Not retried:
+        with no content service on the bus this fails at once with Unavailable."""
+        return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), False))
 
     async def local_file(self, namespace: str, digest: str) -> LocalFile | None:
         """The committed blob's file when this process shares its filesystem, else None."""

@@ -162,18 +162,20 @@ class MetadataServer:
 
     async def l_delete(self, req: dict[str, Any]) -> Any:
         d = from_wire(api.LeaseDelete, req)
-        await self._write(self.store.delete_lease, d.namespace, d.id)
-        # at once: a collection already ignores the content's ids of leases the database lost
-        await asyncio.gather(self._release(d.namespace, d.id), self._after_delete(d.sync))
+        # both at once: a collection ignores the content's ids of leases the database lost,
+        # so a release that runs first, or for a lease that was not there, does no harm
+        await asyncio.gather(self._write(self.store.delete_lease, d.namespace, d.id),
+                             self._release(d.namespace, d.id))
+        await self._after_delete(d.sync)
         return None
 
     async def _release(self, namespace: str, lease: str) -> None:
-        """Tell the content service the lease is gone (it keeps lease ids on blobs)."""
+        """Tell the content service the lease is gone (it keeps lease ids on blobs). With no
+        content service on the bus, NATS says so at once (Unavailable): nothing to release."""
         try:
-            if await self.gc.content_up():
-                await ContentClient(self.bus, self.cfg.prefix, timeout=_HELD_TIMEOUT).release_lease(namespace, lease)
+            await ContentClient(self.bus, self.cfg.prefix, timeout=_HELD_TIMEOUT).release_lease(namespace, lease)
         except FlotillaError:
-            pass  # GC ignores ids of leases that no longer exist anyway
+            pass
 
     async def l_list(self, req: dict[str, Any]) -> Any:
         lr = from_wire(api.ListRequest, req)

@@ -68,3 +68,19 @@ async def test_image_events_and_gc_without_stores(client: MetadataClient, bus: B
         ("/images/create", "containerd.services.images.v1.ImageCreate"),
         ("/images/delete", "containerd.services.images.v1.ImageDelete")]
     assert seen[0]["fields"] == {"name": "a:1", "labels": {"k": "v"}}
+
+
+async def test_lease_delete_asks_no_absent_content_service_twice(client: MetadataClient) -> None:
+    """The content service keeps lease ids on blobs and is told of a deleted lease; with none
+    deployed NATS says so at once, and the delete neither waits for one nor asks again."""
+    from prometheus_client import REGISTRY
+
+    from flotilla.libs.api import content
+    await client.create_lease("ns", Lease("l1"))
+    await client.delete_lease("ns", "l1")
+    assert await client.list_leases("ns") == []
+    retried = REGISTRY.get_sample_value("flotilla_bus_retries_total",
+                                        {"subject": content.subject(client.prefix, content.RELEASE_LEASE)})
+    assert not retried
+    with pytest.raises(NotFound):
+        await client.delete_lease("ns", "l1")
