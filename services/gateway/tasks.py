@@ -6,6 +6,8 @@ service does; every other call goes straight to the runtime service.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, empty_pb2, message_factory
@@ -113,8 +115,6 @@ def _with_container_check(fn):  # type: ignore[no-untyped-def]
     """containerd looks the container up before the task: when the runtime has no such task and
     no such container exists either, answer with the container's NotFound as containerd does.
     Any other NotFound (a finished process) means the task, so its container, exists."""
-    import functools
-
     @functools.wraps(fn)
     async def call(self: "TasksServicer", request: Any, context: aio.ServicerContext) -> Any:
         try:
@@ -125,6 +125,32 @@ def _with_container_check(fn):  # type: ignore[no-untyped-def]
                                                   timeout(context, self.default_timeout))
             raise
     return call
+
+
+def _with_early_container_check(fn):  # type: ignore[no-untyped-def]
+    """``_with_container_check`` with the container looked up alongside the call, not after
+    it: for Get, which ctr asks of a task already deleted twice in every ``run --rm``."""
+    @functools.wraps(fn)
+    async def call(self: "TasksServicer", request: Any, context: aio.ServicerContext) -> Any:
+        container = asyncio.ensure_future(self.metadata.get_container(
+            namespace(context), request.container_id, timeout(context, self.default_timeout)))
+        try:
+            return await fn(self, request, context)
+        except NotFound as exc:
+            if is_task_not_found(exc, request.container_id):
+                await container
+            raise
+        finally:
+            if not container.done():
+                container.cancel()
+            container.add_done_callback(_consume)
+    return call
+
+
+def _consume(fut: "asyncio.Future[Any]") -> None:
+    """An early lookup nobody needed: its outcome (say NotFound) is not an unhandled error."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class TasksServicer(pbt_grpc.TasksServicer):
@@ -176,7 +202,7 @@ class TasksServicer(pbt_grpc.TasksServicer):
         return out
 
     @unary("Tasks.Get")
-    @_with_container_check
+    @_with_early_container_check
     async def Get(self, request: pbt.GetRequest, context: aio.ServicerContext) -> pbt.GetResponse:
         info = await self.runtime.get(ProcessRef(namespace(context), request.container_id, request.exec_id),
                                       timeout(context, self.default_timeout))

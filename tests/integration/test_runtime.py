@@ -270,6 +270,7 @@ def _codes(address: str, rootfs: Path) -> list[str]:
             out.append(code(lambda: tasks.Delete(pbt.DeleteTaskRequest(container_id=ids["ok"]), metadata=NS)))
             out.append(code(lambda: tasks.Delete(pbt.DeleteTaskRequest(container_id=ids["ok"]), metadata=NS)))
             out.append(code(lambda: tasks.Get(pbt.GetRequest(container_id=ids["ok"]), metadata=NS)))
+            out.append(code(lambda: tasks.Get(pbt.GetRequest(container_id="never"), metadata=NS)))
         finally:
             for id in ids.values():
                 _cleanup(address, id)
