@@ -101,7 +101,7 @@ class OciRuntime:
         return [self.path, "--root", str(self.root), *args]
 
     async def run(self, *args: str, stdin: bytes | None = None) -> str:
-        res = await proc.run(self.argv(*args), stdin)
+        res = await proc.run(self.argv(*args), stdin, runtime=True)
         if res.returncode != 0:
             raise RuntimeFailed(error_text(res.stderr.decode(errors="replace")))
         return res.stdout.decode(errors="replace")

@@ -12,6 +12,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import sealed
+
 # its own pool: commands (a CRIU dump can take long) must not starve the loop's file work
 _POOL = ThreadPoolExecutor(max_workers=16, thread_name_prefix="runtime-cmd")
 
@@ -23,12 +25,14 @@ class Result:
     stderr: bytes
 
 
-def _run(argv: list[str], stdin: bytes | None, merge: bool) -> Result:
-    p = subprocess.run(argv, input=stdin, stdin=subprocess.DEVNULL if stdin is None else None,
+def _run(argv: list[str], stdin: bytes | None, merge: bool, runtime: bool) -> Result:
+    p = subprocess.run(argv, executable=sealed.exec_path(argv[0]) if runtime else None, input=stdin,
+                       stdin=subprocess.DEVNULL if stdin is None else None,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE)
     return Result(p.returncode, p.stdout, p.stderr or b"")
 
 
-async def run(argv: list[str], stdin: bytes | None = None, merge: bool = False) -> Result:
-    """Run ``argv`` to completion; ``merge`` puts stderr into stdout."""
-    return await asyncio.get_running_loop().run_in_executor(_POOL, _run, argv, stdin, merge)
+async def run(argv: list[str], stdin: bytes | None = None, merge: bool = False, runtime: bool = False) -> Result:
+    """Run ``argv`` to completion; ``merge`` puts stderr into stdout. ``runtime``: argv[0] is
+    the OCI runtime, run from its sealed copy where it has one (see ``sealed``)."""
+    return await asyncio.get_running_loop().run_in_executor(_POOL, _run, argv, stdin, merge, runtime)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from flotilla.libs.api.runtime import Stdio
 
-from . import proc
+from . import proc, sealed
 
 SOURCE = Path(__file__).resolve().parent / "shim" / "flotilla-shim.c"
 NAME = "flotilla-shim"
@@ -71,6 +71,9 @@ async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str]
         args.append("-t")
     if hide_cgroup2:
         args.append("-u")
+    exe = sealed.known_path(runtime_argv[0])
+    if exe != runtime_argv[0]:
+        args += ["-x", exe]
     res = await proc.run([*args, "--", *runtime_argv])
     if res.returncode != 0:
         raise SupervisorFailed(res.stderr.decode(errors="replace").strip())

@@ -1,7 +1,7 @@
 /*
  * flotilla-shim: the per-process supervisor of the Flotilla runtime service.
  *
- *   flotilla-shim -s STATEDIR [-i STDIN] [-o STDOUT] [-e STDERR] [-t] [-u] -- RUNTIME ARGS...
+ *   flotilla-shim -s STATEDIR [-i STDIN] [-o STDOUT] [-e STDERR] [-t] [-u] [-x EXE] -- RUNTIME ARGS...
  *
  * Runs the OCI runtime's "create" (or "exec --detach") command given after "--", becomes the
  * child subreaper so the container's process is reparented to it, holds that process' stdio
@@ -21,6 +21,9 @@
  * unmounted: crun refuses a hybrid cgroup host whose cgroup2 mount has a controller, and sees
  * plain cgroup v1 without it (only its create and restore look; the container's cgroups are
  * the same v1 ones runc uses).
+ *
+ * -x executes the runtime from EXE (its sealed copy, /proc/<pid>/fd/<n>) while its argv[0]
+ * stays the runtime's name.
  *
  * Why C: a Python supervisor costs ~10 MiB RSS per container; this one costs a few hundred KiB.
  */
@@ -149,9 +152,9 @@ static void cleanup_console(void) {
 }
 
 int main(int argc, char **argv) {
-    const char *in_path = NULL, *out_path = NULL, *err_path = NULL;
+    const char *in_path = NULL, *out_path = NULL, *err_path = NULL, *exe = NULL;
     int terminal = 0, hide_unified = 0, opt;
-    while ((opt = getopt(argc, argv, "+s:i:o:e:tu")) != -1) {
+    while ((opt = getopt(argc, argv, "+s:i:o:e:tux:")) != -1) {
         switch (opt) {
         case 's': state_dir = optarg; break;
         case 'i': in_path = optarg; break;
@@ -159,11 +162,12 @@ int main(int argc, char **argv) {
         case 'e': err_path = optarg; break;
         case 't': terminal = 1; break;
         case 'u': hide_unified = 1; break;
+        case 'x': exe = optarg; break;
         default: return 2;
         }
     }
     if (!state_dir || optind >= argc) {
-        fprintf(stderr, "usage: flotilla-shim -s STATEDIR [-i IN] [-o OUT] [-e ERR] [-t] [-u] -- RUNTIME ARGS...\n");
+        fprintf(stderr, "usage: flotilla-shim -s STATEDIR [-i IN] [-o OUT] [-e ERR] [-t] [-u] [-x EXE] -- RUNTIME ARGS...\n");
         return 2;
     }
     char **rt_argv = argv + optind;
@@ -254,7 +258,8 @@ int main(int argc, char **argv) {
             perror("flotilla-shim: hiding /sys/fs/cgroup/unified");
             _exit(126);
         }
-        execvp(rt_argv[0], rt_argv);
+        if (exe) execv(exe, rt_argv);
+        else execvp(rt_argv[0], rt_argv);
         _exit(127);
     }
     if (p_in[0] >= 0) close(p_in[0]);
