@@ -21,12 +21,18 @@ import hashlib
 import os
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from flotilla.libs.directio import FileReader
+
+try:  # ISA-L inflates gzip layers 1.5-2x faster than zlib (docs/snapshots.md)
+    from isal.isal_zlib import decompressobj as _gunzip
+    from isal.isal_zlib import error as _GzipError
+except ImportError:  # pragma: no cover - an install without it still unpacks, slower
+    from zlib import decompressobj as _gunzip  # type: ignore[assignment]
+    from zlib import error as _GzipError  # type: ignore[assignment]
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -78,7 +84,7 @@ class _Decompressed:
             yield chunk
 
     def _gzip(self, head: bytes) -> Iterator[bytes]:
-        d = zlib.decompressobj(wbits=31)
+        d = _gunzip(wbits=31)
         data = head
         while True:
             if data:
@@ -87,7 +93,7 @@ class _Decompressed:
                     yield out
                 while d.eof and d.unused_data:  # concatenated gzip members
                     rest = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
+                    d = _gunzip(wbits=31)
                     out = d.decompress(rest)
                     if out:
                         yield out
@@ -119,7 +125,7 @@ class _Decompressed:
             chunk = next(self._inner)
         except StopIteration:
             return b""
-        except zlib.error as exc:
+        except _GzipError as exc:
             raise LayerError(f"gzip: {exc}") from None
         self.hash.update(chunk)
         self.size += len(chunk)

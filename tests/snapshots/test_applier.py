@@ -3,6 +3,7 @@ hostile layer refused or contained with the host untouched."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ from flotilla.services.snapshots.applier import LayerError, apply_layer, apply_t
 from .layers import Entry, gz, tar_bytes, tree, zst
 
 OCI = "application/vnd.oci.image.layer.v1.tar"
+GZIP_MEDIA = OCI + "+gzip"
 
 
 def _apply(tmp: Path, entries: list[Entry], root: Path, overlay: bool = False, parents: list[str] | None = None) -> None:
@@ -94,6 +96,22 @@ def test_wrong_uncompressed_digest_is_refused(tmp_path: Path, root: Path) -> Non
     blob.write_bytes(tar_bytes([Entry("a", data=b"x")]))
     with pytest.raises(LayerError, match="wrong diff id"):
         apply_layer(str(blob), OCI, str(root), False, expected="sha256:" + "0" * 64)
+
+
+def test_gzip_members_concatenated_corrupt_and_truncated(tmp_path: Path, root: Path) -> None:
+    """Two gzip members make one stream (as Go's reader reads them); a corrupt or cut one
+    is a LayerError, whichever inflater (ISA-L or zlib) runs."""
+    raw = tar_bytes([Entry("a", data=b"hello" * 1000), Entry("b", data=os.urandom(50_000))])
+    whole = gzip.compress(raw)
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(raw[:7000]) + gzip.compress(raw[7000:]))
+    applied = apply_layer(str(blob), GZIP_MEDIA, str(root), False, expected="sha256:" + hashlib.sha256(raw).hexdigest())
+    assert applied.size == len(raw) and (root / "a").read_bytes() == b"hello" * 1000
+    for i, bad in enumerate((whole[:10] + bytes(64) + whole[74:], whole[: len(whole) // 2])):
+        blob.write_bytes(bad)
+        (tmp_path / f"bad{i}").mkdir()
+        with pytest.raises(LayerError):
+            apply_layer(str(blob), GZIP_MEDIA, str(tmp_path / f"bad{i}"), False)
 
 
 def test_unknown_media_type_refused(tmp_path: Path, root: Path) -> None:
