@@ -26,11 +26,11 @@ def crun_copy(tmp_path: Path) -> Path:
     return dest
 
 
-def _execs(argv: list[str], executable: str | None, tmp_path: Path) -> int:
-    """How many times the process tree of ``argv`` called exec."""
+def _execs(program: str, args: list[str], tmp_path: Path) -> int:
+    """How many times ``program args`` and its children called exec."""
     trace = tmp_path / "trace"
     subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve,execveat", "-o", str(trace),
-                    "--", executable or argv[0], *argv[1:]], capture_output=True)
+                    "--", program, *args], capture_output=True)
     return sum(1 for line in trace.read_text().splitlines() if "exec" in line and "= 0" in line)
 
 
@@ -64,7 +64,7 @@ def test_changed_binary_gets_a_new_copy(crun_copy: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 def test_crun_from_the_sealed_copy_skips_its_own_copy(crun_copy: Path, tmp_path: Path) -> None:
-    argv = ["crun", "--root", str(tmp_path / "state"), "list"]
-    plain = _execs([str(crun_copy), *argv[1:]], None, tmp_path)
-    from_copy = _execs(argv, sealed.exec_path(str(crun_copy)), tmp_path)
+    args = ["--root", str(tmp_path / "state"), "list"]
+    plain = _execs(str(crun_copy), args, tmp_path)
+    from_copy = _execs(sealed.exec_path(str(crun_copy)), args, tmp_path)
     assert (plain, from_copy) == (2, 1)
