@@ -54,7 +54,6 @@ class NullContent(pbc_grpc.ContentServicer):
                 yield pbc.ReadContentResponse(offset=pos, data=data)
                 pos += len(data)
 
-
     async def Write(self, request_iterator: AsyncIterator[pbc.WriteContentRequest],
                     context: aio.ServicerContext) -> AsyncIterator[pbc.WriteContentResponse]:
         """Counts the bytes and answers every message; keeps nothing."""
