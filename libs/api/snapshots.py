@@ -93,6 +93,9 @@ class CommitRequest:
     key: str
     labels: dict[str, str] = field(default_factory=dict)
     lease: str = ""
+    # overlayfs: stack an active snapshot prepared without a parent onto this committed one
+    # (a parallel unpack applies layers apart, then commits them in order onto each other)
+    parent: str = ""
 
 
 @dataclass
@@ -132,6 +135,9 @@ class ApplyRequest:
     namespace: str
     diff: Descriptor
     mounts: list[Mount] = field(default_factory=list)
+    # the mount is an overlay upper whose parent layers come later (see CommitRequest.parent);
+    # a layer that needs their files is refused with FailedPrecondition
+    detached: bool = False
 
 
 @dataclass
@@ -175,8 +181,8 @@ class SnapshotsClient:
 
     async def commit(self, namespace: str, snapshotter: str, name: str, key: str,
                      labels: dict[str, str] | None = None, lease: str = "",
-                     timeout: float = 60.0) -> None:
-        await self._call(COMMIT, CommitRequest(namespace, snapshotter, name, key, labels or {}, lease),
+                     timeout: float = 60.0, parent: str = "") -> None:
+        await self._call(COMMIT, CommitRequest(namespace, snapshotter, name, key, labels or {}, lease, parent),
                          timeout, False)
 
     async def remove(self, namespace: str, snapshotter: str, key: str, timeout: float = 60.0) -> None:
@@ -209,8 +215,8 @@ class SnapshotsClient:
         return list(data or [])  # type: ignore[call-overload]
 
     async def apply(self, namespace: str, diff: Descriptor, mounts: list[Mount],
-                    timeout: float = 600.0) -> Descriptor:
-        data = await self._call(APPLY, ApplyRequest(namespace, diff, mounts), timeout, False)
+                    timeout: float = 600.0, detached: bool = False) -> Descriptor:
+        data = await self._call(APPLY, ApplyRequest(namespace, diff, mounts, detached), timeout, False)
         return from_wire(Descriptor, data)  # type: ignore[arg-type]
 
     async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str = "",

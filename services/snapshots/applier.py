@@ -59,6 +59,11 @@ class LayerError(Exception):
     """A layer that cannot be applied (malformed, or refused as hostile)."""
 
 
+class ParentNeeded(LayerError):
+    """A layer applied detached (without its parent layers, to be stacked on them later) that
+    needs their files: a hardlink to a lower file, or a directory it does not create itself."""
+
+
 # -- decompression and digest ----------------------------------------------------------
 
 class _Decompressed:
@@ -264,6 +269,7 @@ class Root:
 class _State:
     overlay: bool
     parents: list[str] = field(default_factory=list)
+    detached: bool = False  # overlay upper whose parent layers are not there yet
     created: set[tuple[str, ...]] = field(default_factory=set)   # real paths this layer made
     dir_times: list[tuple[tuple[str, ...], int, int]] = field(default_factory=list)
 
@@ -486,6 +492,8 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
         except (FileNotFoundError, NotADirectoryError, LayerError):
             found = False
         if not found:
+            if state.detached:
+                raise ParentNeeded(f"{member.name}: hardlink target {member.linkname} may be in a parent layer")
             if not (state.overlay and _copy_up(root, state, link_comps)):
                 raise LayerError(f"{member.name}: hardlink target {member.linkname} not found in the layer's root")
             root.forget()
@@ -565,11 +573,25 @@ def _lower_dir_meta(parents: list[str]) -> Callable[[int, str, list[str]], None]
     return copy
 
 
-def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str] | None = None) -> None:
-    """Apply an uncompressed tar stream onto ``root_path``."""
+def _parent_needed(dfd: int, name: str, parts: list[str]) -> None:
+    raise ParentNeeded(f"{'/'.join(parts)}: a directory the layer does not create takes its parent layer's metadata")
+
+
+def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str] | None = None,
+              detached: bool = False) -> None:
+    """Apply an uncompressed tar stream onto ``root_path``.
+
+    ``detached``: ``root_path`` is an overlay upper dir whose parent layers are not below it
+    yet (a parallel unpack stacks it on them afterwards). Whiteouts take the overlay form, and
+    whatever would consult a parent layer raises ``ParentNeeded`` instead, so the caller can
+    apply that layer onto its parent as usual and get the same tree.
+    """
     root = Root(root_path)
-    state = _State(overlay=overlay, parents=list(parents or []))
-    if overlay and state.parents:
+    state = _State(overlay=overlay or detached, parents=[] if detached else list(parents or []),
+                   detached=detached)
+    if detached:
+        root.on_mkdir = _parent_needed
+    elif overlay and state.parents:
         root.on_mkdir = _lower_dir_meta(state.parents)
     try:
         try:
@@ -598,7 +620,7 @@ class Applied:
 
 
 def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
-                parents: list[str] | None = None, expected: str = "") -> Applied:
+                parents: list[str] | None = None, expected: str = "", detached: bool = False) -> Applied:
     """Decompress the layer file ``blob``, apply it, and check its uncompressed digest.
 
     Runs in a worker process: everything it needs is in its arguments.
@@ -607,7 +629,7 @@ def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
         raise LayerError(f"failed to get stream processor for {media_type}: no processor for media-type")
     with FileReader(blob) as raw:
         stream = _Decompressed(raw)  # type: ignore[arg-type]
-        apply_tar(stream, root_path, overlay, parents)  # type: ignore[arg-type]
+        apply_tar(stream, root_path, overlay, parents, detached)  # type: ignore[arg-type]
         stream.drain()  # the digest covers the tar's trailing blocks too
     digest = "sha256:" + stream.hash.hexdigest()
     if expected and expected != digest:

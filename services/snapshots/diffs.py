@@ -8,6 +8,10 @@ Apply targets, as containerd's applier chooses them:
   whiteouts in overlay form, the lowerdirs consulted for hardlinks to lower files;
 * one read-write bind mount: straight into its source directory, whiteouts as deletions;
 * anything else: mounted on a temporary directory, whiteouts as deletions.
+
+A detached apply (a parallel unpack's) takes one read-write bind mount of an overlay
+snapshot made without its parent: whiteouts in overlay form, and FailedPrecondition for a
+layer that needs its parent's files (the caller then applies it onto its parent).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from flotilla.libs import mount as mnt
 from flotilla.libs.api.content import ContentClient
-from flotilla.libs.errors import InvalidArgument, NotFound, Unknown
+from flotilla.libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unknown
 
 from . import applier, differ
 from .api import LABEL_UNCOMPRESSED, Descriptor, Mount
@@ -121,18 +125,23 @@ class Differ:
         finally:
             tmp.unlink(missing_ok=True)
 
-    async def apply(self, namespace: str, desc: Descriptor, mounts: list[Mount]) -> Descriptor:
+    async def apply(self, namespace: str, desc: Descriptor, mounts: list[Mount], detached: bool = False) -> Descriptor:
         if desc.media_type not in applier.MEDIA_TYPES:
             raise Unknown(f"failed to get stream processor for {desc.media_type}: no processor for media-type")
         if not mounts:
             raise InvalidArgument("no mounts to apply the layer onto: invalid argument")
+        single_rw_bind = len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options
+        if detached and not single_rw_bind:
+            raise InvalidArgument("a detached apply takes one read-write bind mount: invalid argument")
         expected = desc.annotations.get(LABEL_UNCOMPRESSED, "")
         async with self._blob(namespace, desc) as blob:
-            if len(mounts) == 1 and mounts[0].type == "overlay" and _option(mounts[0], "upperdir"):
+            if detached:
+                done = await self._apply(blob, desc.media_type, mounts[0].source, True, [], expected, detached=True)
+            elif len(mounts) == 1 and mounts[0].type == "overlay" and _option(mounts[0], "upperdir"):
                 upper = _option(mounts[0], "upperdir") or ""
                 lower = [d for d in (_option(mounts[0], "lowerdir") or "").split(":") if d]
                 done = await self._apply(blob, desc.media_type, upper, True, lower, expected)
-            elif len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options:
+            elif single_rw_bind:
                 done = await self._apply(blob, desc.media_type, mounts[0].source, False, [], expected)
             else:
                 async with self._mounted(mounts) as root:
@@ -140,9 +149,11 @@ class Differ:
         return Descriptor(media_type=LAYER_TAR, digest=done.digest, size=done.size)
 
     async def _apply(self, blob: str, media_type: str, root: str, overlay: bool, parents: list[str],
-                     expected: str) -> applier.Applied:
+                     expected: str, detached: bool = False) -> applier.Applied:
         try:
-            return await self._run(applier.apply_layer, blob, media_type, root, overlay, parents, expected)
+            return await self._run(applier.apply_layer, blob, media_type, root, overlay, parents, expected, detached)
+        except applier.ParentNeeded as exc:
+            raise FailedPrecondition(f"layer needs its parent: {exc}: failed precondition") from None
         except applier.LayerError as exc:
             raise Unknown(str(exc)) from None
         except OSError as exc:

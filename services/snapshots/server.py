@@ -41,7 +41,8 @@ class SnapshotsServer:
 
     async def commit(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.CommitRequest, req)
-        await asyncio.to_thread(self.store.commit, r.namespace, r.snapshotter, r.name, r.key, r.labels, r.lease)
+        await asyncio.to_thread(self.store.commit, r.namespace, r.snapshotter, r.name, r.key, r.labels, r.lease,
+                                r.parent)
         await self._event("/snapshot/commit", r.namespace, "containerd.events.SnapshotCommit",
                           key=r.key, name=r.name)
         return None
@@ -79,7 +80,7 @@ class SnapshotsServer:
 
     async def apply(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.ApplyRequest, req)
-        return await self.differ.apply(r.namespace, r.diff, r.mounts)
+        return await self.differ.apply(r.namespace, r.diff, r.mounts, r.detached)
 
     async def diff(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.DiffRequest, req)

@@ -208,13 +208,14 @@ class SnapshotStore:
     def _check_new(self, conn: Connection, ns: str, sn: str, key: str, parent: str) -> Any:
         if self._row(conn, ns, sn, key) is not None:
             raise AlreadyExists(f'snapshot "{key}": already exists')
-        if not parent:
-            return None
+        return self._committed_parent(conn, ns, sn, parent, "create") if parent else None
+
+    def _committed_parent(self, conn: Connection, ns: str, sn: str, parent: str, verb: str) -> Any:
         row = self._row(conn, ns, sn, parent)
         if row is None:
             raise NotFound(f"parent snapshot {parent} does not exist: not found")
         if row.kind != KIND_COMMITTED:
-            raise InvalidArgument(f'failed to create snapshot: parent "{_bkey(row)}" is not committed snapshot: '
+            raise InvalidArgument(f'failed to {verb} snapshot: parent "{_bkey(row)}" is not committed snapshot: '
                                   'invalid argument')
         return row
 
@@ -239,30 +240,53 @@ class SnapshotStore:
     # -- commit / remove ---------------------------------------------------------------
 
     def commit(self, ns: str, sn: str, name: str, key: str, labels: dict[str, str] | None = None,
-               lease: str = "") -> None:
+               lease: str = "", parent: str = "") -> None:
+        """Commit ``key`` as ``name``; with ``parent`` (overlayfs), stack an active snapshot
+        prepared without a parent onto that committed one: an upper dir does not depend on
+        the layers below it, so a parallel unpack applies layers apart and stacks them here."""
         check_snapshotter(sn)
         labels = labels or {}
         _check_labels(labels)
+        if parent and sn != "overlayfs":
+            raise InvalidArgument(f"snapshotter {sn} cannot stack a snapshot onto a parent: invalid argument")
         with self.reader.connect() as conn:  # early answer; checked again under the lock
-            row = self._check_commit(conn, ns, sn, name, key)
+            row, parent_row = self._check_commit(conn, ns, sn, name, key, parent)
+        if parent_row is not None:
+            self._check_stackable(sn, row.id, parent_row.id)
         usage = disk_usage(self.snap_dir(sn, row.id) / "fs")  # outside the write lock
         now = time.time_ns()
         with self.engine.begin() as conn:
-            row = self._check_commit(conn, ns, sn, name, key)
+            row, parent_row = self._check_commit(conn, ns, sn, name, key, parent)
             # one row changes key, kind and labels at once: a kill commits all or nothing
             conn.execute(_UPDATE, dict(
                 sid=row.id, key=name, kind=KIND_COMMITTED, labels=json.dumps(labels),
                 leases=json.dumps([lease] if lease else []), created_at=now, updated_at=now,
-                size=usage.size, inodes=usage.inodes))
+                size=usage.size, inodes=usage.inodes,
+                parent_id=row.parent_id if parent_row is None else parent_row.id))
 
-    def _check_commit(self, conn: Connection, ns: str, sn: str, name: str, key: str) -> Any:
+    def _check_commit(self, conn: Connection, ns: str, sn: str, name: str, key: str,
+                      parent: str = "") -> tuple[Any, Any]:
         if self._row(conn, ns, sn, name) is not None:
             raise AlreadyExists(f'snapshot "{name}": already exists')
         row = self._existing(conn, ns, sn, key)
         if row.kind != KIND_ACTIVE:
             raise FailedPrecondition(f'failed to commit snapshot: snapshot "{_bkey(row)}" is not active: '
                                      'failed precondition')
-        return row
+        if not parent:
+            return row, None
+        if row.parent_id is not None:
+            raise FailedPrecondition(f'failed to commit snapshot: snapshot "{_bkey(row)}" has a parent already: '
+                                     'failed precondition')
+        return row, self._committed_parent(conn, ns, sn, parent, "commit")
+
+    def _check_stackable(self, sn: str, sid: int, parent_id: int) -> None:
+        """A prepare onto a parent gives the upper dir the parent's root owner, and a layer
+        may or may not set it again: stacked later, the result is only known to be the same
+        when that owner is the one our own directories get."""
+        owner = os.stat(self.snap_dir(sn, parent_id) / "fs")
+        if (owner.st_uid, owner.st_gid) != (os.geteuid(), os.getegid()):
+            raise FailedPrecondition(f"parent's root is owned by {owner.st_uid}:{owner.st_gid}: "
+                                     "apply the layer onto its parent instead: failed precondition")
 
     def remove(self, ns: str, sn: str, key: str) -> None:
         check_snapshotter(sn)

@@ -135,57 +135,110 @@ class Puller:
             pass
 
     async def unpack(self, config: Descriptor, layers: list[Descriptor], ids: list[str],
-                     done: list[asyncio.Event], fetches: list["asyncio.Task[None]"]) -> None:
+                     fetches: list["asyncio.Task[None]"]) -> None:
+        """Each layer is applied as soon as it is in; on overlayfs, layers above the first are
+        applied apart, in parallel (detached), then committed in order onto each other."""
         if len(layers) != len(ids):
             raise FailedPrecondition(f"image has {len(layers)} layers but its config lists {len(ids)} diff ids: "
                                      "failed precondition")
-        sn = self.req.snapshotter
         chain = chain_ids(ids)
-        for i, (layer, chain_id) in enumerate(zip(layers, chain)):
-            while not done[i].is_set():
-                for f in fetches:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
-                waiter = asyncio.ensure_future(done[i].wait())
-                await asyncio.wait([waiter, *[f for f in fetches if not f.done()]],
-                                   return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-            try:
-                await self.snapshots.stat(self.ns, sn, chain_id)
-                self.report(layer, layer.size, "exists")
-                continue
-            except NotFound:
-                pass
-            self.report(layer, 0, "unpacking")
-            labels = {"containerd.io/snapshot.ref": chain_id}
-            key = f"extract-{time.time_ns() % 10**9}-{uuid.uuid4().hex[:6]} {chain_id}"
-            mounts = await self.snapshots.prepare(self.ns, sn, key, chain[i - 1] if i else "", labels, self.lease)
-            try:
-                applied = await self.snapshots.apply(
-                    self.ns, SnDescriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations)), mounts)
-                if applied.digest != ids[i]:
-                    raise FailedPrecondition(f"wrong diff id calculated on extraction {ids[i]} (got {applied.digest})"
-                                             ": failed precondition")
-                try:
-                    await self.snapshots.commit(self.ns, sn, chain_id, key, labels, self.lease)
-                except AlreadyExists:
-                    await self.snapshots.remove(self.ns, sn, key)
-                    continue
-            except BaseException:
-                try:
-                    await asyncio.shield(self.snapshots.remove(self.ns, sn, key))
-                except FlotillaError:
-                    pass
-                raise
-            await self._label(layer.digest, {"containerd.io/uncompressed": applied.digest})
-            self.report(layer, layer.size, "unpacked")
+        loop = asyncio.get_running_loop()
+        committed: list[asyncio.Future[None]] = [loop.create_future() for _ in layers]
+        steps = [asyncio.create_task(self._unpack_layer(i, layers[i], ids[i], chain, fetches[i], committed))
+                 for i in range(len(layers))]
+        try:
+            await asyncio.gather(*steps)
+        finally:
+            for step in steps:
+                step.cancel()
+            await asyncio.gather(*steps, return_exceptions=True)
+            for c in committed:
+                if not c.done():
+                    c.cancel()
         if chain:
+            sn = self.req.snapshotter
             await self._label(config.digest, {f"containerd.io/gc.ref.snapshot.{sn}": chain[-1]})
             self.chain_id = chain[-1]
 
+    async def _unpack_layer(self, i: int, layer: Descriptor, diff_id: str, chain: list[str],
+                            fetch: "asyncio.Task[None]", committed: list["asyncio.Future[None]"]) -> None:
+        try:
+            await asyncio.shield(fetch)
+            below = committed[i - 1] if i else None
+            sn = self.req.snapshotter
+            try:
+                await self.snapshots.stat(self.ns, sn, chain[i])
+                self.report(layer, layer.size, "exists")
+                committed[i].set_result(None)
+                return
+            except NotFound:
+                pass
+            self.report(layer, 0, "unpacking")
+            applied = None
+            if below is not None and sn == "overlayfs":
+                applied = await self._extract(layer, diff_id, chain[i], chain[i - 1], below, detached=True)
+            if applied is None:  # the bottom layer, another snapshotter, or one that needs its parent
+                if below is not None:
+                    await below
+                applied = await self._extract(layer, diff_id, chain[i], chain[i - 1] if i else "", None)
+            committed[i].set_result(None)
+            if applied:
+                await self._label(layer.digest, {"containerd.io/uncompressed": applied})
+            self.report(layer, layer.size, "unpacked")
+        except Exception as exc:
+            if not committed[i].done():
+                committed[i].set_exception(exc)
+                committed[i].exception()  # retrieved: the layer above may never look
+            raise
+        finally:
+            if not committed[i].done():  # cancelled
+                committed[i].cancel()
+
+    async def _extract(self, layer: Descriptor, diff_id: str, chain_id: str, parent: str,
+                       below: "asyncio.Future[None] | None", detached: bool = False) -> str | None:
+        """Prepare, apply, commit as ``chain_id``; the diff id applied ('' when another pull
+        committed it first). Detached: prepared without ``parent``, stacked on it once
+        ``below`` is committed; None (nothing left behind) when the layer needs its parent."""
+        sn = self.req.snapshotter
+        labels = {"containerd.io/snapshot.ref": chain_id}
+        key = f"extract-{time.time_ns() % 10**9}-{uuid.uuid4().hex[:6]} {chain_id}"
+        mounts = await self.snapshots.prepare(self.ns, sn, key, "" if detached else parent, labels, self.lease)
+        try:
+            try:
+                applied = await self.snapshots.apply(
+                    self.ns, SnDescriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations)),
+                    mounts, detached=detached)
+            except FailedPrecondition:
+                if not detached:
+                    raise
+                await self.snapshots.remove(self.ns, sn, key)
+                return None
+            if applied.digest != diff_id:
+                raise FailedPrecondition(f"wrong diff id calculated on extraction {diff_id} (got {applied.digest})"
+                                         ": failed precondition")
+            if below is not None:
+                await below
+            try:
+                await self.snapshots.commit(self.ns, sn, chain_id, key, labels, self.lease,
+                                            parent=parent if detached else "")
+            except AlreadyExists:
+                await self.snapshots.remove(self.ns, sn, key)
+                return ""
+            except FailedPrecondition:
+                if not detached:
+                    raise
+                await self.snapshots.remove(self.ns, sn, key)
+                return None
+        except BaseException:
+            try:
+                await asyncio.shield(self.snapshots.remove(self.ns, sn, key))
+            except FlotillaError:
+                pass
+            raise
+        return applied.digest
+
     async def pull_manifest(self, desc: Descriptor, doc: Manifest, data: bytes, unpack: bool) -> None:
         await self.fetch_blob(doc.config)
-        done = [asyncio.Event() for _ in doc.layers]
 
         # lookups first, all at once; then the downloads ask for slots bottom layer first (the
         # unpack needs them in that order), not in the order the lookups happened to answer
@@ -194,13 +247,12 @@ class Puller:
         async def layer(i: int, d: Descriptor) -> None:
             if not present[i]:
                 await self._download(d, self.source, None)
-            done[i].set()
 
         fetches = [asyncio.create_task(layer(i, d)) for i, d in enumerate(doc.layers)]
         try:
             if unpack:
                 ids = diff_ids(await self.content.read_all(self.ns, doc.config.digest))
-                await self.unpack(doc.config, doc.layers, ids, done, fetches)
+                await self.unpack(doc.config, doc.layers, ids, fetches)
             await asyncio.gather(*fetches)
         finally:
             for f in fetches:

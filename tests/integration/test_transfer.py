@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import pytest
 
-from flotilla.client import Client, Progress, Unauthenticated, Unimplemented
+from flotilla.client import Client, NotFound, Progress, Unauthenticated, Unimplemented
 from flotilla.libs.distribution import BadManifest, Credentials, DigestMismatch, platforms
 from flotilla.testing import ContainerdPeer, PrivateSuite, Registry
-from flotilla.testing.images import Entry, build_image, busybox_entries, busybox_image, multiplatform_image, push
+from flotilla.testing.images import (Entry, Image, build_image, busybox_entries, busybox_image, multiplatform_image,
+                                     opaque, push, whiteout)
 from tests.client.conftest import cleanup
 from tests.client.fakeregistry import FakeRegistry
+from tests.integration.test_snapshots import mounted
+from tests.snapshots.layers import tree
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +157,74 @@ async def test_server_side_push_and_pull_back(client: Client, registry: Registry
         res = suite.ctr("run", "--rm", copy, "back-" + uuid.uuid4().hex[:6], "echo", "back",
                         namespace=other.namespace)
         assert (res.returncode, res.stdout) == (0, "back\n"), res.stderr
+    finally:
+        await cleanup(other)
+        await other.close()
+
+
+def _stacking_image() -> Image:
+    """Layers a parallel unpack applies apart (a changed file, a whiteout, an opaque dir), and
+    two it must apply onto their parent: a hardlink to a lower file, and a file in a directory
+    (with its own owner and mode below) that the layer does not list."""
+    base = busybox_entries() + [
+        Entry("data", "dir", mode=0o750, uid=1000, gid=1000), Entry("data/keep", data=b"keep\n"),
+        Entry("data/gone", data=b"gone\n"), Entry("data/change", data=b"v1\n"),
+        Entry("opaque", "dir"), Entry("opaque/old", data=b"old\n")]
+    changed = [Entry("data", "dir", mode=0o750, uid=1000, gid=1000), Entry("data/change", data=b"v2\n"),
+               whiteout("data/gone"), Entry("data/new", data=b"new\n", mode=0o600, uid=1000, gid=1000)]
+    opaqued = [Entry("opaque", "dir"), opaque("opaque"), Entry("opaque/fresh", data=b"fresh\n")]
+    hardlinked = [Entry("data", "dir", mode=0o750, uid=1000, gid=1000),
+                  Entry("data/hard", "hardlink", target="data/keep")]
+    unlisted_dir = [Entry("data/late", data=b"late\n")]
+    return build_image([base, changed, opaqued, hardlinked, unlisted_dir])
+
+
+async def _tree_of(client: Client, ref: str) -> dict[str, tuple]:
+    key = "view-" + uuid.uuid4().hex[:8]
+    mounts = await client.snapshots.view(key, (await client.resolve_image(ref)).chain_id)
+    try:
+        with mounted(mounts) as root:
+            return tree(root)
+    finally:
+        await client.snapshots.remove(key)
+
+
+async def test_server_side_pull_applies_layers_apart_and_stacks_them(client: Client, registry: Registry) -> None:
+    push(registry.host, "stacking", "v1", _stacking_image())
+    ref = f"{registry.host}/stacking:v1"
+    prepared: list[dict[str, object]] = []
+    marker = "marker-" + uuid.uuid4().hex[:8]
+
+    async def watch() -> None:
+        async for ev in client.events.subscribe(f'topic=="/snapshot/prepare",namespace=={client.namespace}'):
+            prepared.append(ev.payload)
+
+    watcher = asyncio.create_task(watch())
+    markers: list[str] = []
+    try:
+        while not prepared and len(markers) < 50:  # the subscription starts asynchronously
+            markers.append(f"{marker}-{len(markers)}")
+            await client.snapshots.prepare(markers[-1])
+            await asyncio.sleep(0.1)
+        await client.pull(ref, server_side=True)
+        await asyncio.sleep(0.5)
+    finally:
+        watcher.cancel()
+        for key in markers:  # the pull's end may have collected them already
+            with contextlib.suppress(NotFound):
+                await client.snapshots.remove(key)
+    pulled = [p for p in prepared if not str(p.get("key", "")).startswith(marker)]
+    # the bottom layer and four detached tries; the last two need their parent: again onto it
+    assert [p.get("parent", "") for p in pulled].count("") == 5, pulled
+    assert sum(1 for p in pulled if p.get("parent")) == 2, pulled
+
+    chain = (await client.resolve_image(ref)).chain_id
+    info = await client.snapshots.stat(chain)
+    assert info.parent and info.kind == "committed"
+    other = client.with_namespace(client.namespace + "-seq")
+    try:
+        await other.pull(ref, server_side=False)  # Diff.Apply onto each parent, one by one
+        assert await _tree_of(client, ref) == await _tree_of(other, ref)
     finally:
         await cleanup(other)
         await other.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.services.snapshots.applier import LayerError, apply_layer, apply_tar
+from flotilla.services.snapshots.applier import LayerError, ParentNeeded, apply_layer, apply_tar
 
 from .layers import Entry, gz, tar_bytes, tree, zst
 
@@ -137,6 +137,24 @@ def test_overlay_whiteouts_are_char_devices_and_opaque_xattr(tmp_path: Path, roo
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
     assert os.getxattr(root / "o", "trusted.overlay.opaque") == b"y"
     assert (root / "o/new").read_bytes() == b"n"
+
+
+def test_detached_apply_writes_overlay_form_and_refuses_what_needs_the_parent(tmp_path: Path, root: Path) -> None:
+    # a parallel unpack's layer, applied before the layers below it are there
+    blob = tmp_path / "detached.tar"
+    blob.write_bytes(tar_bytes([Entry(".wh.gone"), Entry("o", "dir"), Entry("o/.wh..wh..opq"),
+                                Entry("o/new", data=b"n"), Entry("o/link", "hardlink", link="o/new")]))
+    apply_layer(str(blob), OCI, str(root), False, detached=True)
+    assert stat.S_ISCHR(os.lstat(root / "gone").st_mode)
+    assert os.getxattr(root / "o", "trusted.overlay.opaque") == b"y"
+    assert os.stat(root / "o/link").st_ino == os.stat(root / "o/new").st_ino
+    for name, entries in [("hardlink", [Entry("x", "hardlink", link="lower/file")]),
+                          ("unlisted dir", [Entry("d", "dir"), Entry("d/e/f", data=b"f")])]:
+        target = tmp_path / name
+        target.mkdir()
+        blob.write_bytes(tar_bytes(entries))
+        with pytest.raises(ParentNeeded):
+            apply_layer(str(blob), OCI, str(target), True, [str(root)], detached=True)
 
 
 def test_replacing_kinds(tmp_path: Path, root: Path) -> None:

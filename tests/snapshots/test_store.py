@@ -154,3 +154,44 @@ def test_compaction_keeps_mounting_semantics() -> None:
     common, out = mnt.compact_lowerdirs(opts)
     assert common == "/r/s"
     assert out[-1] == "lowerdir=12/fs:1/fs:13/fs" and out[:3] == opts[:3]
+
+
+def test_commit_stacks_a_parentless_overlay_snapshot(store: SnapshotStore, target: Path) -> None:
+    # a parallel unpack: the upper layer is written apart, then stacked onto its parent
+    store.prepare("a", "overlayfs", "l1")
+    (_fs(store, "overlayfs", "a", "l1") / "one").write_text("1")
+    store.commit("a", "overlayfs", "c1", "l1")
+    store.prepare("a", "overlayfs", "l2")
+    (_fs(store, "overlayfs", "a", "l2") / "two").write_text("2")
+    os.mknod(_fs(store, "overlayfs", "a", "l2") / "one", 0o20000, os.makedev(0, 0))  # a whiteout
+    store.commit("a", "overlayfs", "c2", "l2", parent="c1")
+    assert store.stat("a", "overlayfs", "c2").parent == "c1"
+    store.view("a", "overlayfs", "v", "c2")
+    mnt.mount_all(store.mounts("a", "overlayfs", "v"), str(target))
+    try:
+        assert sorted(os.listdir(target)) == ["two"]
+    finally:
+        mnt.unmount(str(target))
+    with pytest.raises(FailedPrecondition, match="has a parent already"):
+        store.prepare("a", "overlayfs", "l3", "c2")
+        store.commit("a", "overlayfs", "c3", "l3", parent="c1")
+    with pytest.raises(NotFound, match="parent snapshot nope does not exist"):
+        store.prepare("a", "overlayfs", "l4")
+        store.commit("a", "overlayfs", "c4", "l4", parent="nope")
+    with pytest.raises(InvalidArgument, match="is not committed snapshot"):
+        store.commit("a", "overlayfs", "c4", "l4", parent="l3")
+    with pytest.raises(InvalidArgument, match="cannot stack"):
+        store.prepare("a", "native", "n1")
+        store.commit("a", "native", "n2", "n1", parent="c1")
+    # a parent whose root another owner holds: the stacked result could differ from an apply
+    # onto it, so the caller is told to do that instead
+    os.chown(store.snap_dir("overlayfs", _id(store, "c2")) / "fs", 1000, 1000)
+    store.prepare("a", "overlayfs", "l5")
+    with pytest.raises(FailedPrecondition, match="owned by 1000:1000"):
+        store.commit("a", "overlayfs", "c5", "l5", parent="c2")
+    assert store.stat("a", "overlayfs", "l5").kind == "active"
+
+
+def _id(store: SnapshotStore, key: str) -> int:
+    with store.reader.connect() as conn:
+        return store._existing(conn, "a", "overlayfs", key).id
