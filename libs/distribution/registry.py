@@ -99,13 +99,16 @@ class RegistryClient:
         return await asyncio.to_thread(head)
 
     async def fetch_blob(self, ref: Reference, desc: Descriptor, sink: Sink, *, offset: int = 0,
-                         verifier: Verifier | None = None, progress: Progress | None = None) -> None:
+                         verifier: Verifier | None = None, progress: Progress | None = None,
+                         verify: bool = True) -> None:
         """Stream the blob into ``sink`` from ``offset``; resume with Range when the stream breaks.
 
         From offset 0 (or with a ``verifier`` that has seen the first ``offset`` bytes) the digest
         is checked before the last byte is handed over, so a bad blob is never completed.
+        ``verify=False``: the sink checks the digest itself (a content store does at commit),
+        and hashing here too would only cost a second pass.
         """
-        if verifier is None and offset == 0:
+        if verifier is None and offset == 0 and verify:
             verifier = Verifier(desc.digest)
         attempts = 0
         while offset < desc.size or desc.size == 0:

@@ -18,8 +18,8 @@ from flotilla.libs.api.metadata import Image, Lease, MetadataClient
 from flotilla.libs.api.snapshots import Descriptor as SnDescriptor
 from flotilla.libs.api.snapshots import SnapshotsClient
 from flotilla.libs.api.transfer import PullProgress, PullRequest, PullResult
-from flotilla.libs.distribution import (Credentials, Descriptor, Index, Manifest, RegistryClient,
-                                        diff_ids, parse_manifest, parse_reference, platforms)
+from flotilla.libs.distribution import (Credentials, Descriptor, DigestMismatch, Index, Manifest,
+                                        RegistryClient, diff_ids, parse_manifest, parse_reference, platforms)
 from flotilla.libs.distribution import plan
 from flotilla.libs.distribution.plan import ref_key
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, FlotillaError, NotFound, Unavailable
@@ -98,13 +98,17 @@ class Puller:
 
                             async def sink(chunk: bytes) -> None:
                                 await w.write(chunk)
-                            await self.registry.fetch_blob(self.ref, desc, sink, offset=w.offset,
+                            # the content service hashes what it is given and checks at commit
+                            await self.registry.fetch_blob(self.ref, desc, sink, offset=w.offset, verify=False,
                                                            progress=lambda n: self.report(desc, n, "downloading"))
                             self.fetched += desc.size - start
                     try:
                         await w.commit(desc.size, desc.digest, labels)
                     except AlreadyExists:
                         await self._label(desc.digest, labels)
+                    except FailedPrecondition as exc:  # all its bytes, but not the ones named
+                        raise DigestMismatch(f"blob {desc.digest} from {self.ref.name}: digest mismatch: "
+                                             f"{exc.message}") from None
             except asyncio.CancelledError:
                 raise  # the ingest stays: the next pull resumes it
             except BaseException:
