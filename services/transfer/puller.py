@@ -6,6 +6,7 @@ are in. Parents are written after their children, all under a lease deleted at t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import hashlib
 import time
@@ -27,6 +28,10 @@ from flotilla.libs.errors import AlreadyExists, FailedPrecondition, FlotillaErro
 Report = Callable[[PullProgress], None]
 LEASE_EXPIRE = _dt.timedelta(hours=24)
 LOCKED_WAIT = 600.0  # seconds to wait for an ingest another pull holds
+
+
+class _ParentNeeded(Exception):
+    """A layer the snapshots service would not apply or stack detached: apply it onto its parent."""
 
 
 def chain_ids(ids: list[str]) -> list[str]:
@@ -180,7 +185,8 @@ class Puller:
             self.report(layer, 0, "unpacking")
             applied = None
             if below is not None and sn == "overlayfs":
-                applied = await self._extract(layer, diff_id, chain[i], chain[i - 1], below, detached=True)
+                with contextlib.suppress(_ParentNeeded):
+                    applied = await self._extract(layer, diff_id, chain[i], chain[i - 1], below, detached=True)
             if applied is None:  # the bottom layer, another snapshotter, or one that needs its parent
                 if below is not None:
                     await below
@@ -199,10 +205,11 @@ class Puller:
                 committed[i].cancel()
 
     async def _extract(self, layer: Descriptor, diff_id: str, chain_id: str, parent: str,
-                       below: "asyncio.Future[None] | None", detached: bool = False) -> str | None:
+                       below: "asyncio.Future[None] | None", detached: bool = False) -> str:
         """Prepare, apply, commit as ``chain_id``; the diff id applied ('' when another pull
         committed it first). Detached: prepared without ``parent``, stacked on it once
-        ``below`` is committed; None (nothing left behind) when the layer needs its parent."""
+        ``below`` is committed; _ParentNeeded (nothing left behind) when the snapshots service
+        refuses that (the layer needs its parent's files, or the parent's root owner)."""
         sn = self.req.snapshotter
         labels = {"containerd.io/snapshot.ref": chain_id}
         key = f"extract-{time.time_ns() % 10**9}-{uuid.uuid4().hex[:6]} {chain_id}"
@@ -213,10 +220,9 @@ class Puller:
                     self.ns, SnDescriptor(layer.media_type, layer.digest, layer.size, dict(layer.annotations)),
                     mounts, detached=detached)
             except FailedPrecondition:
-                if not detached:
-                    raise
-                await self.snapshots.remove(self.ns, sn, key)
-                return None
+                if detached:
+                    raise _ParentNeeded() from None
+                raise
             if applied.digest != diff_id:
                 raise FailedPrecondition(f"wrong diff id calculated on extraction {diff_id} (got {applied.digest})"
                                          ": failed precondition")
@@ -229,10 +235,9 @@ class Puller:
                 await self.snapshots.remove(self.ns, sn, key)
                 return ""
             except FailedPrecondition:
-                if not detached:
-                    raise
-                await self.snapshots.remove(self.ns, sn, key)
-                return None
+                if detached:
+                    raise _ParentNeeded() from None
+                raise
         except BaseException:
             try:
                 await asyncio.shield(self.snapshots.remove(self.ns, sn, key))
