@@ -1,7 +1,10 @@
 """Issue 6 figures: task start/exec latency, 50 detached containers, supervisor memory.
 
-Every figure runs the same ctr commands against Flotilla and containerd, on a busybox-static
-rootfs built here (``ctr run --rootfs``). ``runc run`` / ``crun run`` of a ready bundle give
+Every figure runs the same ctr commands against Flotilla and containerd. ``ctr run --rm IMAGE``
+is the issue's own command: the busybox-static image pulled from the bench's registry, so
+ctr also resolves the image, prepares and removes a snapshot and the runtime mounts it. The
+other figures use a busybox-static rootfs built here (``ctr run --rootfs``), which leaves
+the image and snapshot calls out. ``runc run`` / ``crun run`` of a ready bundle give
 the floor no daemon can beat. crun variants use ``--runc-binary crun`` (both sides honour it);
 containerd's is skipped (None) where crun refuses the host (hybrid cgroups with a v2
 controller). Flotilla runs crun there in a mount namespace without the cgroup2 mount, and so
@@ -39,10 +42,10 @@ def _id(tag: str) -> str:
     return f"b{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def _clean(t: Target, id: str) -> None:
-    t.ctr("task", "kill", "-s", "9", id)
-    t.ctr("task", "rm", "-f", id)
-    t.ctr("containers", "rm", id)
+def _clean(t: Target, id: str, namespace: str = "default") -> None:
+    t.ctr("task", "kill", "-s", "9", id, namespace=namespace)
+    t.ctr("task", "rm", "-f", id, namespace=namespace)
+    t.ctr("containers", "rm", id, namespace=namespace)
 
 
 def run_rm(binary: str | None):  # type: ignore[no-untyped-def]
@@ -59,6 +62,32 @@ def run_rm(binary: str | None):  # type: ignore[no-untyped-def]
             return None
         return took
     return run
+
+
+IMAGE_NS = "bench-run-image"
+_IMAGE: dict[str, str] = {}
+
+
+def image_setup(t: Target) -> None:
+    from .images import _ref
+    ref = _ref("small")  # busybox-static, pushed to the bench's registry
+    t.ctr("image", "pull", "--plain-http", ref, namespace=IMAGE_NS, check=True, timeout=300)
+    _IMAGE[t.name] = ref
+
+
+def run_rm_image(t: Target) -> float | None:
+    id = _id("ri")
+    started = time.perf_counter()
+    res = t.ctr("run", "--rm", _IMAGE[t.name], id, "/bin/true", namespace=IMAGE_NS)
+    took = time.perf_counter() - started
+    if res.returncode != 0:
+        _clean(t, id, IMAGE_NS)
+        return None
+    return took
+
+
+def image_teardown(t: Target) -> None:
+    t.ctr("image", "rm", "--sync", _IMAGE.pop(t.name), namespace=IMAGE_NS)
 
 
 def _view(binary: str) -> list[str]:
@@ -165,6 +194,8 @@ def exec_teardown(t: Target) -> None:
 
 def workloads() -> list[Workload]:
     return [
+        Workload("runtime/ctr run --rm IMAGE true (default runtime)", run_rm_image, repeat=20,
+                 setup=image_setup, teardown=image_teardown),
         Workload("runtime/ctr run --rm true (default runtime)", run_rm(None), repeat=20),
         Workload("runtime/ctr run --rm true (runc)", run_rm("runc"), repeat=20),
         Workload("runtime/ctr run --rm true (crun)", run_rm("crun"), repeat=20),
