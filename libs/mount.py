@@ -115,7 +115,7 @@ def mount(m: MountLike, target: str) -> None:
     flags, propagation, data = parse_options(options)
     fstype = m.type
     if fstype == "bind":
-        flags |= 0 if flags & MS_BIND else MS_BIND
+        flags |= MS_BIND
         fstype = ""
     _mount(m.source, target, fstype, flags, data)
     try:
