@@ -199,6 +199,9 @@ async def test_server_side_pull_applies_layers_apart_and_stacks_them(client: Cli
         async for ev in client.events.subscribe(f'topic=="/snapshot/prepare",namespace=={client.namespace}'):
             prepared.append(ev.payload)
 
+    def pulled() -> list[dict[str, object]]:
+        return [p for p in prepared if not str(p.get("key", "")).startswith(marker)]
+
     watcher = asyncio.create_task(watch())
     markers: list[str] = []
     try:
@@ -207,16 +210,18 @@ async def test_server_side_pull_applies_layers_apart_and_stacks_them(client: Cli
             await client.snapshots.prepare(markers[-1])
             await asyncio.sleep(0.1)
         await client.pull(ref, server_side=True)
-        await asyncio.sleep(0.5)
+        for _ in range(100):  # events cross the bus after the calls answered
+            if len(pulled()) >= 7:
+                break
+            await asyncio.sleep(0.1)
     finally:
         watcher.cancel()
         for key in markers:  # the pull's end may have collected them already
             with contextlib.suppress(NotFound):
                 await client.snapshots.remove(key)
-    pulled = [p for p in prepared if not str(p.get("key", "")).startswith(marker)]
     # the bottom layer and four detached tries; the last two need their parent: again onto it
-    assert [p.get("parent", "") for p in pulled].count("") == 5, pulled
-    assert sum(1 for p in pulled if p.get("parent")) == 2, pulled
+    assert [p.get("parent", "") for p in pulled()].count("") == 5, pulled()
+    assert sum(1 for p in pulled() if p.get("parent")) == 2, pulled()
 
     chain = (await client.resolve_image(ref)).chain_id
     info = await client.snapshots.stat(chain)
