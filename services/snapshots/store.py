@@ -252,7 +252,7 @@ class SnapshotStore:
         with self.reader.connect() as conn:  # early answer; checked again under the lock
             row, parent_row = self._check_commit(conn, ns, sn, name, key, parent)
         if parent_row is not None:
-            self._check_stackable(sn, row.id, parent_row.id)
+            self._check_stackable(sn, parent_row.id)
         usage = disk_usage(self.snap_dir(sn, row.id) / "fs")  # outside the write lock
         now = time.time_ns()
         with self.engine.begin() as conn:
@@ -279,7 +279,7 @@ class SnapshotStore:
                                      'failed precondition')
         return row, self._committed_parent(conn, ns, sn, parent, "commit")
 
-    def _check_stackable(self, sn: str, sid: int, parent_id: int) -> None:
+    def _check_stackable(self, sn: str, parent_id: int) -> None:
         """A prepare onto a parent gives the upper dir the parent's root owner, and a layer
         may or may not set it again: stacked later, the result is only known to be the same
         when that owner is the one our own directories get."""
