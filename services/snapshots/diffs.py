@@ -194,8 +194,5 @@ def clear_scratch(scratch: Path) -> None:
         return
     for entry in scratch.iterdir():
         if entry.name.startswith("mnt-"):
-            try:
-                mnt.unmount_all(str(entry))
-            except OSError:
-                mnt.unmount(str(entry), lazy=True)
+            mnt.unmount_all(str(entry), lazy_if_busy=True)
         shutil.rmtree(entry, ignore_errors=True)
