@@ -103,6 +103,7 @@ class ContentStore:
         for sid in list(self.sessions):
             self.w_close(sid)
         self.engine.dispose()
+        self.reader.dispose()
 
     def blob_path(self, digest: str) -> Path:
         alg, hexpart = digest.split(":", 1)

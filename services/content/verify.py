@@ -18,7 +18,7 @@ def verify(root: Path, rehash: bool = True) -> dict[str, list[str]]:
     try:
         return store.verify(rehash)
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 def main(root: Path, rehash: bool = True, as_json: bool = False) -> int:

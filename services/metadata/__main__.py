@@ -19,7 +19,7 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
 
     async def stop() -> None:
         await server.gc.stop()
-        await asyncio.to_thread(store.engine.dispose)
+        await asyncio.to_thread(store.close)
 
     return stop
 

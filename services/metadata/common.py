@@ -104,6 +104,10 @@ class StoreBase:
         self.sqlite = self.engine.dialect.name == "sqlite"
         self._wlock = threading.Lock()
 
+    def close(self) -> None:
+        self.engine.dispose()
+        self.reader.dispose()  # the same engine for PostgreSQL: disposing twice is harmless
+
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         if self.sqlite:
