@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +54,10 @@ NAMESPACE_HELD = "namespace_held"  # NamespaceRequest -> bool
 RELEASE_LEASE = "release_lease"    # LeaseRequest -> int (records no longer held by it)
 NAMESPACES = "namespaces"          # None -> list[str] (namespaces owning a blob or an ingest)
 WRITER_OPEN = "writer.open"        # WriterOpen -> WriterSession
+
+# published (not served) on <prefix>.content.changed: DigestRequest of a blob whose record
+# changed in place (labels), for callers that keep records; deletes are /content/delete events
+CHANGED = "changed"
 
 # methods on the session's instance subject <prefix>.content.i.<instance>.<method>
 W_STATUS = "w.status"      # SessionRequest -> WriterSession (offset, digest so far)
@@ -423,6 +427,12 @@ class ContentClient:
         """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted). Not retried:
         with no content service on the bus this fails at once with Unavailable."""
         return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), False))
+
+    async def watch_changes(self, callback: Callable[[DigestRequest], None]) -> None:
+        """``callback`` for every record changed in place from now on (see CHANGED)."""
+        async def on_notice(data: Any) -> None:
+            callback(from_wire(DigestRequest, data))
+        await self.bus.subscribe(subject(self.prefix, CHANGED), on_notice)
 
     async def local_file(self, namespace: str, digest: str) -> LocalFile | None:
         """The committed blob's file when this process shares its filesystem, else None."""

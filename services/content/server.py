@@ -39,7 +39,9 @@ class ContentServer:
 
     async def update(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.UpdateRequest, req)
-        return await asyncio.to_thread(self.store.update, r.namespace, r.info, r.paths)
+        info = await asyncio.to_thread(self.store.update, r.namespace, r.info, r.paths)
+        await self.bus.publish(api.subject(self.cfg.prefix, api.CHANGED), api.DigestRequest(r.namespace, info.digest))
+        return info
 
     async def delete(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.DigestRequest, req)

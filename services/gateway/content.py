@@ -17,13 +17,14 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
-from flotilla.libs.api.content import ContentClient, Info, LocalFile, Status, Writer, digest_error
+from flotilla.libs.api.content import ContentClient, DigestRequest, Info, LocalFile, Status, Writer, digest_error
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
 
 from .blobfiles import BlobFiles
 from .events import EventHub
+from .infocache import InfoCache
 from .protomsg import set_timestamp
 from .rpc import namespace, streaming, unary
 
@@ -67,17 +68,33 @@ class ContentServicer(pbc_grpc.ContentServicer):
         local = os.environ.get("FLOTILLA_CONTENT_LOCAL", "1") != "0"
         self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
         self._files = BlobFiles(self._resolve)
+        self._infos = InfoCache()
 
     @classmethod
-    def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
+    async def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
         servicer = cls(bus, cfg)
-        # a delete anywhere drops our cached file of that blob at once
+        # a delete anywhere drops our open file and record of that blob at once, a label
+        # change the record
         hub.watch("/content/delete", servicer._on_delete)
+        await servicer.content.watch_changes(servicer._on_changed)
         pbc_grpc.add_ContentServicer_to_server(servicer, server)
         return servicer
 
     def _on_delete(self, event: dict[str, Any]) -> None:
-        self._files.drop(event.get("namespace", ""), (event.get("fields") or {}).get("digest", ""))
+        ns, digest = event.get("namespace", ""), (event.get("fields") or {}).get("digest", "")
+        self._files.drop(ns, digest)
+        self._infos.drop(ns, digest)
+
+    def _on_changed(self, notice: DigestRequest) -> None:
+        self._infos.drop(notice.namespace, notice.digest)
+
+    async def _info(self, ns: str, digest: str) -> Info:
+        info = self._infos.get(ns, digest)
+        if info is None:
+            mark = self._infos.mark()
+            info = await self.content.info(ns, digest)
+            self._infos.put(ns, info, mark)
+        return info
 
     async def _resolve(self, ns: str, digest: str) -> LocalFile | None:
         return await self.content.local_file(ns, digest) if self.content.local else None
@@ -86,7 +103,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
     async def Info(self, request: pbc.InfoRequest, context: aio.ServicerContext) -> pbc.InfoResponse:
         ns = namespace(context)
         _valid(request.digest)
-        return pbc.InfoResponse(info=_info_pb(await self.content.info(ns, request.digest)))
+        return pbc.InfoResponse(info=_info_pb(await self._info(ns, request.digest)))
 
     @unary("Content.Update")
     async def Update(self, request: pbc.UpdateRequest, context: aio.ServicerContext) -> pbc.UpdateResponse:
@@ -94,6 +111,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         _valid(request.info.digest)
         info = Info(digest=request.info.digest, labels=dict(request.info.labels))
         updated = await self.content.update(ns, info, list(request.update_mask.paths))
+        self._infos.drop(ns, request.info.digest)  # the service's notice may come after our next Info
         return pbc.UpdateResponse(info=_info_pb(updated))
 
     @streaming("Content.List")
@@ -110,6 +128,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         if err:
             raise InvalidArgument(err)
         self._files.drop(ns, request.digest)
+        self._infos.drop(ns, request.digest)
         await self.content.delete(ns, request.digest)
         return empty_pb2.Empty()
 
@@ -122,7 +141,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
             raise InvalidArgument(f"{digest}: {err}")
         blob = await self._files.acquire(ns, digest)
         try:
-            size = blob.size if blob is not None else (await self.content.info(ns, digest)).size
+            size = blob.size if blob is not None else (await self._info(ns, digest)).size
             offset = max(0, request.offset)
             if offset > size:
                 raise OutOfRange(f"read past object length {size} bytes")
@@ -219,7 +238,9 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     if data:
                         msg.offset = await w.write(data)
                     if req.action == pbc.COMMIT:
+                        mark = self._infos.mark()
                         info = await w.commit(total, expected, dict(req.labels))
+                        self._infos.put(ns, info, mark)
                         msg.digest = info.digest
                         msg.offset = info.size
                 yield msg
@@ -234,7 +255,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
 
     async def _exists(self, ns: str, digest: str) -> bool:
         try:
-            await self.content.info(ns, digest)
+            await self._info(ns, digest)
             return True
         except (NotFound, InvalidArgument):
             return False

@@ -54,7 +54,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     ContainersServicer.register(server, metadata, cfg.request_timeout)
     ImagesServicer.register(server, metadata, cfg.request_timeout)
     LeasesServicer.register(server, metadata, cfg.request_timeout)
-    ContentServicer.register(server, bus, cfg, hub)
+    await ContentServicer.register(server, bus, cfg, hub)
     SnapshotsServicer.register(server, bus, cfg)
     DiffServicer.register(server, bus, cfg)
     TasksServicer.register(server, bus, cfg, metadata)
