@@ -14,7 +14,9 @@ from flotilla.libs.api.metadata import AnyValue, Container, MetadataClient, Runt
 from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.wire import to_wire
 
+from .events import EventHub
 from .protomsg import set_timestamp
+from .records import RecordCache, event_key
 from .rpc import namespace, streaming, timeout, unary
 
 
@@ -56,14 +58,18 @@ def wire_to_pb(c: dict[str, Any]) -> pbc.Container:
 class ContainersServicer(pbc_grpc.ContainersServicer):
     def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
         self.metadata, self.default_timeout = metadata, default_timeout
+        self._records: RecordCache[Container] = RecordCache()  # ctr gets a container 3 times a run
 
     @classmethod
-    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float) -> None:
-        pbc_grpc.add_ContainersServicer_to_server(cls(metadata, default_timeout), server)
+    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float, hub: EventHub) -> None:
+        servicer = cls(metadata, default_timeout)
+        servicer._records.drop_on(hub, ("/containers/update", "/containers/delete"), event_key("id"))
+        pbc_grpc.add_ContainersServicer_to_server(servicer, server)
 
     @unary("Containers.Get")
     async def Get(self, request: pbc.GetContainerRequest, context: aio.ServicerContext) -> pbc.GetContainerResponse:
-        c = await self.metadata.get_container(namespace(context), request.id, timeout(context, self.default_timeout))
+        ns, limit = namespace(context), timeout(context, self.default_timeout)
+        c = await self._records.fetch((ns, request.id), lambda: self.metadata.get_container(ns, request.id, limit))
         return pbc.GetContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.List")
@@ -83,8 +89,8 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
     @unary("Containers.Create")
     async def Create(self, request: pbc.CreateContainerRequest, context: aio.ServicerContext) -> pbc.CreateContainerResponse:
         ns = namespace(context)
-        c = await self.metadata.create_container(ns, container_from_pb(request.container),
-                                                 timeout(context, self.default_timeout))
+        c = await self._records.keep((ns, request.container.id), self.metadata.create_container(
+            ns, container_from_pb(request.container), timeout(context, self.default_timeout)))
         return pbc.CreateContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.Update")
@@ -92,12 +98,19 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         if not request.container.id:
             raise InvalidArgument("Container.ID required")
         ns = namespace(context)
-        c = await self.metadata.update_container(ns, container_from_pb(request.container),
-                                                 list(request.update_mask.paths),
-                                                 timeout(context, self.default_timeout))
+        try:
+            c = await self.metadata.update_container(ns, container_from_pb(request.container),
+                                                     list(request.update_mask.paths),
+                                                     timeout(context, self.default_timeout))
+        finally:  # at once: the service's event may come after our next Get
+            self._records.drop((ns, request.container.id))
         return pbc.UpdateContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.Delete")
     async def Delete(self, request: pbc.DeleteContainerRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        await self.metadata.delete_container(namespace(context), request.id, timeout(context, self.default_timeout))
+        ns = namespace(context)
+        try:
+            await self.metadata.delete_container(ns, request.id, timeout(context, self.default_timeout))
+        finally:
+            self._records.drop((ns, request.id))
         return empty_pb2.Empty()

@@ -24,7 +24,7 @@ from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, 
 
 from .blobfiles import BlobFiles
 from .events import EventHub
-from .infocache import InfoCache
+from .records import RecordCache
 from .protomsg import set_timestamp
 from .rpc import namespace, streaming, unary
 
@@ -68,7 +68,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         local = os.environ.get("FLOTILLA_CONTENT_LOCAL", "1") != "0"
         self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
         self._files = BlobFiles(self._resolve)
-        self._infos = InfoCache()
+        self._infos: RecordCache[Info] = RecordCache()
 
     @classmethod
     async def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
@@ -83,18 +83,13 @@ class ContentServicer(pbc_grpc.ContentServicer):
     def _on_delete(self, event: dict[str, Any]) -> None:
         ns, digest = event.get("namespace", ""), (event.get("fields") or {}).get("digest", "")
         self._files.drop(ns, digest)
-        self._infos.drop(ns, digest)
+        self._infos.drop((ns, digest))
 
     def _on_changed(self, notice: DigestRequest) -> None:
-        self._infos.drop(notice.namespace, notice.digest)
+        self._infos.drop((notice.namespace, notice.digest))
 
     async def _info(self, ns: str, digest: str) -> Info:
-        info = self._infos.get(ns, digest)
-        if info is None:
-            mark = self._infos.mark()
-            info = await self.content.info(ns, digest)
-            self._infos.put(ns, info, mark)
-        return info
+        return await self._infos.fetch((ns, digest), lambda: self.content.info(ns, digest))
 
     async def _resolve(self, ns: str, digest: str) -> LocalFile | None:
         return await self.content.local_file(ns, digest) if self.content.local else None
@@ -111,7 +106,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         _valid(request.info.digest)
         info = Info(digest=request.info.digest, labels=dict(request.info.labels))
         updated = await self.content.update(ns, info, list(request.update_mask.paths))
-        self._infos.drop(ns, request.info.digest)  # the service's notice may come after our next Info
+        self._infos.drop((ns, request.info.digest))  # the service's notice may come after our next Info
         return pbc.UpdateResponse(info=_info_pb(updated))
 
     @streaming("Content.List")
@@ -128,7 +123,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         if err:
             raise InvalidArgument(err)
         self._files.drop(ns, request.digest)
-        self._infos.drop(ns, request.digest)
+        self._infos.drop((ns, request.digest))
         await self.content.delete(ns, request.digest)
         return empty_pb2.Empty()
 
@@ -240,7 +235,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     if req.action == pbc.COMMIT:
                         mark = self._infos.mark()
                         info = await w.commit(total, expected, dict(req.labels))
-                        self._infos.put(ns, info, mark)
+                        self._infos.put((ns, info.digest), info, mark)
                         msg.digest = info.digest
                         msg.offset = info.size
                 yield msg

@@ -12,7 +12,9 @@ from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as p
 from flotilla.libs.api.metadata import Descriptor, Image, MetadataClient
 from flotilla.libs.wire import to_wire
 
+from .events import EventHub
 from .protomsg import set_timestamp
+from .records import RecordCache, event_key
 from .rpc import namespace, timeout, unary
 
 _SYNC_TIMEOUT = 300.0  # a synchronous delete waits for a whole collection
@@ -38,14 +40,18 @@ def wire_to_pb(i: dict[str, Any]) -> pbi.Image:
 class ImagesServicer(pbi_grpc.ImagesServicer):
     def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
         self.metadata, self.default_timeout = metadata, default_timeout
+        self._records: RecordCache[Image] = RecordCache()  # each ctr run gets its image
 
     @classmethod
-    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float) -> None:
-        pbi_grpc.add_ImagesServicer_to_server(cls(metadata, default_timeout), server)
+    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float, hub: EventHub) -> None:
+        servicer = cls(metadata, default_timeout)
+        servicer._records.drop_on(hub, ("/images/update", "/images/delete"), event_key("name"))
+        pbi_grpc.add_ImagesServicer_to_server(servicer, server)
 
     @unary("Images.Get")
     async def Get(self, request: pbi.GetImageRequest, context: aio.ServicerContext) -> pbi.GetImageResponse:
-        i = await self.metadata.get_image(namespace(context), request.name, timeout(context, self.default_timeout))
+        ns, limit = namespace(context), timeout(context, self.default_timeout)
+        i = await self._records.fetch((ns, request.name), lambda: self.metadata.get_image(ns, request.name, limit))
         return pbi.GetImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.List")
@@ -56,18 +62,27 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
 
     @unary("Images.Create")
     async def Create(self, request: pbi.CreateImageRequest, context: aio.ServicerContext) -> pbi.CreateImageResponse:
-        i = await self.metadata.create_image(namespace(context), image_from_pb(request.image),
-                                             timeout(context, self.default_timeout))
+        ns = namespace(context)
+        i = await self._records.keep((ns, request.image.name), self.metadata.create_image(
+            ns, image_from_pb(request.image), timeout(context, self.default_timeout)))
         return pbi.CreateImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.Update")
     async def Update(self, request: pbi.UpdateImageRequest, context: aio.ServicerContext) -> pbi.UpdateImageResponse:
-        i = await self.metadata.update_image(namespace(context), image_from_pb(request.image),
-                                             list(request.update_mask.paths), timeout(context, self.default_timeout))
+        ns = namespace(context)
+        try:
+            i = await self.metadata.update_image(ns, image_from_pb(request.image), list(request.update_mask.paths),
+                                                 timeout(context, self.default_timeout))
+        finally:  # at once: the service's event may come after our next Get
+            self._records.drop((ns, request.image.name))
         return pbi.UpdateImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.Delete")
     async def Delete(self, request: pbi.DeleteImageRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         limit = _SYNC_TIMEOUT if request.sync else self.default_timeout
-        await self.metadata.delete_image(namespace(context), request.name, request.sync, timeout(context, limit))
+        ns = namespace(context)
+        try:
+            await self.metadata.delete_image(ns, request.name, request.sync, timeout(context, limit))
+        finally:
+            self._records.drop((ns, request.name))
         return empty_pb2.Empty()

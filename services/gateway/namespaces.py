@@ -8,6 +8,8 @@ from grpc import aio
 from flotilla.libs.api.metadata import MetadataClient, Namespace
 
 from . import pb
+from .events import EventHub
+from .records import RecordCache, event_key
 from .rpc import caller_namespace, timeout, unary
 
 
@@ -18,10 +20,21 @@ def _to_pb(ns: Namespace) -> pb.namespaces.Namespace:
 class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
     def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
         self.metadata, self.default_timeout = metadata, default_timeout
+        self._records: RecordCache[Namespace] = RecordCache()  # keyed ("", name); ctr gets one twice a run
+
+    @classmethod
+    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float, hub: EventHub) -> None:
+        servicer = cls(metadata, default_timeout)
+        # a Get of a namespace that is not there answers (no labels), as containerd's: so a
+        # create drops too
+        servicer._records.drop_on(hub, ("/namespaces/create", "/namespaces/update", "/namespaces/delete"),
+                                  event_key("name", namespace_scoped=False))
+        pb.namespaces_grpc.add_NamespacesServicer_to_server(servicer, server)
 
     @unary("Namespaces.Get")
     async def Get(self, request: pb.namespaces.GetNamespaceRequest, context: aio.ServicerContext) -> pb.namespaces.GetNamespaceResponse:
-        ns = await self.metadata.get_namespace(request.name, timeout(context, self.default_timeout))
+        limit = timeout(context, self.default_timeout)
+        ns = await self._records.fetch(("", request.name), lambda: self.metadata.get_namespace(request.name, limit))
         return pb.namespaces.GetNamespaceResponse(namespace=_to_pb(ns))
 
     @unary("Namespaces.List")
@@ -39,12 +52,18 @@ class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
     @unary("Namespaces.Update")
     async def Update(self, request: pb.namespaces.UpdateNamespaceRequest, context: aio.ServicerContext) -> pb.namespaces.UpdateNamespaceResponse:
         ns = Namespace(request.namespace.name, dict(request.namespace.labels))
-        await self.metadata.update_namespace(ns, list(request.update_mask.paths), caller_namespace(context),
-                                             timeout(context, self.default_timeout))
+        try:
+            await self.metadata.update_namespace(ns, list(request.update_mask.paths), caller_namespace(context),
+                                                 timeout(context, self.default_timeout))
+        finally:  # at once: the service's event may come after our next Get
+            self._records.drop(("", ns.name))
         # containerd answers Update with an empty response
         return pb.namespaces.UpdateNamespaceResponse()
 
     @unary("Namespaces.Delete")
     async def Delete(self, request: pb.namespaces.DeleteNamespaceRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        await self.metadata.delete_namespace(request.name, timeout(context, self.default_timeout))
+        try:
+            await self.metadata.delete_namespace(request.name, timeout(context, self.default_timeout))
+        finally:
+            self._records.drop(("", request.name))
         return empty_pb2.Empty()

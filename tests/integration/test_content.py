@@ -568,11 +568,11 @@ def test_write_offsets_and_read_ranges_match_containerd(suite: PrivateSuite, con
 
 
 async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) -> None:
-    """The gateway answers a repeated Info itself (services/gateway/infocache.py), yet sees
+    """The gateway answers a repeated Info itself (services/gateway/records.py), yet sees
     a label update and a delete made by another caller of the content service (another
     gateway, the garbage collector) as soon as the notice crosses the bus: well within its
     cache's TTL."""
-    from flotilla.services.gateway.infocache import TTL
+    from flotilla.services.gateway.records import TTL
     from flotilla.libs.api.content import ContentClient, Info
     ns, data = _new_ns("infocache"), b"cached record"
     md = [("containerd-namespace", ns)]

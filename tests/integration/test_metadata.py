@@ -558,3 +558,91 @@ def test_imported_images_containers_and_gc_match_containerd(md: PrivateSuite, co
     blob_dir = md.suite.root / "content" / "blobs" / "sha256"
     for blob in base.blobs() + child.blobs():
         assert not (blob_dir / blob.digest.split(":")[1]).exists(), blob.digest
+
+
+async def test_gateway_gets_follow_changes_made_past_it(suite: PrivateSuite) -> None:
+    """The gateway answers a repeated Containers/Images/Namespaces.Get itself
+    (services/gateway/records.py), yet sees an update and a delete made by another caller
+    of the metadata service (another gateway) as soon as its event crosses the bus: well
+    within the cache's TTL. Ask twice first, and the service is asked once."""
+    import asyncio
+
+    from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2 as pbn
+    from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pbn_grpc
+    from flotilla.libs.api.metadata import Container, Descriptor, Image, MetadataClient, Namespace, Runtime
+    from flotilla.libs.bus import Bus
+    from flotilla.services.gateway.records import TTL
+
+    ns = "rec-" + uuid.uuid4().hex[:8]
+    md = [("containerd-namespace", ns)]
+    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    elsewhere = MetadataClient(bus, suite.suite.prefix)
+    asked: dict[str, int] = {}
+
+    async def count(msg) -> None:  # type: ignore[no-untyped-def]
+        method = msg.subject.split(".", 2)[-1]
+        asked[method] = asked.get(method, 0) + 1
+    await bus.nc.subscribe(f"{suite.suite.prefix}.metadata.*.get", cb=count)
+    await bus.nc.flush()
+
+    def soon(check) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + TTL / 4
+        while not check():
+            assert time.monotonic() < deadline, "the gateway answered from a stale record"
+            time.sleep(0.005)
+
+    def gone(get) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            get()
+            return False
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.NOT_FOUND
+            return True
+
+    try:
+        with grpc.insecure_channel(f"unix://{suite.address}") as ch:
+            containers, images = pbc_grpc.ContainersStub(ch), pbi_grpc.ImagesStub(ch)
+            namespaces = pbn_grpc.NamespacesStub(ch)
+            spec = pbc.Container(id="c1", runtime=pbc.Container.Runtime(name="io.containerd.runc.v2"))
+            spec.spec.type_url, spec.spec.value = "types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}"
+            containers.Create(pbc.CreateContainerRequest(container=spec), metadata=md)
+            image = pbi.Image(name="i1")
+            image.target.media_type, image.target.digest, image.target.size = (
+                "application/vnd.oci.image.manifest.v1+json", "sha256:" + "1" * 64, 1)
+            images.Create(pbi.CreateImageRequest(image=image), metadata=md)
+
+            def container() -> pbc.Container:
+                return containers.Get(pbc.GetContainerRequest(id="c1"), metadata=md).container
+
+            def img() -> pbi.Image:
+                return images.Get(pbi.GetImageRequest(name="i1"), metadata=md).image
+
+            def namespace() -> pbn.Namespace:
+                return namespaces.Get(pbn.GetNamespaceRequest(name=ns)).namespace
+
+            for _ in range(2):
+                await asyncio.to_thread(container)
+                await asyncio.to_thread(img)
+                await asyncio.to_thread(namespace)
+            await bus.nc.flush()
+            # what Create answered was kept; the namespace was asked once
+            assert asked == {"namespaces.get": 1}, asked
+
+            await elsewhere.update_container(ns, Container(id="c1", runtime=Runtime("io.containerd.runc.v2"),
+                                                           labels={"seen": "elsewhere"}), ["labels.seen"])
+            await elsewhere.update_image(ns, Image(name="i1", labels={"seen": "elsewhere"},
+                                                   target=Descriptor("", "", 0)), ["labels.seen"])
+            await elsewhere.update_namespace(Namespace(ns, {"seen": "elsewhere"}), ["labels.seen"])
+            await asyncio.to_thread(soon, lambda: dict(container().labels) == {"seen": "elsewhere"})
+            await asyncio.to_thread(soon, lambda: dict(img().labels) == {"seen": "elsewhere"})
+            await asyncio.to_thread(soon, lambda: dict(namespace().labels) == {"seen": "elsewhere"})
+
+            await elsewhere.delete_container(ns, "c1")
+            await elsewhere.delete_image(ns, "i1")
+            await asyncio.to_thread(soon, lambda: gone(container))
+            await asyncio.to_thread(soon, lambda: gone(img))
+            await elsewhere.delete_namespace(ns)
+            # as containerd's, a Get of a namespace that is not there answers its name, no labels
+            await asyncio.to_thread(soon, lambda: dict(namespace().labels) == {})
+    finally:
+        await bus.close()
