@@ -55,7 +55,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     ImagesServicer.register(server, metadata, cfg.request_timeout, hub)
     LeasesServicer.register(server, metadata, cfg.request_timeout)
     await ContentServicer.register(server, bus, cfg, hub)
-    SnapshotsServicer.register(server, bus, cfg)
+    SnapshotsServicer.register(server, bus, cfg, hub)
     DiffServicer.register(server, bus, cfg)
     TasksServicer.register(server, bus, cfg, metadata)
     TransferServicer.register(server, bus, cfg)

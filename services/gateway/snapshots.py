@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from google.protobuf import empty_pb2
 from grpc import aio
@@ -15,7 +16,9 @@ from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import InvalidArgument
 
+from .events import EventHub
 from .protomsg import set_timestamp
+from .records import Key, RecordCache
 from .rpc import namespace, streaming, timeout, unary
 
 LEASE_KEY = "containerd-lease"
@@ -52,49 +55,71 @@ def info_pb(info: Info) -> pbs.Info:
     return out
 
 
+def _key(ns: str, sn: str, key: str) -> Key:
+    return (ns, f"{sn}/{key}")
+
+
 class SnapshotsServicer(pbs_grpc.SnapshotsServicer):
     def __init__(self, client: SnapshotsClient, default_timeout: float) -> None:
         self.client, self.default_timeout = client, default_timeout
+        # an active snapshot's mounts are fixed from its Prepare to its Commit or Remove, and
+        # ctr asks them twice a run after preparing (services/gateway/records.py)
+        self._mounts: RecordCache[list[Mount]] = RecordCache()
 
     @classmethod
-    def register(cls, server: aio.Server, bus: Bus, cfg: Config) -> None:
+    def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> None:
         client = SnapshotsClient(bus, cfg.prefix, cfg.host)  # this host's snapshots service
-        pbs_grpc.add_SnapshotsServicer_to_server(cls(client, cfg.request_timeout), server)
+        servicer = cls(client, cfg.request_timeout)
+        for topic in ("/snapshot/commit", "/snapshot/remove"):
+            hub.watch(topic, servicer._on_gone)
+        pbs_grpc.add_SnapshotsServicer_to_server(servicer, server)
+
+    def _on_gone(self, event: dict[str, Any]) -> None:
+        ns, key = str(event.get("namespace", "")), str((event.get("fields") or {}).get("key", ""))
+        for sn in SNAPSHOTTERS:  # the event does not say which snapshotter
+            self._mounts.drop(_key(ns, sn, key))
 
     def _t(self, context: aio.ServicerContext, scale: float = 1.0) -> float:
         return timeout(context, self.default_timeout * scale)
 
     @unary("Snapshots.Prepare")
     async def Prepare(self, request: pbs.PrepareSnapshotRequest, context: aio.ServicerContext) -> pbs.PrepareSnapshotResponse:
-        sn = check_snapshotter(request.snapshotter)
-        mounts = await self.client.prepare(namespace(context), sn, request.key, request.parent,
-                                           dict(request.labels), lease(context), self._t(context, 6))
+        sn, ns = check_snapshotter(request.snapshotter), namespace(context)
+        mounts = await self._mounts.keep(_key(ns, sn, request.key), self.client.prepare(
+            ns, sn, request.key, request.parent, dict(request.labels), lease(context), self._t(context, 6)))
         return pbs.PrepareSnapshotResponse(mounts=mounts_pb(mounts))
 
     @unary("Snapshots.View")
     async def View(self, request: pbs.ViewSnapshotRequest, context: aio.ServicerContext) -> pbs.ViewSnapshotResponse:
-        sn = check_snapshotter(request.snapshotter)
-        mounts = await self.client.view(namespace(context), sn, request.key, request.parent,
-                                        dict(request.labels), lease(context), self._t(context, 6))
+        sn, ns = check_snapshotter(request.snapshotter), namespace(context)
+        mounts = await self._mounts.keep(_key(ns, sn, request.key), self.client.view(
+            ns, sn, request.key, request.parent, dict(request.labels), lease(context), self._t(context, 6)))
         return pbs.ViewSnapshotResponse(mounts=mounts_pb(mounts))
 
     @unary("Snapshots.Mounts")
     async def Mounts(self, request: pbs.MountsRequest, context: aio.ServicerContext) -> pbs.MountsResponse:
-        sn = check_snapshotter(request.snapshotter)
-        mounts = await self.client.mounts(namespace(context), sn, request.key, self._t(context))
+        sn, ns, limit = check_snapshotter(request.snapshotter), namespace(context), self._t(context)
+        mounts = await self._mounts.fetch(_key(ns, sn, request.key),
+                                          lambda: self.client.mounts(ns, sn, request.key, limit))
         return pbs.MountsResponse(mounts=mounts_pb(mounts))
 
     @unary("Snapshots.Commit")
     async def Commit(self, request: pbs.CommitSnapshotRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        sn = check_snapshotter(request.snapshotter)
-        await self.client.commit(namespace(context), sn, request.name, request.key, dict(request.labels),
-                                 lease(context), self._t(context, 6))
+        sn, ns = check_snapshotter(request.snapshotter), namespace(context)
+        try:
+            await self.client.commit(ns, sn, request.name, request.key, dict(request.labels),
+                                     lease(context), self._t(context, 6))
+        finally:  # at once: the service's event may come after our next Mounts
+            self._mounts.drop(_key(ns, sn, request.key))
         return empty_pb2.Empty()
 
     @unary("Snapshots.Remove")
     async def Remove(self, request: pbs.RemoveSnapshotRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        sn = check_snapshotter(request.snapshotter)
-        await self.client.remove(namespace(context), sn, request.key, self._t(context, 6))
+        sn, ns = check_snapshotter(request.snapshotter), namespace(context)
+        try:
+            await self.client.remove(ns, sn, request.key, self._t(context, 6))
+        finally:
+            self._mounts.drop(_key(ns, sn, request.key))
         return empty_pb2.Empty()
 
     @unary("Snapshots.Stat")

@@ -683,3 +683,64 @@ async def test_apply_reads_a_remote_blob_over_nats(suite: PrivateSuite, tmp_path
     finally:
         differ.close()
         await bus.close()
+
+
+async def test_gateway_mounts_follow_changes_made_past_it(suite: PrivateSuite) -> None:
+    """The gateway answers Mounts of a snapshot it prepared itself (services/gateway/records.py);
+    a remove made past it (another gateway, the garbage collector) and a new Prepare of the
+    same key with another parent are seen as soon as the event crosses the bus."""
+    import asyncio
+
+    from flotilla.libs.api.snapshots import SnapshotsClient
+    from flotilla.libs.bus import Bus
+    from flotilla.libs.config import load
+    from flotilla.services.gateway.records import TTL
+
+    ns = "mnt-" + uuid.uuid4().hex[:8]
+    md = [("containerd-namespace", ns)]
+    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    elsewhere = SnapshotsClient(bus, suite.suite.prefix, load(suite.env("gateway")).host)
+    asked = 0
+
+    async def count(_msg) -> None:  # type: ignore[no-untyped-def]
+        nonlocal asked
+        asked += 1
+    await bus.nc.subscribe(f"{suite.suite.prefix}.snapshots.*.mounts", cb=count)
+    await bus.nc.flush()
+    try:
+        await elsewhere.prepare(ns, "overlayfs", "base-a")
+        await elsewhere.commit(ns, "overlayfs", "a", "base-a")
+        await elsewhere.prepare(ns, "overlayfs", "base-b")
+        await elsewhere.commit(ns, "overlayfs", "b", "base-b")
+        with grpc.insecure_channel(f"unix://{suite.address}") as ch:
+            stub = snapshots_pb2_grpc.SnapshotsStub(ch)
+            stub.Prepare(snapshots_pb2.PrepareSnapshotRequest(snapshotter="overlayfs", key="k", parent="a"), metadata=md)
+
+            def mounts() -> str:
+                got = stub.Mounts(snapshots_pb2.MountsRequest(snapshotter="overlayfs", key="k"), metadata=md).mounts
+                return " ".join(o for m in got for o in m.options)
+
+            first = await asyncio.to_thread(mounts)
+            assert first == await asyncio.to_thread(mounts)
+            await bus.nc.flush()
+            assert asked == 0  # what Prepare answered was kept
+
+            await elsewhere.remove(ns, "overlayfs", "k")
+            await elsewhere.prepare(ns, "overlayfs", "k", parent="b")
+
+            def changed() -> bool:
+                deadline = time.monotonic() + TTL / 4
+                while mounts() == first:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.005)
+                return True
+            assert await asyncio.to_thread(changed), "the gateway answered from a stale record"
+            stub.Remove(snapshots_pb2.RemoveSnapshotRequest(snapshotter="overlayfs", key="k"), metadata=md)
+            with pytest.raises(grpc.RpcError) as err:
+                await asyncio.to_thread(mounts)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        for key in ("b", "a"):
+            await elsewhere.remove(ns, "overlayfs", key)
+    finally:
+        await bus.close()
