@@ -24,8 +24,8 @@ from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, 
 
 from .blobfiles import BlobFiles
 from .events import EventHub
-from .records import RecordCache
 from .protomsg import set_timestamp
+from .records import RecordCache
 from .rpc import namespace, streaming, unary
 
 log = logging.getLogger("flotilla.gateway.content")
