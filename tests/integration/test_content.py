@@ -572,49 +572,29 @@ async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) ->
     a label update and a delete made by another caller of the content service (another
     gateway, the garbage collector) as soon as the notice crosses the bus: well within its
     cache's TTL."""
-    from flotilla.services.gateway.records import TTL
     from flotilla.libs.api.content import ContentClient, Info
+    from tests.integration.records_kit import count_requests, not_found, soon
     ns, data = _new_ns("infocache"), b"cached record"
     md = [("containerd-namespace", ns)]
     subprocess.run([CTR, "--address", suite.address, "-n", ns, "content", "ingest", "c"], input=data, check=True)
     bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
-    asked = 0
-
-    async def count(_msg) -> None:  # type: ignore[no-untyped-def]
-        nonlocal asked
-        asked += 1
-    await bus.nc.subscribe(f"{suite.suite.prefix}.content.info", cb=count)
-    await bus.nc.flush()
+    asked = await count_requests(bus, f"{suite.suite.prefix}.content.info")
     try:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
             stub = pbc_grpc.ContentStub(ch)
 
             def info() -> pbc.Info:
                 return stub.Info(pbc.InfoRequest(digest=sha(data)), metadata=md).info
-
-            def soon(check) -> None:  # type: ignore[no-untyped-def]
-                deadline = time.monotonic() + TTL / 4
-                while not check():
-                    assert time.monotonic() < deadline, "the gateway answered from a stale record"
-                    time.sleep(0.005)
-
-            def gone() -> bool:
-                try:
-                    info()
-                    return False
-                except grpc.RpcError as exc:
-                    assert exc.code() == grpc.StatusCode.NOT_FOUND
-                    return True
             for _ in range(3):
                 assert dict((await asyncio.to_thread(info)).labels) == {}
             await bus.nc.flush()
-            assert asked == 0  # the commit's own record answered every Info
+            assert asked == {}  # the commit's own record answered every Info
 
             elsewhere = ContentClient(bus, suite.suite.prefix)
             await elsewhere.update(ns, Info(digest=sha(data), labels={"seen": "elsewhere"}), ["labels.seen"])
             await asyncio.to_thread(soon, lambda: dict(info().labels) == {"seen": "elsewhere"})
 
             await elsewhere.delete(ns, sha(data))
-            await asyncio.to_thread(soon, gone)
+            await asyncio.to_thread(soon, lambda: not_found(info))
     finally:
         await bus.close()

@@ -571,34 +571,13 @@ async def test_gateway_gets_follow_changes_made_past_it(suite: PrivateSuite) -> 
     from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pbn_grpc
     from flotilla.libs.api.metadata import Container, Descriptor, Image, MetadataClient, Namespace, Runtime
     from flotilla.libs.bus import Bus
-    from flotilla.services.gateway.records import TTL
+    from tests.integration.records_kit import count_requests, not_found, soon
 
     ns = "rec-" + uuid.uuid4().hex[:8]
     md = [("containerd-namespace", ns)]
     bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
     elsewhere = MetadataClient(bus, suite.suite.prefix)
-    asked: dict[str, int] = {}
-
-    async def count(msg) -> None:  # type: ignore[no-untyped-def]
-        method = msg.subject.split(".", 2)[-1]
-        asked[method] = asked.get(method, 0) + 1
-    await bus.nc.subscribe(f"{suite.suite.prefix}.metadata.*.get", cb=count)
-    await bus.nc.flush()
-
-    def soon(check) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + TTL / 4
-        while not check():
-            assert time.monotonic() < deadline, "the gateway answered from a stale record"
-            time.sleep(0.005)
-
-    def gone(get) -> bool:  # type: ignore[no-untyped-def]
-        try:
-            get()
-            return False
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.NOT_FOUND
-            return True
-
+    asked = await count_requests(bus, f"{suite.suite.prefix}.metadata.*.get")
     try:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
             containers, images = pbc_grpc.ContainersStub(ch), pbi_grpc.ImagesStub(ch)
@@ -626,7 +605,7 @@ async def test_gateway_gets_follow_changes_made_past_it(suite: PrivateSuite) -> 
                 await asyncio.to_thread(namespace)
             await bus.nc.flush()
             # what Create answered was kept; the namespace was asked once
-            assert asked == {"namespaces.get": 1}, asked
+            assert asked == {f"{suite.suite.prefix}.metadata.namespaces.get": 1}, asked
 
             await elsewhere.update_container(ns, Container(id="c1", runtime=Runtime("io.containerd.runc.v2"),
                                                            labels={"seen": "elsewhere"}), ["labels.seen"])
@@ -639,8 +618,8 @@ async def test_gateway_gets_follow_changes_made_past_it(suite: PrivateSuite) -> 
 
             await elsewhere.delete_container(ns, "c1")
             await elsewhere.delete_image(ns, "i1")
-            await asyncio.to_thread(soon, lambda: gone(container))
-            await asyncio.to_thread(soon, lambda: gone(img))
+            await asyncio.to_thread(soon, lambda: not_found(container))
+            await asyncio.to_thread(soon, lambda: not_found(img))
             await elsewhere.delete_namespace(ns)
             # as containerd's, a Get of a namespace that is not there answers its name, no labels
             await asyncio.to_thread(soon, lambda: dict(namespace().labels) == {})

@@ -694,19 +694,13 @@ async def test_gateway_mounts_follow_changes_made_past_it(suite: PrivateSuite) -
     from flotilla.libs.api.snapshots import SnapshotsClient
     from flotilla.libs.bus import Bus
     from flotilla.libs.config import load
-    from flotilla.services.gateway.records import TTL
+    from tests.integration.records_kit import count_requests, not_found, soon
 
     ns = "mnt-" + uuid.uuid4().hex[:8]
     md = [("containerd-namespace", ns)]
     bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
     elsewhere = SnapshotsClient(bus, suite.suite.prefix, load(suite.env("gateway")).host)
-    asked = 0
-
-    async def count(_msg) -> None:  # type: ignore[no-untyped-def]
-        nonlocal asked
-        asked += 1
-    await bus.nc.subscribe(f"{suite.suite.prefix}.snapshots.*.mounts", cb=count)
-    await bus.nc.flush()
+    asked = await count_requests(bus, f"{suite.suite.prefix}.snapshots.*.mounts")
     try:
         await elsewhere.prepare(ns, "overlayfs", "base-a")
         await elsewhere.commit(ns, "overlayfs", "a", "base-a")
@@ -723,23 +717,14 @@ async def test_gateway_mounts_follow_changes_made_past_it(suite: PrivateSuite) -
             first = await asyncio.to_thread(mounts)
             assert first == await asyncio.to_thread(mounts)
             await bus.nc.flush()
-            assert asked == 0  # what Prepare answered was kept
+            assert asked == {}  # what Prepare answered was kept
 
             await elsewhere.remove(ns, "overlayfs", "k")
             await elsewhere.prepare(ns, "overlayfs", "k", parent="b")
 
-            def changed() -> bool:
-                deadline = time.monotonic() + TTL / 4
-                while mounts() == first:
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.005)
-                return True
-            assert await asyncio.to_thread(changed), "the gateway answered from a stale record"
+            await asyncio.to_thread(soon, lambda: mounts() != first)
             stub.Remove(snapshots_pb2.RemoveSnapshotRequest(snapshotter="overlayfs", key="k"), metadata=md)
-            with pytest.raises(grpc.RpcError) as err:
-                await asyncio.to_thread(mounts)
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert await asyncio.to_thread(not_found, mounts)
         for key in ("b", "a"):
             await elsewhere.remove(ns, "overlayfs", key)
     finally:

@@ -1,0 +1,42 @@
+"""What the tests of the gateway's kept records share (services/gateway/records.py): a
+count of the requests that still reach a service, and a wait bounded well below the TTL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from flotilla.libs.bus import Bus
+from flotilla.services.gateway.records import TTL
+
+
+async def count_requests(bus: Bus, subject: str) -> dict[str, int]:
+    """Requests seen on ``subject`` (wildcards allowed) from now on, by subject."""
+    asked: dict[str, int] = {}
+
+    async def count(msg: Any) -> None:
+        asked[msg.subject] = asked.get(msg.subject, 0) + 1
+    await bus.nc.subscribe(subject, cb=count)
+    await bus.nc.flush()
+    return asked
+
+
+def soon(check: Callable[[], bool]) -> None:
+    """``check`` turns true within a quarter of the TTL: a change seen through its event, not
+    by the record expiring."""
+    deadline = time.monotonic() + TTL / 4
+    while not check():
+        assert time.monotonic() < deadline, "the gateway answered from a stale record"
+        time.sleep(0.005)
+
+
+def not_found(call: Callable[[], object]) -> bool:
+    try:
+        call()
+        return False
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.NOT_FOUND
+        return True
