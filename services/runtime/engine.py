@@ -60,6 +60,12 @@ def _unknown(text: str) -> Unknown:
     return Unknown(text if text.endswith(": unknown") else f"{text}: unknown")
 
 
+
+def _set_console_size(process_json: Path, width: int, height: int) -> None:
+    process = json.loads(process_json.read_bytes())
+    process["consoleSize"] = {"width": width, "height": height}
+    process_json.write_text(json.dumps(process))
+
 class Engine:
     def __init__(self, state: Path, publish: Publish, shim: Path | None = None) -> None:
         self.base = state / "runtime"
@@ -255,6 +261,10 @@ class Engine:
                 raise _unknown("cannot start a running process" if proc.exit is None else "cannot start a stopped process")
             if task.init.status != RUNNING:
                 raise _unknown(f"cannot exec in a {task.init.status} state")
+            if proc.rec.stdio.terminal and proc.pending_size is not None:
+                # the runtime sizes the pty before the process runs: a resize sent after could
+                # come too late for a process that asks at once
+                await asyncio.to_thread(_set_console_size, proc.dir / "process.json", *proc.pending_size)
             cmd = ["exec", "--detach", "--process", str(proc.dir / "process.json"),
                    "--pid-file", str(proc.dir / "pid")]
             if proc.rec.stdio.terminal:
@@ -268,6 +278,10 @@ class Engine:
                 raise _unknown(f"OCI runtime exec failed: {text}") from None
             proc.rec.pid, proc.rec.shim_pid, proc.rec.started = started.pid, started.shim_pid, True
             proc.status = RUNNING
+            try:
+                await self._give_size(proc)
+            except NotFound:
+                pass  # the process is gone already: its exit is reported as any other
             await asyncio.to_thread(save_proc, proc)
             await self._event("/tasks/exec-started", task.rec.namespace, "TaskExecStarted", container_id=id,
                               exec_id=proc.rec.exec_id, pid=proc.rec.pid)
@@ -440,8 +454,16 @@ class Engine:
         proc = self._proc(self._task(ns, id), exec_id)
         if proc.exit is not None:
             raise _unknown("cannot resize a stopped container")
-        if proc.rec.stdio.terminal and proc.rec.shim_pid:
-            await asyncio.to_thread(self._ctl, proc, f"resize {width} {height}\n")
+        if proc.rec.stdio.terminal:
+            proc.pending_size = (width, height)
+            await self._give_size(proc)
+
+    async def _give_size(self, proc: Proc) -> None:
+        """Send the supervisor the last size asked, once it runs (a start calls this too)."""
+        async with proc.size_lock:
+            while proc.pending_size is not None and proc.rec.shim_pid:
+                (width, height), proc.pending_size = proc.pending_size, None
+                await asyncio.to_thread(self._ctl, proc, f"resize {width} {height}\n")
 
     async def close_io(self, ns: str, id: str, exec_id: str) -> None:
         proc = self._proc(self._task(ns, id), exec_id)

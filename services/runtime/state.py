@@ -59,6 +59,10 @@ class Proc:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     # held while starting, so /tasks/exit is never published before /tasks/start
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # the last pty size asked and not yet given to the supervisor: ctr exec -t asks before it
+    # starts the process, when no supervisor holds the pty yet
+    pending_size: tuple[int, int] | None = None
+    size_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # sizes reach the pty in order
 
     @property
     def exit_file(self) -> Path:

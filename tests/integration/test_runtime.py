@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -360,6 +361,36 @@ def _program_restarted(suite: PrivateSuite, name: str, old: int, timeout: float 
             pass
         time.sleep(0.05)
     raise AssertionError(f"{name} was not restarted")
+
+
+def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootfs: Path, tmp_path: Path) -> None:
+    """ctr task exec -t sends its first ResizePty before it starts the process (ctr's exec.go):
+    the size must reach the pty once the process runs, not be lost because no supervisor
+    holds the pty yet (what made test_exec_t_is_interactive fail now and then)."""
+    id = _uid("xsize")
+    suite.ctr("run", "-d", "--env", "PATH=/bin", "--rootfs", str(rootfs), id, "sleep", "1000", check=True)
+    out = tmp_path / "out"
+    os.mkfifo(out)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(out.read_bytes()), daemon=True)
+    reader.start()
+    md = [("containerd-namespace", "default")]
+    process = {"args": ["/bin/stty", "size"], "cwd": "/", "env": ["PATH=/bin"], "terminal": True,
+               "user": {"uid": 0, "gid": 0}}
+    try:
+        with grpc.insecure_channel(f"unix://{suite.address}") as ch:
+            tasks = pbt_grpc.TasksStub(ch)
+            req = pbt.ExecProcessRequest(container_id=id, exec_id="sz", terminal=True, stdout=str(out))
+            req.spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+            req.spec.value = json.dumps(process).encode()
+            tasks.Exec(req, metadata=md)
+            tasks.ResizePty(pbt.ResizePtyRequest(container_id=id, exec_id="sz", width=87, height=23), metadata=md)
+            tasks.Start(pbt.StartRequest(container_id=id, exec_id="sz"), metadata=md)
+            reader.join(30)
+            tasks.DeleteProcess(pbt.DeleteProcessRequest(container_id=id, exec_id="sz"), metadata=md)
+        assert got and got[0].strip() == b"23 87", got
+    finally:
+        _cleanup(suite.address, id)
 
 
 def test_sigkill_of_runtime_keeps_tasks_and_reports_missed_exit(suite: PrivateSuite, rootfs: Path) -> None:
