@@ -98,19 +98,14 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         if not request.container.id:
             raise InvalidArgument("Container.ID required")
         ns = namespace(context)
-        try:
-            c = await self.metadata.update_container(ns, container_from_pb(request.container),
-                                                     list(request.update_mask.paths),
-                                                     timeout(context, self.default_timeout))
-        finally:  # at once: the service's event may come after our next Get
-            self._records.drop((ns, request.container.id))
+        c = await self._records.change((ns, request.container.id), self.metadata.update_container(
+            ns, container_from_pb(request.container), list(request.update_mask.paths),
+            timeout(context, self.default_timeout)))
         return pbc.UpdateContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.Delete")
     async def Delete(self, request: pbc.DeleteContainerRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         ns = namespace(context)
-        try:
-            await self.metadata.delete_container(ns, request.id, timeout(context, self.default_timeout))
-        finally:
-            self._records.drop((ns, request.id))
+        await self._records.change((ns, request.id), self.metadata.delete_container(
+            ns, request.id, timeout(context, self.default_timeout)))
         return empty_pb2.Empty()

@@ -105,8 +105,8 @@ class ContentServicer(pbc_grpc.ContentServicer):
         ns = namespace(context)
         _valid(request.info.digest)
         info = Info(digest=request.info.digest, labels=dict(request.info.labels))
-        updated = await self.content.update(ns, info, list(request.update_mask.paths))
-        self._infos.drop((ns, request.info.digest))  # the service's notice may come after our next Info
+        updated = await self._infos.change((ns, request.info.digest),
+                                           self.content.update(ns, info, list(request.update_mask.paths)))
         return pbc.UpdateResponse(info=_info_pb(updated))
 
     @streaming("Content.List")

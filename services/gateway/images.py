@@ -70,19 +70,14 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
     @unary("Images.Update")
     async def Update(self, request: pbi.UpdateImageRequest, context: aio.ServicerContext) -> pbi.UpdateImageResponse:
         ns = namespace(context)
-        try:
-            i = await self.metadata.update_image(ns, image_from_pb(request.image), list(request.update_mask.paths),
-                                                 timeout(context, self.default_timeout))
-        finally:  # at once: the service's event may come after our next Get
-            self._records.drop((ns, request.image.name))
+        i = await self._records.change((ns, request.image.name), self.metadata.update_image(
+            ns, image_from_pb(request.image), list(request.update_mask.paths), timeout(context, self.default_timeout)))
         return pbi.UpdateImageResponse(image=wire_to_pb(to_wire(i)))
 
     @unary("Images.Delete")
     async def Delete(self, request: pbi.DeleteImageRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         limit = _SYNC_TIMEOUT if request.sync else self.default_timeout
         ns = namespace(context)
-        try:
-            await self.metadata.delete_image(ns, request.name, request.sync, timeout(context, limit))
-        finally:
-            self._records.drop((ns, request.name))
+        await self._records.change((ns, request.name), self.metadata.delete_image(
+            ns, request.name, request.sync, timeout(context, limit)))
         return empty_pb2.Empty()

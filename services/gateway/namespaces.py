@@ -52,18 +52,13 @@ class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
     @unary("Namespaces.Update")
     async def Update(self, request: pb.namespaces.UpdateNamespaceRequest, context: aio.ServicerContext) -> pb.namespaces.UpdateNamespaceResponse:
         ns = Namespace(request.namespace.name, dict(request.namespace.labels))
-        try:
-            await self.metadata.update_namespace(ns, list(request.update_mask.paths), caller_namespace(context),
-                                                 timeout(context, self.default_timeout))
-        finally:  # at once: the service's event may come after our next Get
-            self._records.drop(("", ns.name))
+        await self._records.change(("", ns.name), self.metadata.update_namespace(
+            ns, list(request.update_mask.paths), caller_namespace(context), timeout(context, self.default_timeout)))
         # containerd answers Update with an empty response
         return pb.namespaces.UpdateNamespaceResponse()
 
     @unary("Namespaces.Delete")
     async def Delete(self, request: pb.namespaces.DeleteNamespaceRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
-        try:
-            await self.metadata.delete_namespace(request.name, timeout(context, self.default_timeout))
-        finally:
-            self._records.drop(("", request.name))
+        await self._records.change(("", request.name), self.metadata.delete_namespace(
+            request.name, timeout(context, self.default_timeout)))
         return empty_pb2.Empty()

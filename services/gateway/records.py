@@ -58,6 +58,14 @@ class RecordCache(Generic[T]):
         self.put(key, record, mark)
         return record
 
+    async def change(self, key: Key, answer: Awaitable[T]) -> T:
+        """Await ``answer`` (an update or delete of the record) and drop the record, whatever
+        came of it: the service's event may reach us after the caller's next Get."""
+        try:
+            return await answer
+        finally:
+            self.drop(key)
+
     def mark(self) -> int:
         """Note before asking for what will be ``put`` (when its key is known only after)."""
         return self._drops

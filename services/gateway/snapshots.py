@@ -106,20 +106,15 @@ class SnapshotsServicer(pbs_grpc.SnapshotsServicer):
     @unary("Snapshots.Commit")
     async def Commit(self, request: pbs.CommitSnapshotRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         sn, ns = check_snapshotter(request.snapshotter), namespace(context)
-        try:
-            await self.client.commit(ns, sn, request.name, request.key, dict(request.labels),
-                                     lease(context), self._t(context, 6))
-        finally:  # at once: the service's event may come after our next Mounts
-            self._mounts.drop(_key(ns, sn, request.key))
+        await self._mounts.change(_key(ns, sn, request.key), self.client.commit(
+            ns, sn, request.name, request.key, dict(request.labels), lease(context), self._t(context, 6)))
         return empty_pb2.Empty()
 
     @unary("Snapshots.Remove")
     async def Remove(self, request: pbs.RemoveSnapshotRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         sn, ns = check_snapshotter(request.snapshotter), namespace(context)
-        try:
-            await self.client.remove(ns, sn, request.key, self._t(context, 6))
-        finally:
-            self._mounts.drop(_key(ns, sn, request.key))
+        await self._mounts.change(_key(ns, sn, request.key),
+                                  self.client.remove(ns, sn, request.key, self._t(context, 6)))
         return empty_pb2.Empty()
 
     @unary("Snapshots.Stat")

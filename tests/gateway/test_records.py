@@ -58,3 +58,21 @@ def test_event_keys() -> None:
     event = {"topic": "/containers/update", "namespace": "ns", "fields": {"id": "c1"}}
     assert event_key("id")(event) == ("ns", "c1")
     assert event_key("name", namespace_scoped=False)({"namespace": "caller", "fields": {"name": "n"}}) == ("", "n")
+
+
+async def test_a_change_drops_the_record_whatever_came_of_it() -> None:
+    cache: RecordCache[str] = RecordCache()
+    cache.put(KEY, "r", cache.mark())
+
+    async def updated() -> str:
+        return "r2"
+    assert await cache.change(KEY, updated()) == "r2"
+    assert cache.get(KEY) is None
+
+    cache.put(KEY, "r", cache.mark())
+
+    async def refused() -> str:
+        raise NotFound("container c1: not found")
+    with pytest.raises(NotFound):
+        await cache.change(KEY, refused())
+    assert cache.get(KEY) is None
