@@ -42,8 +42,7 @@ def open_sqlite(path: Path, meta: MetaData | None = None, *, foreign_keys: bool 
 
     @event.listens_for(engine, "begin")
     def _begin(conn):  # type: ignore[no-untyped-def]
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the writer only: the reader has its own engine
 
     if meta is not None:
         meta.create_all(engine)
