@@ -123,8 +123,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         if err:
             raise InvalidArgument(err)
         self._files.drop(ns, request.digest)
-        self._infos.drop((ns, request.digest))
-        await self.content.delete(ns, request.digest)
+        await self._infos.change((ns, request.digest), self.content.delete(ns, request.digest))
         return empty_pb2.Empty()
 
     @streaming("Content.Read")
