@@ -6,6 +6,11 @@ per MiB here, against ~0.2 ms direct. Ingest data is written once (``Appender``)
 hashed once (``Reader``) and read once by its unpack (``FileReader``), so caching it
 buys little.
 
+The first ``CACHED_HEAD`` bytes of every file still go through the cache: small blobs
+(manifests, configs, small layers) are read again at once by their unpack, and there the
+cache wins by far (1 MiB here: written and synced 1.2 ms, read 0.1 ms; direct, 2.6 and
+5.0 ms: a direct read goes to the disk).
+
 ``O_DIRECT`` wants buffers, offsets and lengths aligned to the block size: aligned
 pieces go direct from an aligned staging buffer, the unaligned tail goes through the
 cache. Filesystems without ``O_DIRECT`` (tmpfs) simply use the cache throughout.
@@ -19,6 +24,7 @@ import mmap
 import os
 
 ALIGN = 4096
+CACHED_HEAD = 16 << 20  # a multiple of ALIGN
 _DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -42,7 +48,10 @@ class _Direct:
     """A file's ``O_DIRECT`` descriptor and an aligned buffer for it; both absent (-1,
     None) where the filesystem refuses direct I/O or the caller cannot use it."""
 
-    def __init__(self, path: str, flags: int, size: int, usable: bool = True) -> None:
+    def __init__(self, path: str, flags: int, size: int, usable: bool = True,
+                 cached_head: int = CACHED_HEAD) -> None:
+        assert cached_head % ALIGN == 0
+        self.head = cached_head  # bytes before this offset go through the cache
         self.dfd = open_direct(path, flags) if usable else -1
         self.buf = mmap.mmap(-1, size) if self.dfd >= 0 else None  # mmap memory is page aligned
 
@@ -62,14 +71,22 @@ class Appender(_Direct):
     staged reaches the file at the next aligned piece or at ``flush``.
     """
 
-    def __init__(self, path: str, offset: int, stage: int = 4 << 20) -> None:
-        super().__init__(path, os.O_WRONLY, stage, usable=offset % ALIGN == 0)
+    def __init__(self, path: str, offset: int, stage: int = 4 << 20, cached_head: int = CACHED_HEAD) -> None:
+        super().__init__(path, os.O_WRONLY, stage, usable=offset % ALIGN == 0 or offset < cached_head,
+                         cached_head=cached_head)
         self.fd = os.open(path, os.O_WRONLY)
         self.written = offset  # the file holds every byte before this
         self.fill = 0          # staged bytes, to go at ``written``
 
     def append(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
+        if self.written < self.head:  # nothing is staged yet: the head goes through the cache
+            n = min(len(view), self.head - self.written)
+            _pwrite_all(self.fd, view[:n], self.written)
+            self.written += n
+            view = view[n:]
+            if not view:
+                return self.written
         if self.buf is None:
             _pwrite_all(self.fd, view, self.written)
             self.written += len(view)
@@ -131,15 +148,18 @@ class Appender(_Direct):
 class Reader(_Direct):
     """Reads a file in big aligned pieces past the cache when it can (hashing an ingest)."""
 
-    def __init__(self, path: str, piece: int) -> None:
-        super().__init__(path, os.O_RDONLY, piece)
+    def __init__(self, path: str, piece: int, cached_head: int = CACHED_HEAD) -> None:
+        super().__init__(path, os.O_RDONLY, piece, cached_head=cached_head)
 
     def read_into(self, fd: int, offset: int, size: int) -> memoryview | None:
-        """Up to ``size`` bytes at ``offset``, direct when ``offset`` is aligned; None when
-        the caller should read through ``fd`` itself."""
+        """Up to ``size`` bytes at ``offset``: through ``fd`` in the head, direct past it
+        when ``offset`` is aligned; None when the caller should read through ``fd`` itself."""
         if self.buf is None or offset % ALIGN:
             return None
         want = min(size, len(self.buf))
+        if offset < self.head:
+            n = os.preadv(fd, [memoryview(self.buf)[:min(want, self.head - offset)]], offset)
+            return memoryview(self.buf)[:n]
         try:
             # a direct read must ask for whole blocks; the file's end makes it short
             n = os.preadv(self.dfd, [memoryview(self.buf)[:-(-want // ALIGN) * ALIGN]], offset)
@@ -159,15 +179,20 @@ class FileReader(_Direct):
     the ingest wrote past the cache, read once by its unpack): ``read`` as a raw file's,
     served from aligned direct reads."""
 
-    def __init__(self, path: str, piece: int = 4 << 20) -> None:
-        super().__init__(path, os.O_RDONLY | os.O_CLOEXEC, piece)
+    def __init__(self, path: str, piece: int = 4 << 20, cached_head: int = CACHED_HEAD) -> None:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        super().__init__(path, os.O_RDONLY | os.O_CLOEXEC, piece,
+                         usable=os.fstat(self.fd).st_size > cached_head, cached_head=cached_head)
         self.offset = 0             # the next byte to hand out
         self.start = self.end = 0   # the file range the buffer holds
 
     def read(self, n: int = -1) -> bytes:
         if n < 0:
             n = max(0, os.fstat(self.fd).st_size - self.offset)
+        if self.offset < self.head:
+            data = os.pread(self.fd, min(n, self.head - self.offset), self.offset)
+            self.offset += len(data)
+            return data
         if self.buf is not None and not self.start <= self.offset < self.end:
             self.start = self.offset - self.offset % ALIGN
             try:
