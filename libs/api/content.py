@@ -55,8 +55,8 @@ RELEASE_LEASE = "release_lease"    # LeaseRequest -> int (records no longer held
 NAMESPACES = "namespaces"          # None -> list[str] (namespaces owning a blob or an ingest)
 WRITER_OPEN = "writer.open"        # WriterOpen -> WriterSession
 
-# published (not served) on <prefix>.content.changed: DigestRequest of a blob whose record
-# changed in place (labels), for callers that keep records; deletes are /content/delete events
+# published (not served) on <prefix>.content.changed: a ContentChanged for a record changed
+# in place (labels), for callers that keep records; deletes are /content/delete events
 CHANGED = "changed"
 
 # methods on the session's instance subject <prefix>.content.i.<instance>.<method>
@@ -103,6 +103,14 @@ class Status:
 class DigestRequest:
     namespace: str
     digest: str
+
+
+@dataclass
+class ContentChanged:
+    """The CHANGED notice: the record of ``digest`` in ``namespace`` changed at ``updated_at``."""
+    namespace: str
+    digest: str
+    updated_at: int = 0  # 0: not said (an older service): whatever a caller keeps is stale
 
 
 @dataclass
@@ -428,10 +436,10 @@ class ContentClient:
         with no content service on the bus this fails at once with Unavailable."""
         return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), False))
 
-    async def watch_changes(self, callback: Callable[[DigestRequest], None]) -> None:
+    async def watch_changes(self, callback: Callable[[ContentChanged], None]) -> None:
         """``callback`` for every record changed in place from now on (see CHANGED)."""
         async def on_notice(data: Any) -> None:
-            callback(from_wire(DigestRequest, data))
+            callback(from_wire(ContentChanged, data))
         await self.bus.subscribe(subject(self.prefix, CHANGED), on_notice)
 
     async def local_file(self, namespace: str, digest: str) -> LocalFile | None:

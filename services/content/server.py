@@ -40,7 +40,8 @@ class ContentServer:
     async def update(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.UpdateRequest, req)
         info = await asyncio.to_thread(self.store.update, r.namespace, r.info, r.paths)
-        await self.bus.publish(api.subject(self.cfg.prefix, api.CHANGED), api.DigestRequest(r.namespace, info.digest))
+        await self.bus.publish(api.subject(self.cfg.prefix, api.CHANGED),
+                               api.ContentChanged(r.namespace, info.digest, info.updated_at))
         return info
 
     async def delete(self, req: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
-from flotilla.libs.api.content import ContentClient, DigestRequest, Info, LocalFile, Status, Writer, digest_error
+from flotilla.libs.api.content import ContentChanged, ContentClient, Info, LocalFile, Status, Writer, digest_error
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
@@ -85,8 +85,10 @@ class ContentServicer(pbc_grpc.ContentServicer):
         self._files.drop(ns, digest)
         self._infos.drop((ns, digest))
 
-    def _on_changed(self, notice: DigestRequest) -> None:
-        self._infos.drop((notice.namespace, notice.digest))
+    def _on_changed(self, notice: ContentChanged) -> None:
+        # a record as new as the change is this gateway's own update's answer: it stays
+        self._infos.drop_unless((notice.namespace, notice.digest),
+                                lambda kept: bool(notice.updated_at) and kept.updated_at >= notice.updated_at)
 
     async def _info(self, ns: str, digest: str) -> Info:
         return await self._infos.fetch((ns, digest), lambda: self.content.info(ns, digest))
@@ -105,8 +107,8 @@ class ContentServicer(pbc_grpc.ContentServicer):
         ns = namespace(context)
         _valid(request.info.digest)
         info = Info(digest=request.info.digest, labels=dict(request.info.labels))
-        updated = await self._infos.change((ns, request.info.digest),
-                                           self.content.update(ns, info, list(request.update_mask.paths)))
+        updated = await self._infos.replace((ns, request.info.digest),
+                                            self.content.update(ns, info, list(request.update_mask.paths)))
         return pbc.UpdateResponse(info=_info_pb(updated))
 
     @streaming("Content.List")

@@ -76,3 +76,58 @@ async def test_a_change_drops_the_record_whatever_came_of_it() -> None:
     with pytest.raises(NotFound):
         await cache.change(KEY, refused())
     assert cache.get(KEY) is None
+
+
+async def test_an_update_keeps_its_answer_and_a_later_change_drops_it() -> None:
+    """``replace`` keeps what an update returned; a change notice drops the record unless the
+    record already shows that change (the notice of the update itself)."""
+    cache: RecordCache[tuple[str, int]] = RecordCache()
+
+    async def updated(at: int) -> tuple[str, int]:
+        return ("labels", at)
+    assert await cache.replace(KEY, updated(5)) == ("labels", 5)
+    cache.drop_unless(KEY, lambda kept: kept[1] >= 5)   # its own notice: kept
+    assert cache.get(KEY) == ("labels", 5)
+    cache.drop_unless(KEY, lambda kept: kept[1] >= 7)   # a later change made elsewhere: dropped
+    assert cache.get(KEY) is None
+
+
+async def test_an_update_keeps_its_answer_only_if_it_shows_what_was_announced_meanwhile() -> None:
+    """While an update is in flight, a drop or a change its answer does not show leaves no
+    record (the answer may predate it); its own notice, even if it comes first, does not."""
+    cache: RecordCache[str] = RecordCache()
+    cache.put(KEY, "old", cache.mark())
+    answered = asyncio.Event()
+
+    async def update() -> str:
+        await answered.wait()
+        return "mine"
+    pending = asyncio.ensure_future(cache.replace(KEY, update()))
+    await asyncio.sleep(0)
+    cache.drop(("ns", "other"))                 # any drop: the answer may predate it
+    answered.set()
+    assert await pending == "mine"
+    assert cache.get(KEY) is None
+
+    answered.clear()
+    cache.put(KEY, "old", cache.mark())
+    pending = asyncio.ensure_future(cache.replace(KEY, update()))
+    await asyncio.sleep(0)
+    cache.drop_unless(KEY, lambda kept: kept == "mine")  # its own notice, before its answer
+    assert cache.get(KEY) is None                         # the old record goes at once
+    answered.set()
+    assert await pending == "mine" and cache.get(KEY) == "mine"
+
+    answered.clear()
+    pending = asyncio.ensure_future(cache.replace(KEY, update()))
+    await asyncio.sleep(0)
+    cache.drop_unless(KEY, lambda kept: kept == "newer")  # a change the answer does not show
+    answered.set()
+    assert await pending == "mine" and cache.get(KEY) is None
+
+    async def failing() -> str:
+        raise NotFound("gone")
+    cache.put(KEY, "old", cache.mark())
+    with pytest.raises(NotFound):
+        await cache.replace(KEY, failing())
+    assert cache.get(KEY) is None

@@ -590,9 +590,18 @@ async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) ->
             await bus.nc.flush()
             assert asked == {}  # the commit's own record answered every Info
 
+            # its own update's answer is kept: the notice of that update leaves it kept
+            await asyncio.to_thread(stub.Update, pbc.UpdateRequest(
+                info=pbc.Info(digest=sha(data), labels={"mine": "1"}), update_mask={"paths": ["labels.mine"]}),
+                metadata=md)
+            await asyncio.sleep(0.1)  # the notice has arrived by now
+            assert dict((await asyncio.to_thread(info)).labels) == {"mine": "1"}
+            await bus.nc.flush()
+            assert asked == {}
+
             elsewhere = ContentClient(bus, suite.suite.prefix)
             await elsewhere.update(ns, Info(digest=sha(data), labels={"seen": "elsewhere"}), ["labels.seen"])
-            await asyncio.to_thread(soon, lambda: dict(info().labels) == {"seen": "elsewhere"})
+            await asyncio.to_thread(soon, lambda: dict(info().labels) == {"mine": "1", "seen": "elsewhere"})
 
             await elsewhere.delete(ns, sha(data))
             await asyncio.to_thread(soon, lambda: not_found(info))
