@@ -74,7 +74,7 @@ class Appender(_Direct):
     def __init__(self, path: str, offset: int, stage: int = 4 << 20, cached_head: int = CACHED_HEAD) -> None:
         super().__init__(path, os.O_WRONLY, stage, usable=offset % ALIGN == 0 or offset < cached_head,
                          cached_head=cached_head)
-        self.fd = os.open(path, os.O_WRONLY)
+        self.fd = os.open(path, os.O_RDWR)  # readable: see Writer.committed_file
         self.written = offset  # the file holds every byte before this
         self.fill = 0          # staged bytes, to go at ``written``
 

@@ -346,6 +346,15 @@ class Writer:
         self._committed = True
         return from_wire(Info, data)
 
+    def committed_file(self) -> int:
+        """After a commit of bytes this writer wrote to the data file itself: a new read
+        descriptor of that file, now the committed blob (the service renames it in; where
+        the blob was there already, an unlinked file of the same bytes). Else -1. The
+        caller owns the descriptor."""
+        if not self._committed or self._file is None:
+            return -1
+        return os.dup(self._file.fd)
+
     async def close(self) -> None:
         """Release the ref (the ingest stays for a later resume); safe to call twice.
 

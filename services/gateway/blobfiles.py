@@ -2,7 +2,8 @@
 
 ctr reads a blob as one Read call per 32 KiB, so each call must be cheap: the blob's
 file stays open for a short while (the content service is asked again after ``TTL``;
-a ``/content/delete`` event drops it at once), and a read that the page cache can serve
+a ``/content/delete`` event drops it at once; a blob this gateway wrote itself is held
+from its commit, as a pull reads each manifest and config right after writing it), and a read that the page cache can serve
 is done on the event loop with ``RWF_NOWAIT``, which never blocks: anything else goes
 to a thread.
 """
@@ -67,6 +68,17 @@ class BlobFiles:
         if blob is not None:
             blob.kill()
 
+    def keep(self, ns: str, digest: str, fd: int, size: int) -> None:
+        """Hold ``fd`` (now ours) as the blob's open file: a blob just written is read next."""
+        self.drop(ns, digest)
+        self._make_room()
+        self.entries[(ns, digest)], self.when[(ns, digest)] = OpenBlob(fd, size), time.monotonic()
+
+    def _make_room(self) -> None:
+        if len(self.entries) >= MAX_OPEN:
+            for old in list(self.entries):
+                self.drop(*old)
+
     async def acquire(self, ns: str, digest: str) -> OpenBlob | None:
         """The open blob (call ``release`` when done) or None; raises the service's NotFound."""
         key = (ns, digest)
@@ -82,9 +94,7 @@ class BlobFiles:
                 except FileNotFoundError:
                     fd = -1
                 blob = OpenBlob(fd, f.size) if fd >= 0 else None
-            if len(self.entries) >= MAX_OPEN:
-                for old in list(self.entries):
-                    self.drop(*old)
+            self._make_room()
             self.drop(ns, digest)  # another call may have filled it meanwhile
             self.entries[key], self.when[key] = blob, time.monotonic()
         if blob is not None:

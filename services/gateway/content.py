@@ -236,7 +236,10 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     if req.action == pbc.COMMIT:
                         mark = self._infos.mark()
                         info = await w.commit(total, expected, dict(req.labels))
-                        self._infos.put((ns, info.digest), info, mark)
+                        if self._infos.put((ns, info.digest), info, mark):  # no delete came meanwhile
+                            fd = w.committed_file()
+                            if fd >= 0:
+                                self._files.keep(ns, info.digest, fd, info.size)
                         msg.digest = info.digest
                         msg.offset = info.size
                 yield msg

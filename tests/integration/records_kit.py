@@ -13,9 +13,10 @@ from flotilla.libs.bus import Bus
 from flotilla.services.gateway.records import TTL
 
 
-async def count_requests(bus: Bus, subject: str) -> dict[str, int]:
-    """Requests seen on ``subject`` (wildcards allowed) from now on, by subject."""
-    asked: dict[str, int] = {}
+async def count_requests(bus: Bus, subject: str, asked: dict[str, int] | None = None) -> dict[str, int]:
+    """Requests seen on ``subject`` (wildcards allowed) from now on, by subject (added to
+    ``asked`` when given)."""
+    asked = {} if asked is None else asked
 
     async def count(msg: Any) -> None:
         asked[msg.subject] = asked.get(msg.subject, 0) + 1

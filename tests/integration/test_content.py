@@ -579,6 +579,7 @@ async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) ->
     subprocess.run([CTR, "--address", suite.address, "-n", ns, "content", "ingest", "c"], input=data, check=True)
     bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
     asked = await count_requests(bus, f"{suite.suite.prefix}.content.info")
+    await count_requests(bus, f"{suite.suite.prefix}.content.local_path", asked)
     try:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
             stub = pbc_grpc.ContentStub(ch)
@@ -587,8 +588,11 @@ async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) ->
                 return stub.Info(pbc.InfoRequest(digest=sha(data)), metadata=md).info
             for _ in range(3):
                 assert dict((await asyncio.to_thread(info)).labels) == {}
+            read = await asyncio.to_thread(
+                lambda: b"".join(r.data for r in stub.Read(pbc.ReadContentRequest(digest=sha(data)), metadata=md)))
+            assert read == data
             await bus.nc.flush()
-            assert asked == {}  # the commit's own record answered every Info
+            assert asked == {}  # the commit's own record answered every Info, its file the Read
 
             # its own update's answer is kept: the notice of that update leaves it kept
             await asyncio.to_thread(stub.Update, pbc.UpdateRequest(
