@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -93,16 +92,14 @@ class StoreBase:
     """The engine and its transactions.
 
     SQLite allows one writer: write transactions begin IMMEDIATE (libs/sqlite.py), which
-    makes a read-then-write atomic across processes too; this process also serialises its
-    own writers so they queue on a lock instead of SQLite's sleeping busy-wait. Reads use
-    an autocommit engine that never waits for a writer. PostgreSQL takes row locks
-    (``FOR UPDATE``) instead.
+    makes a read-then-write atomic across processes too, and this process' writers queue
+    for the writer engine's one connection. Reads use an autocommit engine that never
+    waits for a writer. PostgreSQL takes row locks (``FOR UPDATE``) instead.
     """
 
     def __init__(self, engines: tuple[Engine, Engine]) -> None:
         self.engine, self.reader = engines
         self.sqlite = self.engine.dialect.name == "sqlite"
-        self._wlock = threading.Lock()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -110,12 +107,8 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        if self.sqlite:
-            with self._wlock, self.engine.begin() as conn:
-                yield conn
-        else:
-            with self.engine.begin() as conn:
-                yield conn
+        with self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
