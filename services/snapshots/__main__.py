@@ -25,6 +25,7 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
     async def stop() -> None:
         warming.cancel()
         differ.close()
+        await asyncio.to_thread(store.close)  # removals under way finish
 
     return stop
 

@@ -4,6 +4,7 @@ deep chains, orphan cleanup."""
 from __future__ import annotations
 
 import os
+import threading
 import subprocess
 from pathlib import Path
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from flotilla.services.snapshots.store import SnapshotStore
 def store(tmp_path: Path) -> Iterator[SnapshotStore]:
     s = SnapshotStore.open(tmp_path / "snapshots")
     yield s
-    s.engine.dispose()
+    s.close()
 
 
 @pytest.fixture
@@ -72,6 +73,7 @@ def test_rules_and_messages(store: SnapshotStore, sn: str) -> None:
     store.remove("b", sn, "k2")
     with pytest.raises(NotFound, match="snapshot c1 does not exist: not found"):
         store.remove("a", sn, "c1")
+    store.wait_purged()  # directories leave their place at once, the disk just after
     assert os.listdir(store.root / sn) == []
 
 
@@ -147,6 +149,29 @@ def test_cleanup_reclaims_orphans(store: SnapshotStore) -> None:
     assert sorted(removed) == ["999", "tmp-deadbeef"]
     assert len(os.listdir(base)) == 1
     store.stat("a", "overlayfs", "k")
+
+
+def test_a_removed_snapshot_leaves_its_place_at_once_and_the_disk_after(store: SnapshotStore) -> None:
+    """Remove answers once the record and the directory's place are gone; the files go on
+    the purge thread, and Cleanup waits for them (what it returns, the disk has back)."""
+    store.prepare("a", "overlayfs", "k")
+    base = store.root / "overlayfs"
+    (place,) = os.listdir(base)
+    (base / place / "fs" / "file").write_bytes(b"x" * 4096)
+    gate = threading.Event()
+    store._purger.submit(gate.wait)  # hold the purge thread: the removal queues behind
+    store.remove("a", "overlayfs", "k")
+    assert not (base / place).exists()
+    assert [d for d in os.listdir(base) if d != place]  # its files, not yet purged
+    with pytest.raises(NotFound):
+        store.stat("a", "overlayfs", "k")
+    cleaning = threading.Thread(target=store.cleanup, args=("overlayfs",))
+    cleaning.start()
+    cleaning.join(0.2)
+    assert cleaning.is_alive()  # Cleanup waits for the removal under way
+    gate.set()
+    cleaning.join(10)
+    assert os.listdir(base) == []
 
 
 def test_compaction_keeps_mounting_semantics() -> None:
