@@ -187,27 +187,23 @@ class Engine:
 
     async def _create(self, task: Task, spec_json: bytes, root_path: str, oci: OciRuntime) -> None:
         bundle, rec = task.bundle, task.rec
-        if await asyncio.to_thread(bundle.exists):  # left by a task whose delete was interrupted
-            await mounts.unmount_all(bundle / "rootfs")
-            await asyncio.to_thread(shutil.rmtree, bundle, True)
-
         root = bundle / root_path  # an absolute path stays itself
 
         def prepare() -> bool:  # one trip to a thread: this is on every container's start path
+            if bundle.exists():  # left by a task whose delete was interrupted
+                mounts.remove_bundle_now(bundle)
             (bundle / "rootfs").mkdir(parents=True)
             oci.root.mkdir(parents=True, exist_ok=True)
             (bundle / "config.json").write_bytes(spec_json)
-            if not rec.rootfs:
-                task.save()
+            if rec.rootfs:
+                mounts.mount_rootfs(rec.rootfs, bundle / "rootfs")
+            task.save()
             return bool(rec.rootfs) or root.exists()  # mounts land in bundle/rootfs, made above
         try:
             if not await asyncio.to_thread(prepare):
                 # runc's check, done here for every runtime: crun fails later, on a confusing cgroup error
                 raise _unknown(f"failed to create shim task: OCI runtime create failed: {oci.name} create failed: "
                                f"invalid rootfs: stat {root}: no such file or directory")
-            if rec.rootfs:
-                await mounts.mount_all(rec.rootfs, bundle / "rootfs")
-                await asyncio.to_thread(task.save)
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
@@ -230,8 +226,7 @@ class Engine:
             await asyncio.to_thread(task.save)
         except BaseException:
             await oci.delete(rec.id, force=True)
-            await mounts.unmount_all(bundle / "rootfs")
-            await asyncio.to_thread(shutil.rmtree, bundle, True)
+            await mounts.remove_bundle(bundle)
             raise
         self._watch(task, task.init)
 
@@ -311,10 +306,9 @@ class Engine:
                 await task.oci.delete(id, force=True)
             except RuntimeFailed as exc:
                 raise _unknown(f"failed to delete task: {exc.text}") from None
-            await mounts.unmount_all(task.bundle / "rootfs")
+            await mounts.remove_bundle(task.bundle)
             task.deleted = True
             self.tasks.pop((ns, id), None)
-            await asyncio.to_thread(shutil.rmtree, task.bundle, True)
         exit_ = proc.exit or Exit(True, proc.rec.pid, 255, time.time_ns())
         await self._event("/tasks/delete", ns, "TaskDelete", container_id=id, pid=exit_.pid,
                           exit_status=exit_.exit_status, exited_at=exit_.exited_at_ns)
@@ -533,8 +527,7 @@ class Engine:
             if not task.rec.init.shim_pid:
                 # we died inside its create: the client got no task, so none may be left running
                 await task.oci.delete(task.rec.id, force=True)
-                await mounts.unmount_all(bundle / "rootfs")
-                await asyncio.to_thread(shutil.rmtree, bundle, True)
+                await mounts.remove_bundle(bundle)
                 continue
             for d in await asyncio.to_thread(lambda: sorted((bundle / "execs").glob("*/proc.json"))):
                 try:

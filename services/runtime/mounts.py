@@ -1,8 +1,11 @@
-"""Mounting a task's rootfs (containerd Mounts from a snapshotter) at <bundle>/rootfs."""
+"""A task's bundle on disk: its rootfs (containerd Mounts from a snapshotter) mounted at
+<bundle>/rootfs, and the bundle's removal. The plain functions run on a thread the
+caller already is on (one trip per step of a container's start)."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from flotilla.libs import mount as libmount
@@ -10,14 +13,20 @@ from flotilla.libs.api.runtime import Mount
 from flotilla.libs.errors import InvalidArgument
 
 
-async def mount_all(mounts: list[Mount], target: Path) -> None:
+def mount_rootfs(mounts: list[Mount], target: Path) -> None:
     """Mount each in order on ``target`` (libs.mount: overlay lowerdir compaction, bind ro)."""
     try:
-        await asyncio.to_thread(libmount.mount_all, mounts, str(target))
+        libmount.mount_all(mounts, str(target))
     except OSError as exc:
         raise InvalidArgument(f"failed to mount rootfs component: {exc}: invalid argument") from None
 
 
-async def unmount_all(target: Path) -> None:
-    """Unmount everything stacked on ``target``; lazily if busy, so delete never hangs."""
-    await asyncio.to_thread(libmount.unmount_all, str(target), True)
+def remove_bundle_now(bundle: Path) -> None:
+    """Unmount everything stacked on its rootfs (lazily if busy, so this never hangs),
+    then delete the bundle."""
+    libmount.unmount_all(str(bundle / "rootfs"), True)
+    shutil.rmtree(bundle, True)
+
+
+async def remove_bundle(bundle: Path) -> None:
+    await asyncio.to_thread(remove_bundle_now, bundle)
