@@ -366,7 +366,10 @@ def _program_restarted(suite: PrivateSuite, name: str, old: int, timeout: float 
 def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootfs: Path, tmp_path: Path) -> None:
     """ctr task exec -t sends its first ResizePty before it starts the process (ctr's exec.go):
     the size must reach the pty once the process runs, not be lost because no supervisor
-    holds the pty yet (what made test_exec_t_is_interactive fail now and then)."""
+    holds the pty yet (what made test_exec_t_is_interactive fail now and then). crun sets
+    the size from its own process as the exec'd one starts, so the first instant may still
+    see 0x0 (busybox stty then fails): the process asks until it sees a size, and it must
+    see that one; if the size were lost, it would ask until the test gives up."""
     id = _uid("xsize")
     suite.ctr("run", "-d", "--env", "PATH=/bin", "--rootfs", str(rootfs), id, "sleep", "1000", check=True)
     out = tmp_path / "out"
@@ -375,7 +378,8 @@ def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootf
     reader = threading.Thread(target=lambda: got.append(out.read_bytes()), daemon=True)
     reader.start()
     md = [("containerd-namespace", "default")]
-    process = {"args": ["/bin/stty", "size"], "cwd": "/", "env": ["PATH=/bin"], "terminal": True,
+    ask = "i=0; until stty size 2>/dev/null; do i=$((i+1)); [ $i -lt 2000 ] || exit 1; done"
+    process = {"args": ["/bin/sh", "-c", ask], "cwd": "/", "env": ["PATH=/bin"], "terminal": True,
                "user": {"uid": 0, "gid": 0}}
     try:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
