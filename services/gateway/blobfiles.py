@@ -2,10 +2,10 @@
 
 ctr reads a blob as one Read call per 32 KiB, so each call must be cheap: the blob's
 file stays open for a short while (the content service is asked again after ``TTL``;
-a ``/content/delete`` event drops it at once; a blob this gateway wrote itself is held
-from its commit, as a pull reads each manifest and config right after writing it), and a read that the page cache can serve
+a ``/content/delete`` event drops it at once), and a read that the page cache can serve
 is done on the event loop with ``RWF_NOWAIT``, which never blocks: anything else goes
-to a thread.
+to a thread. A blob this gateway wrote itself is held from its commit: a pull reads each
+manifest and config right after writing it.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ bus round trip (~2.5 ms here), a cached one none.
 
 A record is dropped when an event or notice says it changed or went (whichever gateway or
 service did it) and by this gateway's own updates and deletes, except an update that
-returns the whole new record (``replace``); TTL bounds what a lost message could leave. A fetch that began before a drop is not kept: it may hold what the
-drop was about. Not-found answers are never kept: a record made elsewhere shows at once.
+returns the whole new record (``replace``); TTL bounds what a lost message could leave.
+A fetch that began before a drop is not kept: it may hold what the drop was about.
+Not-found answers are never kept: a record made elsewhere shows at once.
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ class RecordCache(Generic[T]):
             waiting.remove(announced)
             if not waiting:
                 del self._updating[key]
-        if not (all(shows(record) for shows in announced) and self.put(key, record, mark)):
-            self.drop(key)
+        kept = mark == self._drops and all(shows(record) for shows in announced)
+        self.drop(key)  # a fetch in flight began before this update: it is not kept
+        if kept:
+            self.put(key, record, self.mark())
         return record
 
     async def change(self, key: Key, answer: Awaitable[T]) -> T:

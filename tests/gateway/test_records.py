@@ -131,3 +131,24 @@ async def test_an_update_keeps_its_answer_only_if_it_shows_what_was_announced_me
     with pytest.raises(NotFound):
         await cache.replace(KEY, failing())
     assert cache.get(KEY) is None
+
+
+async def test_a_fetch_that_began_before_an_update_is_not_kept_over_its_answer() -> None:
+    """An Info in flight when this gateway's own update answers holds the record from
+    before: the update's answer stays, the older fetch is not kept over it."""
+    cache: RecordCache[tuple[str, int]] = RecordCache()
+    answered = asyncio.Event()
+
+    async def slow_load() -> tuple[str, int]:
+        await answered.wait()
+        return ("before", 1)
+    fetch = asyncio.ensure_future(cache.fetch(KEY, slow_load))
+    await asyncio.sleep(0)
+
+    async def update() -> tuple[str, int]:
+        return ("after", 2)
+    assert await cache.replace(KEY, update()) == ("after", 2)
+    cache.drop_unless(KEY, lambda kept: kept[1] >= 2)  # its own notice
+    answered.set()
+    assert await fetch == ("before", 1)
+    assert cache.get(KEY) == ("after", 2)
