@@ -326,7 +326,9 @@ class Writer:
         try:
             while self._writes:
                 await self._drain_one()
-            if self._file is not None:  # the staged tail too: the service reads the file next
+            # the staged tail too: the service reads the file next (the writes are drained, so
+            # the disk thread is idle and ``fill`` can be read here)
+            if self._file is not None and self._file.fill:
                 await asyncio.get_running_loop().run_in_executor(self._disk, self._file.flush)
             while self._pending:
                 await self._pending.pop(0)
