@@ -20,8 +20,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
@@ -316,10 +316,15 @@ class SnapshotStore:
         trash = self._tmpdir(sn)
         try:
             os.rename(path, trash)
-        except FileNotFoundError:
+        except BaseException as exc:
             self._done_tmp(trash)
-            return
-        self._purger.submit(self._purge, trash)
+            if isinstance(exc, FileNotFoundError):
+                return
+            raise
+        try:
+            self._purger.submit(self._purge, trash)
+        except RuntimeError:  # closing: no purge thread any more
+            self._purge(trash)
 
     def _purge(self, trash: Path) -> None:
         try:
