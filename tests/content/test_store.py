@@ -111,3 +111,29 @@ def test_lease_taken_when_the_blob_already_exists(tmp_path: Path) -> None:
     assert store.release_lease("ns", "first") == 1
     assert store.info("ns", d).leases == ["second"]
     store.close()
+
+
+def test_a_committed_ingest_leaves_its_place_at_once_and_its_files_after(tmp_path: Path) -> None:
+    """Commit answers once the ingest is out of its place (a writer of the same ref starts
+    afresh at once); its files and its lock go on the clearing thread, and what a killed
+    instance left there goes at the next start."""
+    import threading
+    store = ContentStore(tmp_path)
+    gate = threading.Event()
+    store._clearing.submit(gate.wait)  # hold the clearing thread: the commit's leftovers queue
+    s = store.open_writer(WriterOpen("ns", "r", local=False))
+    store.w_write(s.session, 0, b"first")
+    store.w_commit(s.session, 5, sha(b"first"), {})
+    assert list((tmp_path / "content" / "ingest").iterdir()) == []
+    assert len(list((tmp_path / "content" / "ingest-trash").iterdir())) == 1  # not cleared yet
+    again = store.open_writer(WriterOpen("ns", "r", local=False))  # the same ref, at once
+    assert again.offset == 0
+    store.w_write(again.session, 0, b"second")
+    store.w_commit(again.session, 6, sha(b"second"), {})
+    gate.set()
+    store.close()  # waits for the clearing thread
+    assert list((tmp_path / "content" / "ingest-trash").iterdir()) == []
+
+    (tmp_path / "content" / "ingest-trash" / "left-by-a-kill").mkdir()
+    ContentStore(tmp_path).close()
+    assert list((tmp_path / "content" / "ingest-trash").iterdir()) == []
