@@ -110,13 +110,13 @@ class RecordCache(Generic[T]):
         """A change of ``key`` was announced: drop the record unless ``shows`` says the kept
         one already shows the change (this gateway's own update, kept by ``replace``). An
         update of ``key`` in flight keeps its answer only if that shows the change too."""
+        for announced in self._updating.get(key, ()):
+            announced.append(shows)
         entry = self._records.get(key)
         if entry is not None and shows(entry[0]):
             return
         if key in self._updating:
             self._records.pop(key, None)
-            for announced in self._updating[key]:
-                announced.append(shows)
             return
         self.drop(key)
 

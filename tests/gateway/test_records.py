@@ -152,3 +152,21 @@ async def test_a_fetch_that_began_before_an_update_is_not_kept_over_its_answer()
     answered.set()
     assert await fetch == ("before", 1)
     assert cache.get(KEY) == ("after", 2)
+
+
+async def test_an_update_answering_after_a_newer_change_was_kept_does_not_replace_it() -> None:
+    """A newer record (kept by a fetch while this gateway's update was in flight) that shows a
+    change announced meanwhile stays; the update's older answer, which does not, is not kept."""
+    cache: RecordCache[tuple[str, int]] = RecordCache()
+    answered = asyncio.Event()
+
+    async def update() -> tuple[str, int]:
+        await answered.wait()
+        return ("mine", 1)
+    pending = asyncio.ensure_future(cache.replace(KEY, update()))
+    await asyncio.sleep(0)
+    cache.put(KEY, ("theirs", 2), cache.mark())         # an Info fetched the newer record
+    cache.drop_unless(KEY, lambda kept: kept[1] >= 2)   # its notice: the kept record shows it
+    answered.set()
+    assert await pending == ("mine", 1)
+    assert cache.get(KEY) is None  # neither the older answer nor, conservatively, the newer record
