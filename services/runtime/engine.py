@@ -60,11 +60,11 @@ def _unknown(text: str) -> Unknown:
     return Unknown(text if text.endswith(": unknown") else f"{text}: unknown")
 
 
-
 def _set_console_size(process_json: Path, width: int, height: int) -> None:
     process = json.loads(process_json.read_bytes())
     process["consoleSize"] = {"width": width, "height": height}
     process_json.write_text(json.dumps(process))
+
 
 class Engine:
     def __init__(self, state: Path, publish: Publish, shim: Path | None = None) -> None:
