@@ -13,7 +13,7 @@ from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
-from . import pb
+from . import h2grpc, pb
 from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
@@ -41,9 +41,17 @@ def _revision() -> str:
         return ""
 
 
-async def build(bus: Bus, cfg: Config) -> aio.Server:
-    server = aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                 ("grpc.max_send_message_length", MAX_MESSAGE)])
+def _server() -> aio.Server | h2grpc.Server:
+    """Our own HTTP/2 server (h2grpc) unless FLOTILLA_GRPC_SERVER=grpcio asks for grpcio's,
+    kept to compare the two side by side (bench)."""
+    if os.environ.get("FLOTILLA_GRPC_SERVER", "h2grpc") == "grpcio":
+        return aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
+                                   ("grpc.max_send_message_length", MAX_MESSAGE)])
+    return h2grpc.Server(max_message=MAX_MESSAGE)
+
+
+async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
+    server = _server()
     hub = EventHub(bus, cfg.prefix)
     await hub.start()
     metadata = MetadataClient(bus, cfg.prefix)
@@ -63,7 +71,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server:
     return server
 
 
-async def listen(server: aio.Server, socket_path: str) -> None:
+async def listen(server: aio.Server | h2grpc.Server, socket_path: str) -> None:
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket():
