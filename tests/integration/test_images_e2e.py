@@ -15,7 +15,8 @@ import pytest
 
 from flotilla.client import Client
 from flotilla.testing import ContainerdPeer, PrivateSuite, Registry, ctr
-from flotilla.testing.images import busybox_image, multiplatform_image, push, random_layers_image
+from flotilla.testing.images import (Entry, build_image, busybox_entries, busybox_image, multiplatform_image, push,
+                                     random_layers_image)
 from tests.client.fakeregistry import FakeRegistry
 
 
@@ -107,7 +108,8 @@ def test_ctr_pull_with_and_without_credentials(suite: PrivateSuite) -> None:
 @pytest.mark.parametrize("garbage", ["manifest-json", "digest-mismatch", "truncated-blob"])
 def test_ctr_pull_of_garbage_fails_and_leaves_nothing(suite: PrivateSuite, garbage: str) -> None:
     ns = _ns()
-    img = busybox_image()
+    # a layer no earlier test stored: a blob already in the (shared) store is not fetched again
+    img = build_image([busybox_entries() + [Entry("unique", data=uuid.uuid4().bytes)]])
     layer = img.layers[0]
     with FakeRegistry() as fake:
         fake.add_image("app", "v1", img)
