@@ -116,6 +116,27 @@ class Engine:
         async with proc.lock:
             await self._report_exit(task, proc)
             proc.exited.set()  # after the event: a waiter's next step (delete) comes after it
+        if proc is task.init and not task.deleted:
+            self._release(task)
+
+    def _release(self, task: Task) -> "asyncio.Future[None]":
+        """Once the init has exited, the runtime's container (and its cgroup) and the rootfs
+        mount go at once, while the client still reads the exit: ``ctr run --rm`` deletes
+        the task a few ms later and finds only the bundle's files left to remove. Runs once;
+        started by the exit or by the delete, whichever comes first."""
+        if task.released is None:
+            task.released = fut = asyncio.ensure_future(self._free(task))
+            self._watchers.add(fut)
+            # its error is the delete's to report; nobody may be waiting yet
+            fut.add_done_callback(lambda f: (self._watchers.discard(f), f.cancelled() or f.exception()))
+        return task.released
+
+    async def _free(self, task: Task) -> None:
+        for e in list(task.execs.values()):  # (a host pid namespace lets them outlive the init)
+            if e.rec.started and e.exit is None:
+                await e.exited.wait()
+        await task.oci.delete(task.rec.id, force=True)
+        await asyncio.to_thread(mounts.unmount_rootfs, task.bundle)
 
     def _exit_facts(self, task: Task, proc: Proc) -> tuple[tuple[int, int] | None, bool, int]:
         """One trip to a thread on every exit: the recorded exit, whether it was reported,
@@ -296,15 +317,13 @@ class Engine:
                 # a created task is killed and removed, as containerd's createdState.Delete does
                 await task.oci.delete(id, force=True)
                 await proc.exited.wait()
-            for e in list(task.execs.values()):
-                if e.rec.started and e.exit is None:
-                    await e.exited.wait()
             # report an exit not yet reported (e.g. it happened while we were down)
             async with proc.lock:
                 await self._report_exit(task, proc)
             try:
-                await task.oci.delete(id, force=True)
+                await asyncio.shield(self._release(task))
             except RuntimeFailed as exc:
+                task.released = None  # the next delete tries again
                 raise _unknown(f"failed to delete task: {exc.text}") from None
             await mounts.remove_bundle(task.bundle)
             task.deleted = True

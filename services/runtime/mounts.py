@@ -21,10 +21,13 @@ def mount_rootfs(mounts: list[Mount], target: Path) -> None:
         raise InvalidArgument(f"failed to mount rootfs component: {exc}: invalid argument") from None
 
 
-def remove_bundle_now(bundle: Path) -> None:
-    """Unmount everything stacked on its rootfs (lazily if busy, so this never hangs),
-    then delete the bundle."""
+def unmount_rootfs(bundle: Path) -> None:
+    """Unmount everything stacked on its rootfs (lazily if busy, so this never hangs)."""
     libmount.unmount_all(str(bundle / "rootfs"), True)
+
+
+def remove_bundle_now(bundle: Path) -> None:
+    unmount_rootfs(bundle)
     shutil.rmtree(bundle, True)
 
 

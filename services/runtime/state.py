@@ -105,6 +105,7 @@ class Task:
     execs: dict[str, Proc] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     deleted: bool = False
+    released: "asyncio.Future[None] | None" = None  # the runtime's container and rootfs mount (engine._release)
 
     @property
     def oci(self) -> OciRuntime:

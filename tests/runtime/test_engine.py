@@ -11,6 +11,9 @@ import pytest
 
 from flotilla.libs.api.runtime import CREATED, PAUSED, RUNNING, STOPPED, Stdio
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound, Unknown
+from flotilla.libs.api.types import Mount
+from flotilla.libs.mount import is_mounted
+from flotilla.services.runtime import cgroups
 from flotilla.services.runtime.engine import Engine
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
@@ -57,6 +60,34 @@ async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder],
     with pytest.raises(NotFound):
         eng.get(NS, id)
     assert not (eng.base / "tasks" / NS / id).exists()
+
+
+async def test_exit_releases_runtime_state_and_rootfs_before_delete(engine: tuple[Engine, Recorder], rootfs: Path,
+                                                                  tmp_path: Path) -> None:
+    """The init's exit frees the runtime's container, its cgroup and the rootfs mount at once;
+    the task stays STOPPED with its exit until deleted, and delete removes the rest."""
+    eng, rec = engine
+    id = _id()
+    spec = make_spec("rootfs", ["sh", "-c", "exit 7"])
+    mounts = [Mount("bind", str(rootfs), options=["rbind", "ro"])]
+    await eng.create(NS, id, spec, rootfs=mounts)
+    bundle = eng.base / "tasks" / NS / id
+    assert is_mounted(str(bundle / "rootfs"))
+    task = eng.tasks[(NS, id)]
+    await eng.start(NS, id)
+    assert (await eng.wait(NS, id)).exit_status == 7
+    assert task.released is not None
+    await asyncio.wait_for(asyncio.shield(task.released), 10)
+    assert not is_mounted(str(bundle / "rootfs"))
+    assert await task.oci.state(id) is None  # the runtime knows it no more
+    path = task.rec.cgroups_path
+    assert not (Path("/sys/fs/cgroup") / path.lstrip("/") if cgroups.unified() else cgroups.v1_dir("memory", path)).exists()
+    info = eng.get(NS, id)
+    assert info.status == STOPPED and info.exit_status == 7
+    assert (bundle / "task.json").exists()  # a restarted engine still finds the task
+    assert (await eng.delete(NS, id)).exit_status == 7
+    assert not bundle.exists()
+    assert rec.topics(id) == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
 
 
 async def test_stdin_reaches_the_process_and_closes(engine: tuple[Engine, Recorder], rootfs: Path,
