@@ -4,8 +4,9 @@
 ``Content.Info``/``Content.Read`` straight from one file (any digest names it),
 ``Content.Write`` by counting the bytes it is sent, and
 ``Snapshots.Prepare/Commit/Remove/List`` as empty answers, with the gateway's own server
-(grpc.aio on uvloop). No bus, no store, no checks: what a ctr command costs against it is
-what Python's gRPC alone costs per call, which no Python gateway can go below.
+(``services/gateway/h2grpc`` on uvloop, or grpc.aio's with ``FLOTILLA_GRPC_SERVER=grpcio``).
+No bus, no store, no checks: what a ctr command costs against it is what the gateway's
+gRPC alone costs per call, which the gateway cannot go below.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2 as spb
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as spb_grpc
 from flotilla.libs.service import run_loop
+from flotilla.services.gateway.server import new_server
 from google.protobuf import empty_pb2
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ class NullSnapshots(spb_grpc.SnapshotsServicer):
 
 
 async def serve(socket_path: str, blob: str) -> None:
-    server = aio.server()
+    server = new_server()
     pbc_grpc.add_ContentServicer_to_server(NullContent(blob), server)
     spb_grpc.add_SnapshotsServicer_to_server(NullSnapshots(), server)
     if os.path.exists(socket_path):

@@ -41,7 +41,7 @@ def _revision() -> str:
         return ""
 
 
-def _server() -> aio.Server | h2grpc.Server:
+def new_server() -> aio.Server | h2grpc.Server:
     """Our own HTTP/2 server (h2grpc) unless FLOTILLA_GRPC_SERVER=grpcio asks for grpcio's,
     kept to compare the two side by side (bench)."""
     if os.environ.get("FLOTILLA_GRPC_SERVER", "h2grpc") == "grpcio":
@@ -51,7 +51,7 @@ def _server() -> aio.Server | h2grpc.Server:
 
 
 async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
-    server = _server()
+    server = new_server()
     hub = EventHub(bus, cfg.prefix)
     await hub.start()
     metadata = MetadataClient(bus, cfg.prefix)
