@@ -60,6 +60,9 @@ def _info(row: Row[Any]) -> Info:
 _OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namespace"))
                                      & (db.owners.c.digest == bindparam("digest")))
 _ANY_OWNER = select(db.owners).where(db.owners.c.digest == bindparam("digest")).limit(1)
+_INSERT_OWNER = insert(db.owners)
+_SET_LABELS = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
+                                      & (db.owners.c.digest == bindparam("b_digest")))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -176,9 +179,8 @@ class ContentStore:
             labels = {k: v for k, v in labels.items() if v}  # an empty value removes the label
             _validate_labels(labels)
             now = time.time_ns()
-            conn.execute(update(db.owners).where(
-                (db.owners.c.namespace == namespace) & (db.owners.c.digest == info.digest))
-                .values(labels=json.dumps(labels), updated_at=now))
+            conn.execute(_SET_LABELS, {"b_namespace": namespace, "b_digest": info.digest,
+                                       "labels": json.dumps(labels), "updated_at": now})
             row = self._row(conn, namespace, info.digest)
         assert row is not None
         return _info(row)
@@ -474,9 +476,8 @@ class ContentStore:
             if self._row(conn, s.namespace, digest) is not None:
                 raise AlreadyExists(f"content {digest}: already exists")
             leases = [s.lease] if s.lease else []
-            conn.execute(insert(db.owners).values(namespace=s.namespace, digest=digest, size=size, created_at=now,
-                                                  updated_at=now, labels=json.dumps(labels),
-                                                  leases=json.dumps(leases)))
+            conn.execute(_INSERT_OWNER, dict(namespace=s.namespace, digest=digest, size=size, created_at=now,
+                                             updated_at=now, labels=json.dumps(labels), leases=json.dumps(leases)))
         return Info(digest, size, now, now, labels, leases)
 
     def _end(self, s: Session, remove: bool) -> None:

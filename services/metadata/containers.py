@@ -21,6 +21,8 @@ from .common import StoreBase, page, parse_filters, check_labels, dump_map, kept
 _T = db.containers
 # built once: composing a statement per call costs more than the lookup
 _GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.id == bindparam("id")))
+_INSERT = insert(_T)
+_DELETE = delete(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.id == bindparam("id")))
 # the fields a full replace (no field mask) may change
 _REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
 
@@ -166,7 +168,7 @@ class ContainersMixin(StoreBase):
         try:
             with self._write() as conn:
                 self._ensure_namespace(conn, namespace)
-                conn.execute(insert(_T).values(namespace=namespace, id=c.id, **_values(c)))
+                conn.execute(_INSERT, dict(namespace=namespace, id=c.id, **_values(c)))
         except IntegrityError:
             raise AlreadyExists(f'container "{c.id}": already exists') from None
         return c
@@ -222,7 +224,7 @@ class ContainersMixin(StoreBase):
 
     def delete_container(self, namespace: str, id: str) -> None:
         with self._write() as conn:
-            if conn.execute(delete(_T).where((_T.c.namespace == namespace) & (_T.c.id == id))).rowcount == 0:
+            if conn.execute(_DELETE, {"namespace": namespace, "id": id}).rowcount == 0:
                 raise NotFound(f"container {id}: not found")
 
 

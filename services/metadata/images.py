@@ -21,6 +21,7 @@ from .containers import map_lookup
 _T = db.images
 # built once: composing a statement per call costs more than the lookup
 _GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.name == bindparam("name")))
+_INSERT = insert(_T)
 
 
 def _row_to_image(row: Row[Any]) -> Image:
@@ -134,7 +135,7 @@ class ImagesMixin(StoreBase):
         try:
             with self._write() as conn:
                 self._ensure_namespace(conn, namespace)
-                conn.execute(insert(_T).values(namespace=namespace, name=i.name, **_values(i)))
+                conn.execute(_INSERT, dict(namespace=namespace, name=i.name, **_values(i)))
         except IntegrityError:
             raise AlreadyExists(f'image "{i.name}": already exists') from None
         return i

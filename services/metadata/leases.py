@@ -7,7 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -19,6 +19,10 @@ from .api import Lease, Resource
 from .common import StoreBase, parse_filters, digest_error, dump_map, kept, load_map
 
 _L, _R = db.leases, db.lease_resources
+# built once (see common.py)
+_INSERT = insert(_L)
+_DELETE = delete(_L).where((_L.c.namespace == bindparam("namespace")) & (_L.c.id == bindparam("id")))
+_DELETE_RESOURCES = delete(_R).where((_R.c.namespace == bindparam("namespace")) & (_R.c.lease == bindparam("lease")))
 
 
 def random_id() -> str:
@@ -66,16 +70,16 @@ class LeasesMixin(StoreBase):
         try:
             with self._write() as conn:
                 self._ensure_namespace(conn, namespace)
-                conn.execute(insert(_L).values(namespace=namespace, id=lease.id, labels=dump_map(lease.labels),
-                                               created_at=lease.created_at))
+                conn.execute(_INSERT, dict(namespace=namespace, id=lease.id, labels=dump_map(lease.labels),
+                                           created_at=lease.created_at))
         except IntegrityError:
             raise AlreadyExists(f'lease "{lease.id}": already exists') from None
         return lease
 
     def delete_lease(self, namespace: str, id: str) -> None:
         with self._write() as conn:
-            conn.execute(delete(_R).where((_R.c.namespace == namespace) & (_R.c.lease == id)))
-            if conn.execute(delete(_L).where((_L.c.namespace == namespace) & (_L.c.id == id))).rowcount == 0:
+            conn.execute(_DELETE_RESOURCES, {"namespace": namespace, "lease": id})
+            if conn.execute(_DELETE, {"namespace": namespace, "id": id}).rowcount == 0:
                 raise NotFound(f'lease "{id}": not found')
 
     def list_leases(self, namespace: str, fs: list[str] | None = None) -> list[Lease]:

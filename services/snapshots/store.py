@@ -41,6 +41,8 @@ _BY_KEY = select(T).where((T.c.namespace == bindparam("ns")) & (T.c.snapshotter 
                           & (T.c.key == bindparam("key")))
 _INSERT = insert(T)
 _UPDATE = update(T).where(T.c.id == bindparam("sid"))
+_A_CHILD = select(T.c.id).where(T.c.parent_id == bindparam("sid")).limit(1)
+_DELETE = delete(T).where(T.c.id == bindparam("sid"))
 _TMP = "tmp-"
 
 
@@ -306,9 +308,9 @@ class SnapshotStore:
         check_snapshotter(sn)
         with self.engine.begin() as conn:
             row = self._existing(conn, ns, sn, key)
-            if conn.execute(select(T.c.id).where(T.c.parent_id == row.id).limit(1)).first() is not None:
+            if conn.execute(_A_CHILD, {"sid": row.id}).first() is not None:
                 raise FailedPrecondition("cannot remove snapshot with child: failed precondition")
-            conn.execute(delete(T).where(T.c.id == row.id))
+            conn.execute(_DELETE, {"sid": row.id})
         # the record is gone; the directory follows (a kill here leaves an orphan for cleanup).
         # It leaves its place now and the disk after the answer: deleting a rootfs' files
         # took 2-7 ms of ctr run --rm (containerd leaves it to its collector)
