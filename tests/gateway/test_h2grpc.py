@@ -183,6 +183,25 @@ async def test_garbage_closes_only_that_connection(served: Served) -> None:
     assert (await stub.Info(pbc.InfoRequest(digest="ok"))).info.digest == "ok"
 
 
+async def test_reset_before_the_request_ends_sends_nothing_on_that_stream(served: Served) -> None:
+    """A call reset while its body is still coming, with a deadline: when the deadline
+    passes, nothing may be sent on the closed stream (the client would end the connection)."""
+    reader, writer = await asyncio.open_unix_connection(served.path)
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"),
+                                    (":path", "/containerd.services.content.v1.Content/Info"), (":authority", "x"),
+                                    ("content-type", "application/grpc"), ("grpc-timeout", "100m")])
+    writer.write(h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0) + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, block)
+                 + h2.frame(h2.DATA, 0, 1, b"\0\0\0")
+                 + h2.frame(h2.RST_STREAM, 0, 1, struct.pack(">I", h2.CANCEL)))
+    await asyncio.sleep(0.4)  # past the deadline
+    writer.write(h2.frame(h2.PING, 0, 0, b"87654321"))
+    data = b""
+    while h2.PING not in _frame_kinds(data):
+        data += await asyncio.wait_for(reader.read(65536), 5)
+    assert h2.HEADERS not in _frame_kinds(data) and h2.RST_STREAM not in _frame_kinds(data)
+    writer.close()
+
+
 def _frame_kinds(data: bytes) -> list[int]:
     kinds, pos = [], 0
     while pos + 9 <= len(data):

@@ -62,12 +62,7 @@ class WindowOpened:
     stream_id: int  # 0: the connection's
 
 
-@dataclass(frozen=True, slots=True)
-class PeerGoingAway:
-    last_stream_id: int
-
-
-Event = RequestReceived | DataReceived | StreamReset | WindowOpened | PeerGoingAway
+Event = RequestReceived | DataReceived | StreamReset | WindowOpened
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -240,13 +235,11 @@ class H2Connection:
         elif kind == PING:
             if not flags & ACK:
                 self._out.append(frame(PING, ACK, 0, payload))
-        elif kind == GOAWAY:
-            events.append(PeerGoingAway(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF))
         elif kind == WINDOW_UPDATE:
             self._window_update(stream_id, payload, events)
         elif kind == PUSH_PROMISE:
             raise ProtocolError("PUSH_PROMISE from a client")
-        # PRIORITY and unknown kinds are ignored, as RFC 9113 asks
+        # PRIORITY, GOAWAY (the client finishes its calls, then closes) and unknown kinds are ignored
 
     def _headers(self, stream_id: int, flags: int, block: bytes, events: list[Event]) -> None:
         try:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc import aio
 
-from .connection import (NO_ERROR, RESPONSE_HEADERS, DataReceived, H2Connection, PeerGoingAway, ProtocolError, RequestReceived,
+from .connection import (NO_ERROR, RESPONSE_HEADERS, DataReceived, H2Connection, ProtocolError, RequestReceived,
                          StreamReset, WindowOpened, trailer_block)
 from .context import ServicerContext
 
@@ -108,11 +108,12 @@ class _Connection(asyncio.Protocol):
                     self.streams[ev.stream_id].window.set()
             elif isinstance(ev, StreamReset):
                 st = self.streams.pop(ev.stream_id, None)
-                if st is not None and st.task is not None:
+                if st is not None:  # nothing more may be sent on it
                     st.finished = True
-                    st.task.cancel()
-            elif isinstance(ev, PeerGoingAway):
-                pass  # the client finishes its calls, then closes
+                    if st.timer is not None:
+                        st.timer.cancel()
+                    if st.task is not None:
+                        st.task.cancel()
         self.flush()
 
     def flush(self) -> None:
@@ -189,10 +190,12 @@ class _Connection(asyncio.Protocol):
 
     def _expire(self, st: _Stream) -> None:
         st.timer = None
-        if st.task is not None and not st.finished:
+        if st.finished:
+            return
+        if st.task is not None:
             st.expired = True
             st.task.cancel()
-        elif st.task is None:
+        else:  # the request is not all here yet
             self._fail(st, _DEADLINE, "Deadline Exceeded")
 
     # -- answers ---------------------------------------------------------------------------
