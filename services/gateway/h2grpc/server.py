@@ -151,8 +151,7 @@ class _Connection(asyncio.Protocol):
             while len(body) >= 5:
                 size = int.from_bytes(body[1:5], "big")
                 if size > self.server.max_message:
-                    self._fail(st, _EXHAUSTED, f"received message larger than max ({size} vs. {self.server.max_message})")
-                    return
+                    return self._too_big(st, size)
                 if len(body) < 5 + size:
                     break
                 if body[0]:
@@ -161,10 +160,12 @@ class _Connection(asyncio.Protocol):
                 st.messages.put_nowait((bytes(body[5:5 + size]), 5 + size))
                 del body[:5 + size]
         elif len(body) > self.server.max_message + 5:
-            self._fail(st, _EXHAUSTED, f"received message larger than max ({len(body) - 5} vs. {self.server.max_message})")
-            return
+            return self._too_big(st, len(body) - 5)
         if ev.ended:
             self._ended(st)
+
+    def _too_big(self, st: _Stream, size: int) -> None:
+        self._fail(st, _EXHAUSTED, f"received message larger than max ({size} vs. {self.server.max_message})")
 
     def _ended(self, st: _Stream) -> None:
         """The client sent all it will."""
