@@ -18,7 +18,7 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
     await server.start()
 
     async def stop() -> None:
-        await server.gc.stop()
+        await server.stop()
         await asyncio.to_thread(store.close)
 
     return stop

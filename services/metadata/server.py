@@ -30,6 +30,8 @@ class MetadataServer:
     def __init__(self, bus: Bus, cfg: Config, store: MetadataStore) -> None:
         self.bus, self.cfg, self.store = bus, cfg, store
         self.gc = Collector(bus, cfg, store)
+        # content-service releases of deleted leases still running, by (namespace, lease id)
+        self._releases: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
         await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, **fields)
@@ -158,16 +160,28 @@ class MetadataServer:
 
     async def l_create(self, req: dict[str, Any]) -> Any:
         cr = from_wire(api.LeaseCreate, req)
+        pending = self._releases.get((cr.namespace, cr.lease.id))
+        if pending is not None:
+            # the old lease's release must not strip the new one's id from its blobs
+            await asyncio.shield(pending)
         return await self._write(self.store.create_lease, cr.namespace, cr.lease)
 
     async def l_delete(self, req: dict[str, Any]) -> Any:
         d = from_wire(api.LeaseDelete, req)
-        # both at once: a collection ignores the content's ids of leases the database lost,
-        # so a release that runs first, or for a lease that was not there, does no harm
-        await asyncio.gather(self._write(self.store.delete_lease, d.namespace, d.id),
-                             self._release(d.namespace, d.id))
+        await self._write(self.store.delete_lease, d.namespace, d.id)
+        # The content service's copy of the id goes after the answer: a collection ignores
+        # ids of leases the database no longer has, so until then it only holds nothing.
+        key = (d.namespace, d.id)
+        task = asyncio.create_task(self._release(d.namespace, d.id))
+        self._releases[key] = task
+        task.add_done_callback(lambda t: self._releases.pop(key, None) if self._releases.get(key) is t else None)
         await self._after_delete(d.sync)
         return None
+
+    async def stop(self) -> None:
+        await self.gc.stop()
+        if self._releases:  # short calls: let them end rather than leave stale ids
+            await asyncio.wait(list(self._releases.values()), timeout=_HELD_TIMEOUT)
 
     async def _release(self, namespace: str, lease: str) -> None:
         """Tell the content service the lease is gone (it keeps lease ids on blobs). With no

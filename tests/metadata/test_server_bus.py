@@ -84,3 +84,44 @@ async def test_lease_delete_asks_no_absent_content_service_twice(client: Metadat
     assert not retried
     with pytest.raises(NotFound):
         await client.delete_lease("ns", "l1")
+
+
+async def test_lease_delete_answers_before_the_content_release_and_a_new_lease_of_its_id_waits(
+        bus: Bus, tmp_path: Path) -> None:
+    """The content service forgets a deleted lease's id after the delete answers. A lease
+    created again under that id waits for that, so the late release cannot strip the id from
+    blobs written under the new lease (they would lose their only GC root)."""
+    import threading
+
+    from flotilla.libs.api.content import ContentClient
+    from flotilla.services.content.server import ContentServer
+    from flotilla.services.content.store import ContentStore
+
+    cfg = Config(root=tmp_path, prefix="md" + uuid.uuid4().hex[:8], host_id="h")
+    blobs = ContentStore(tmp_path / "content")
+    release, gate = blobs.release_lease, threading.Event()
+    blobs.release_lease = lambda ns, lease: (gate.wait(10), release(ns, lease))[1]  # type: ignore[method-assign]
+    content_server = ContentServer(bus, cfg, blobs)
+    await content_server.start()
+    store = MetadataStore.open(f"sqlite:///{tmp_path / 'meta.db'}")
+    server = MetadataServer(bus, cfg, store)
+    await server.start()
+    client, content = MetadataClient(bus, cfg.prefix), ContentClient(bus, cfg.prefix)
+    try:
+        await client.create_lease("ns", Lease("l1"))
+        old = await content.write_blob("ns", "old", b"held by the first l1", lease="l1")
+        await client.delete_lease("ns", "l1")  # answers while the release waits at the gate
+        assert (await content.info("ns", old)).leases == ["l1"]
+        again = asyncio.create_task(client.create_lease("ns", Lease("l1")))
+        await asyncio.sleep(0.2)
+        assert not again.done()
+        gate.set()
+        await again
+        new = await content.write_blob("ns", "new", b"held by the second l1", lease="l1")
+        assert (await content.info("ns", old)).leases == []
+        assert (await content.info("ns", new)).leases == ["l1"]
+    finally:
+        gate.set()
+        await server.stop()
+        await content_server.stop()
+        store.engine.dispose()
