@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flotilla.libs.directio import ALIGN, Reader
+from flotilla.libs.directio import ALIGN, CACHED_HEAD, Reader
 from flotilla.libs.errors import Unavailable
 
 READ_BUFFER = 8 << 20  # hashing big pieces keeps hashlib off the GIL
@@ -46,9 +46,16 @@ def read_meta(path: Path) -> IngestMeta | None:
 
 
 def write_meta(path: Path, meta: IngestMeta) -> None:
+    """Replaces the ingest's meta at once (a reader sees the old or the new one)."""
     tmp = path / "meta.json.tmp"
     tmp.write_text(json.dumps(asdict(meta)))
     os.replace(tmp, path / "meta.json")
+
+
+def start_meta(path: Path, meta: IngestMeta) -> None:
+    """The meta of an ingest started afresh, written in place: torn by a crash, it reads as
+    no meta, which is what an ingest with no data is anyway."""
+    (path / "meta.json").write_text(json.dumps(asdict(meta)))
 
 
 def go_duration(seconds: float) -> str:
@@ -97,13 +104,16 @@ class Hasher:
         self.h = hashlib.new(algorithm)
         self.offset = 0
         self._direct: Reader | None = None
+        self._direct_path = ""
 
     def read_direct(self, path: Path) -> None:
-        """Read ``path`` past the page cache when catching up (see libs/directio)."""
+        """Read ``path`` past the page cache when catching up (see libs/directio); the
+        reader opens once the file outgrows the cached head (most blobs never do)."""
         self.close()
-        self._direct = Reader(str(path), READ_BUFFER)
+        self._direct_path = str(path)
 
     def close(self) -> None:
+        self._direct_path = ""
         if self._direct is not None:
             self._direct.close()
             self._direct = None
@@ -120,6 +130,8 @@ class Hasher:
         """Hash the file's bytes from what was hashed up to ``end`` (read from the page cache)."""
         if self.offset >= end:
             return
+        if self._direct is None and self._direct_path and end > CACHED_HEAD:
+            self._direct = Reader(self._direct_path, READ_BUFFER)
         while self._direct is not None and end - self.offset >= ALIGN:
             view = self._direct.read_into(fd, self.offset, end - self.offset)
             if not view:

@@ -31,7 +31,7 @@ from flotilla.libs.errors import (
 from flotilla.libs.identifiers import validate_labels
 
 from . import db
-from .ingest import Hasher, IngestMeta, ingest_dir, lock, read_meta, write_meta
+from .ingest import Hasher, IngestMeta, ingest_dir, lock, read_meta, start_meta, write_meta
 
 
 def check_digest(digest: str) -> None:
@@ -59,7 +59,7 @@ def _info(row: Row[Any]) -> Info:
 # built once: composing a statement per call costs more than the query (on every Info)
 _OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namespace"))
                                      & (db.owners.c.digest == bindparam("digest")))
-_ANY_OWNER = select(db.owners).where(db.owners.c.digest == bindparam("digest")).limit(1)
+_OWNERS = select(db.owners).where(db.owners.c.digest == bindparam("digest"))
 _INSERT_OWNER = insert(db.owners)
 _SET_LABELS = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
                                       & (db.owners.c.digest == bindparam("b_digest")))
@@ -181,9 +181,9 @@ class ContentStore:
             now = time.time_ns()
             conn.execute(_SET_LABELS, {"b_namespace": namespace, "b_digest": info.digest,
                                        "labels": json.dumps(labels), "updated_at": now})
-            row = self._row(conn, namespace, info.digest)
-        assert row is not None
-        return _info(row)
+        updated = _info(row)
+        updated.labels, updated.updated_at = labels, now
+        return updated
 
     def delete(self, namespace: str, digest: str) -> None:
         check_digest(digest)
@@ -311,8 +311,9 @@ class ContentStore:
                 raise InvalidArgument("calculating expected blob path for writer: cannot calculate blob path "
                                       f"from invalid digest: {err}: invalid argument")
             with self.reader.connect() as conn:
-                mine = self._row(conn, req.namespace, req.expected)
-                other = conn.execute(_ANY_OWNER, {"digest": req.expected}).first()
+                owners = conn.execute(_OWNERS, {"digest": req.expected}).all()
+            mine = next((r for r in owners if r.namespace == req.namespace), None)
+            other = owners[0] if owners else None
             if mine is not None:
                 # as containerd: the caller's lease takes the blob before we say it exists
                 if req.lease:
@@ -354,7 +355,7 @@ class ContentStore:
         else:
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             s.hasher.read_direct(s.path / "data")
-            write_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
+            start_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
 
     def _session_record(self, s: Session, with_file: bool = False) -> WriterSession:
         f = None
