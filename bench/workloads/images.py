@@ -85,7 +85,7 @@ def _teardown(t: Target) -> None:
 
 def workloads() -> list[Workload]:
     return [
-        Workload("ctr image pull small (cold)", _ctr_pull("small"), repeat=5, teardown=_teardown),
+        Workload("ctr image pull small (cold)", _ctr_pull("small"), repeat=11, teardown=_teardown),
         Workload(f"ctr image pull {BIG_MIB} MiB (cold)", _throughput(_ctr_pull("big")), repeat=3, unit="MB/s",
                  higher_is_better=True, teardown=_teardown),
         Workload("flotilla pull small (cold)", _flotilla_pull("small"), repeat=5, teardown=_teardown),
