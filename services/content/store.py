@@ -13,7 +13,6 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from flotilla.libs import filters
+from flotilla.libs.afterwards import Afterwards
 from flotilla.libs.api.content import (
     ALGORITHMS, CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error,
 )
@@ -111,7 +111,7 @@ class ContentStore:
             d.mkdir(parents=True, exist_ok=True)
         for old in self.trash.iterdir():  # left by a killed instance; another one's go as well, harmlessly
             shutil.rmtree(old, ignore_errors=True)
-        self._clearing = ThreadPoolExecutor(1, thread_name_prefix="content-clear")
+        self._clearing = Afterwards("content-clear")
         self.engine, self.reader = db.open_engines(self.root / "owners.db")
         self.instance = instance or uuid.uuid4().hex[:12]
         self.sessions: dict[str, Session] = {}
@@ -119,7 +119,7 @@ class ContentStore:
     def close(self) -> None:
         for sid in list(self.sessions):
             self.w_close(sid)
-        self._clearing.shutdown(wait=True)
+        self._clearing.close()
         self.engine.dispose()
         self.reader.dispose()
 
@@ -496,10 +496,7 @@ class ContentStore:
             except OSError:
                 shutil.rmtree(s.path, ignore_errors=True)
                 trash = None
-            try:
-                self._clearing.submit(_clear, trash, s.lock_fd, s.hasher)
-            except RuntimeError:  # closing: no clearing thread any more
-                _clear(trash, s.lock_fd, s.hasher)
+            self._clearing.run(_clear, trash, s.lock_fd, s.hasher)
             return
         s.hasher.close()
         os.close(s.lock_fd)

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs import filters
+from flotilla.libs.afterwards import Afterwards
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from flotilla.libs.identifiers import validate_labels
 
@@ -92,8 +92,8 @@ class SnapshotStore:
         self.index_off = _index_off()
         self._building: set[str] = set()  # temporary dirs of calls in flight
         self._lock = threading.Lock()
-        # a removed snapshot's directory is deleted after the answer, in order, by one thread
-        self._purger = ThreadPoolExecutor(1, thread_name_prefix="snapshot-purge")
+        # a removed snapshot's directory is deleted after the answer
+        self._purger = Afterwards("snapshot-purge")
         for name in SNAPSHOTTERS:
             (root / name).mkdir(parents=True, exist_ok=True)
 
@@ -106,14 +106,14 @@ class SnapshotStore:
 
     def close(self) -> None:
         """Finish the removals under way and release the database."""
-        self._purger.shutdown(wait=True)
+        self._purger.close()
         self.engine.dispose()
         if self.reader is not self.engine:
             self.reader.dispose()
 
     def wait_purged(self) -> None:
         """Return once every directory removed so far is gone from the disk."""
-        self._purger.submit(lambda: None).result()  # one thread, in order: those before are done
+        self._purger.wait()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -323,10 +323,7 @@ class SnapshotStore:
             if isinstance(exc, FileNotFoundError):
                 return
             raise
-        try:
-            self._purger.submit(self._purge, trash)
-        except RuntimeError:  # closing: no purge thread any more
-            self._purge(trash)
+        self._purger.run(self._purge, trash)
 
     def _purge(self, trash: Path) -> None:
         try:

@@ -120,7 +120,7 @@ def test_a_committed_ingest_leaves_its_place_at_once_and_its_files_after(tmp_pat
     import threading
     store = ContentStore(tmp_path)
     gate = threading.Event()
-    store._clearing.submit(gate.wait)  # hold the clearing thread: the commit's leftovers queue
+    store._clearing.run(gate.wait)  # hold the clearing thread: the commit's leftovers queue
     s = store.open_writer(WriterOpen("ns", "r", local=False))
     store.w_write(s.session, 0, b"first")
     store.w_commit(s.session, 5, sha(b"first"), {})

@@ -159,7 +159,7 @@ def test_a_removed_snapshot_leaves_its_place_at_once_and_the_disk_after(store: S
     (place,) = os.listdir(base)
     (base / place / "fs" / "file").write_bytes(b"x" * 4096)
     gate = threading.Event()
-    store._purger.submit(gate.wait)  # hold the purge thread: the removal queues behind
+    store._purger.run(gate.wait)  # hold the purge thread: the removal queues behind
     store.remove("a", "overlayfs", "k")
     assert not (base / place).exists()
     assert [d for d in os.listdir(base) if d != place]  # its files, not yet purged
