@@ -172,9 +172,12 @@ class MetadataServer:
         # The content service's copy of the id goes after the answer: a collection ignores
         # ids of leases the database no longer has, so until then it only holds nothing.
         key = (d.namespace, d.id)
-        task = asyncio.create_task(self._release(d.namespace, d.id))
-        self._releases[key] = task
-        task.add_done_callback(lambda t: self._releases.pop(key, None) if self._releases.get(key) is t else None)
+        task = self._releases[key] = asyncio.create_task(self._release(d.namespace, d.id))
+
+        def forget(done: "asyncio.Task[None]") -> None:
+            if self._releases.get(key) is done:
+                del self._releases[key]
+        task.add_done_callback(forget)
         await self._after_delete(d.sync)
         return None
 

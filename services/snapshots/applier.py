@@ -72,8 +72,8 @@ class _Decompressed:
     """A file-like reader of the uncompressed stream that hashes and counts what it yields.
 
     A thread of its own reads, inflates and hashes (all three let the GIL go) a few pieces
-    ahead, while the caller parses the tar and writes files: a busybox layer applied in
-    12-13 ms instead of 21 here. ``close`` stops it; the raw file must stay open until then.
+    ahead, while the caller parses the tar and writes files (docs/snapshots.md: the busybox
+    layer in 14-17 ms instead of 20-21). ``close`` stops it; the raw file must stay open until then.
     """
 
     AHEAD = 8                # pieces waiting for the reader at most
