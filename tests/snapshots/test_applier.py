@@ -232,25 +232,6 @@ def test_whiteout_cannot_delete_outside(tmp_path: Path, root: Path, outside: Pat
     _host_untouched(outside)
 
 
-def test_inflating_ahead_keeps_order_and_stops_with_a_failed_apply(tmp_path: Path, root: Path) -> None:
-    """The stream is inflated and hashed by a thread of its own, pieces ahead of the tar
-    reader: a layer of many pieces comes out whole and in order, and an apply that fails
-    early leaves no thread behind (it would wait on a full queue for ever)."""
-    import threading
-    files = [Entry(f"f{i}", data=os.urandom(300_000) + b"x" * 300_000) for i in range(12)]
-    raw = tar_bytes(files)
-    blob = tmp_path / "many.tar.gz"
-    blob.write_bytes(gzip.compress(raw, compresslevel=1))
-    applied = apply_layer(str(blob), GZIP_MEDIA, str(root), False, expected="sha256:" + hashlib.sha256(raw).hexdigest())
-    assert applied.size == len(raw)
-    assert all((root / e.name).read_bytes() == e.data for e in files)
-    blob.write_bytes(gzip.compress(b"\x00" * 100 + b"junk" * 200 + os.urandom(20 << 20), compresslevel=1))
-    (tmp_path / "bad").mkdir()
-    with pytest.raises(LayerError):
-        apply_layer(str(blob), GZIP_MEDIA, str(tmp_path / "bad"), False)
-    assert [t for t in threading.enumerate() if t.name == "layer-inflate"] == []
-
-
 def test_truncated_huge_entry_fails_cleanly(tmp_path: Path, root: Path, outside: Path) -> None:
     # claim 8 GiB of data in the header (octal size field) without supplying it
     info = tarfile.TarInfo("big")
