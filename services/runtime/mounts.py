@@ -27,6 +27,7 @@ def unmount_rootfs(bundle: Path) -> None:
 
 
 def remove_bundle_now(bundle: Path) -> None:
+    """Unmount the rootfs (see unmount_rootfs), then delete the bundle."""
     unmount_rootfs(bundle)
     shutil.rmtree(bundle, True)
 
