@@ -366,10 +366,11 @@ def _program_restarted(suite: PrivateSuite, name: str, old: int, timeout: float 
 def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootfs: Path, tmp_path: Path) -> None:
     """ctr task exec -t sends its first ResizePty before it starts the process (ctr's exec.go):
     the size must reach the pty once the process runs, not be lost because no supervisor
-    holds the pty yet (what made test_exec_t_is_interactive fail now and then). crun sets
-    the size from its own process as the exec'd one starts, so the first instant may still
-    see 0x0 (busybox stty then fails): the process asks until it sees a size, and it must
-    see that one; if the size were lost, it would ask until the test gives up."""
+    holds the pty yet (what made test_exec_t_is_interactive fail now and then). crun's exec
+    sets the size from its own process just after it lets the exec'd one go, so the first
+    instant may still see 0x0. Then busybox `stty size` prints its complaint to stderr and
+    no size, yet exits 0: the process asks until the answer is not empty, and it must be
+    that size; if the size were lost, it would ask until it gives up."""
     id = _uid("xsize")
     suite.ctr("run", "-d", "--env", "PATH=/bin", "--rootfs", str(rootfs), id, "sleep", "1000", check=True)
     out = tmp_path / "out"
@@ -379,8 +380,8 @@ def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootf
     reader.start()
     md = [("containerd-namespace", "default")]
     # on giving up it says so, with the terminal's settings: an empty output is output lost
-    ask = ("i=0; until stty size 2>/dev/null; do i=$((i+1)); [ $i -lt 2000 ] || { echo gave up; stty -a; exit 1; }; "
-           "done; echo tries=$i")
+    ask = ('i=0; until s=$(stty size 2>/dev/null) && [ -n "$s" ]; do i=$((i+1)); '
+           '[ $i -lt 2000 ] || { echo gave up; stty -a; exit 1; }; done; echo "size=$s tries=$i"')
     process = {"args": ["/bin/sh", "-c", ask], "cwd": "/", "env": ["PATH=/bin"], "terminal": True,
                "user": {"uid": 0, "gid": 0}}
     try:
@@ -395,7 +396,7 @@ def test_exec_pty_resized_before_start_gets_that_size(suite: PrivateSuite, rootf
             reader.join(30)
             tasks.Wait(pbt.WaitRequest(container_id=id, exec_id="sz"), metadata=md, timeout=30)
             tasks.DeleteProcess(pbt.DeleteProcessRequest(container_id=id, exec_id="sz"), metadata=md)
-        assert got and b"23 87" in got[0], got
+        assert got and b"size=23 87 " in got[0], got
     finally:
         _cleanup(suite.address, id)
 
