@@ -55,21 +55,32 @@ def wire_to_pb(c: dict[str, Any]) -> pbc.Container:
     return out
 
 
+class ContainerRecords:
+    """The containers this gateway saw lately (``records``), shared by Containers.Get and the
+    Tasks service's lookups: a ``ctr run`` gets its container three times, and each of its
+    task's Create and Get looks it up once more."""
+
+    def __init__(self, metadata: MetadataClient, hub: EventHub) -> None:
+        self.metadata = metadata
+        self.cache: RecordCache[Container] = RecordCache()
+        self.cache.drop_on(hub, ("/containers/update", "/containers/delete"), event_key("id"))
+
+    async def get(self, namespace: str, id: str, limit: float) -> Container:
+        return await self.cache.fetch((namespace, id), lambda: self.metadata.get_container(namespace, id, limit))
+
+
 class ContainersServicer(pbc_grpc.ContainersServicer):
-    def __init__(self, metadata: MetadataClient, default_timeout: float) -> None:
-        self.metadata, self.default_timeout = metadata, default_timeout
-        self._records: RecordCache[Container] = RecordCache()  # ctr gets a container 3 times a run
+    def __init__(self, records: ContainerRecords, default_timeout: float) -> None:
+        self.metadata, self.default_timeout = records.metadata, default_timeout
+        self._records = records
 
     @classmethod
-    def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float, hub: EventHub) -> None:
-        servicer = cls(metadata, default_timeout)
-        servicer._records.drop_on(hub, ("/containers/update", "/containers/delete"), event_key("id"))
-        pbc_grpc.add_ContainersServicer_to_server(servicer, server)
+    def register(cls, server: aio.Server, records: ContainerRecords, default_timeout: float) -> None:
+        pbc_grpc.add_ContainersServicer_to_server(cls(records, default_timeout), server)
 
     @unary("Containers.Get")
     async def Get(self, request: pbc.GetContainerRequest, context: aio.ServicerContext) -> pbc.GetContainerResponse:
-        ns, limit = namespace(context), timeout(context, self.default_timeout)
-        c = await self._records.fetch((ns, request.id), lambda: self.metadata.get_container(ns, request.id, limit))
+        c = await self._records.get(namespace(context), request.id, timeout(context, self.default_timeout))
         return pbc.GetContainerResponse(container=wire_to_pb(to_wire(c)))
 
     @unary("Containers.List")
@@ -89,7 +100,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
     @unary("Containers.Create")
     async def Create(self, request: pbc.CreateContainerRequest, context: aio.ServicerContext) -> pbc.CreateContainerResponse:
         ns = namespace(context)
-        c = await self._records.keep((ns, request.container.id), self.metadata.create_container(
+        c = await self._records.cache.keep((ns, request.container.id), self.metadata.create_container(
             ns, container_from_pb(request.container), timeout(context, self.default_timeout)))
         return pbc.CreateContainerResponse(container=wire_to_pb(to_wire(c)))
 
@@ -98,7 +109,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         if not request.container.id:
             raise InvalidArgument("Container.ID required")
         ns = namespace(context)
-        c = await self._records.change((ns, request.container.id), self.metadata.update_container(
+        c = await self._records.cache.change((ns, request.container.id), self.metadata.update_container(
             ns, container_from_pb(request.container), list(request.update_mask.paths),
             timeout(context, self.default_timeout)))
         return pbc.UpdateContainerResponse(container=wire_to_pb(to_wire(c)))
@@ -106,6 +117,6 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
     @unary("Containers.Delete")
     async def Delete(self, request: pbc.DeleteContainerRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         ns = namespace(context)
-        await self._records.change((ns, request.id), self.metadata.delete_container(
+        await self._records.cache.change((ns, request.id), self.metadata.delete_container(
             ns, request.id, timeout(context, self.default_timeout)))
         return empty_pb2.Empty()

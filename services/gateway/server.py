@@ -18,7 +18,7 @@ from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
 from .namespaces import NamespacesServicer
-from .containers import ContainersServicer
+from .containers import ContainerRecords, ContainersServicer
 from .content import ContentServicer
 from .images import ImagesServicer
 from .leases import LeasesServicer
@@ -59,13 +59,14 @@ async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)
     pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
     pb.events_grpc.add_EventsServicer_to_server(EventsServicer(hub), server)
-    ContainersServicer.register(server, metadata, cfg.request_timeout, hub)
+    containers = ContainerRecords(metadata, hub)
+    ContainersServicer.register(server, containers, cfg.request_timeout)
     ImagesServicer.register(server, metadata, cfg.request_timeout, hub)
     LeasesServicer.register(server, metadata, cfg.request_timeout)
     await ContentServicer.register(server, bus, cfg, hub)
     SnapshotsServicer.register(server, bus, cfg, hub)
     DiffServicer.register(server, bus, cfg)
-    TasksServicer.register(server, bus, cfg, metadata)
+    TasksServicer.register(server, bus, cfg, containers, hub)
     TransferServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server

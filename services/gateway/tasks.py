@@ -1,7 +1,8 @@
 """containerd.services.tasks.v1.Tasks, backed by this host's runtime service.
 
 Create reads the container (spec, runtime) from the metadata service, as containerd's tasks
-service does; every other call goes straight to the runtime service.
+service does (through the containers this gateway saw lately); every other call goes straight
+to the runtime service.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt
 from flotilla._api.containerd.api.types.task import task_pb2
 from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
-from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.api.runtime import (
-    Checkpoint, CloseIO, CreateTask, Exec, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
-    RuntimeClient, Stdio, Update, is_task_not_found,
+    Checkpoint, CloseIO, CreateTask, Exec, Exit, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
+    RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented
 
+from .containers import ContainerRecords
+from .events import EventHub
 from .protomsg import fill, set_timestamp
+from .records import RecordCache, event_key
 from .rpc import namespace, timeout, unary
 
 _STATUS = {"unknown": task_pb2.UNKNOWN, "created": task_pb2.CREATED, "running": task_pb2.RUNNING,
@@ -121,8 +124,8 @@ def _with_container_check(fn):  # type: ignore[no-untyped-def]
             return await fn(self, request, context)
         except NotFound as exc:
             if is_task_not_found(exc, request.container_id):
-                await self.metadata.get_container(namespace(context), request.container_id,
-                                                  timeout(context, self.default_timeout))
+                await self.containers.get(namespace(context), request.container_id,
+                                          timeout(context, self.default_timeout))
             raise
     return call
 
@@ -132,7 +135,7 @@ def _with_early_container_check(fn):  # type: ignore[no-untyped-def]
     it: for Get, which ctr asks of a task already deleted twice in every ``run --rm``."""
     @functools.wraps(fn)
     async def call(self: "TasksServicer", request: Any, context: aio.ServicerContext) -> Any:
-        container = asyncio.ensure_future(self.metadata.get_container(
+        container = asyncio.ensure_future(self.containers.get(
             namespace(context), request.container_id, timeout(context, self.default_timeout)))
         try:
             return await fn(self, request, context)
@@ -154,19 +157,24 @@ def _consume(fut: "asyncio.Future[Any]") -> None:
 
 
 class TasksServicer(pbt_grpc.TasksServicer):
-    def __init__(self, runtime: RuntimeClient, metadata: MetadataClient, default_timeout: float) -> None:
-        self.runtime, self.metadata, self.default_timeout = runtime, metadata, default_timeout
+    def __init__(self, runtime: RuntimeClient, containers: ContainerRecords, default_timeout: float) -> None:
+        self.runtime, self.containers, self.default_timeout = runtime, containers, default_timeout
+        # tasks this gateway deleted lately (ctr asks for each twice after its delete, in every
+        # `run --rm`): a Get of one is answered here. A create of it, here or (by its event)
+        # anywhere, drops the mark, and one begun during the delete keeps it from being set.
+        self._deleted: RecordCache[Exit] = RecordCache()
 
     @classmethod
-    def register(cls, server: aio.Server, bus: Bus, cfg: Config, metadata: MetadataClient) -> None:
-        pbt_grpc.add_TasksServicer_to_server(
-            cls(RuntimeClient(bus, cfg.prefix, cfg.host), metadata, cfg.request_timeout), server)
+    def register(cls, server: aio.Server, bus: Bus, cfg: Config, containers: ContainerRecords, hub: EventHub) -> None:
+        servicer = cls(RuntimeClient(bus, cfg.prefix, cfg.host), containers, cfg.request_timeout)
+        servicer._deleted.drop_on(hub, ("/tasks/create",), event_key("container_id"))
+        pbt_grpc.add_TasksServicer_to_server(servicer, server)
 
     @unary("Tasks.Create")
     async def Create(self, request: pbt.CreateTaskRequest, context: aio.ServicerContext) -> pbt.CreateTaskResponse:
         ns = namespace(context)
-        container = await self.metadata.get_container(ns, request.container_id,
-                                                      timeout(context, self.default_timeout))
+        self._deleted.drop((ns, request.container_id))
+        container = await self.containers.get(ns, request.container_id, timeout(context, self.default_timeout))
         binary = request.runtime_path or _runc_binary(request.options if request.HasField("options") else None) \
             or _runc_binary(container.runtime.options)
         checkpoint = ""
@@ -188,7 +196,9 @@ class TasksServicer(pbt_grpc.TasksServicer):
     @unary("Tasks.Delete")
     @_with_container_check
     async def Delete(self, request: pbt.DeleteTaskRequest, context: aio.ServicerContext) -> pbt.DeleteResponse:
-        exit_ = await self.runtime.delete(ProcessRef(namespace(context), request.container_id))
+        ns = namespace(context)
+        exit_ = await self._deleted.keep((ns, request.container_id),
+                                         self.runtime.delete(ProcessRef(ns, request.container_id)))
         out = pbt.DeleteResponse(id=request.container_id, pid=exit_.pid, exit_status=exit_.exit_status)
         set_timestamp(out.exited_at, exit_.exited_at_ns)
         return out
@@ -204,6 +214,8 @@ class TasksServicer(pbt_grpc.TasksServicer):
     @unary("Tasks.Get")
     @_with_early_container_check
     async def Get(self, request: pbt.GetRequest, context: aio.ServicerContext) -> pbt.GetResponse:
+        if self._deleted.get((namespace(context), request.container_id)) is not None:
+            raise task_not_found(request.container_id)
         info = await self.runtime.get(ProcessRef(namespace(context), request.container_id, request.exec_id),
                                       timeout(context, self.default_timeout))
         return pbt.GetResponse(process=_process_pb(info))
