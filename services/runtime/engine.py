@@ -313,18 +313,19 @@ class Engine:
             if proc.status in (RUNNING, PAUSED):
                 state = "running" if proc.status == RUNNING else "paused"
                 raise _unknown(f"failed to delete task: cannot delete a {state} process")
-            if proc.status == CREATED and proc.exit is None:
-                # a created task is killed and removed, as containerd's createdState.Delete does
-                await task.oci.delete(id, force=True)
-                await proc.exited.wait()
-            # report an exit not yet reported (e.g. it happened while we were down)
-            async with proc.lock:
-                await self._report_exit(task, proc)
+            # a created task is killed and removed, as containerd's createdState.Delete does:
+            # by the release's forced delete, the one its exit would have started
+            created = proc.status == CREATED and proc.exit is None
             try:
                 await asyncio.shield(self._release(task))
             except RuntimeFailed as exc:
                 task.released = None  # the next delete tries again
                 raise _unknown(f"failed to delete task: {exc.text}") from None
+            if created:
+                await proc.exited.wait()
+            # report an exit not yet reported (e.g. it happened while we were down)
+            async with proc.lock:
+                await self._report_exit(task, proc)
             await mounts.remove_bundle(task.bundle)
             task.deleted = True
             self.tasks.pop((ns, id), None)

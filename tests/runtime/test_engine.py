@@ -15,6 +15,7 @@ from flotilla.libs.api.types import Mount
 from flotilla.libs.mount import is_mounted
 from flotilla.services.runtime import cgroups
 from flotilla.services.runtime.engine import Engine
+from flotilla.services.runtime.oci import OciRuntime
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
 
@@ -235,3 +236,28 @@ async def test_output_nobody_reads_never_wedges_the_exit(engine: tuple[Engine, R
 def _wchan(pid: int) -> str:
     with open(f"/proc/{pid}/wchan") as f:
         return f.read()
+
+
+async def test_delete_of_a_created_task_kills_it_with_one_runtime_delete(
+        engine: tuple[Engine, Recorder], rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task created and never started is killed and removed by its delete (containerd's
+    createdState.Delete): one forced delete of the OCI runtime, which its exit would start
+    anyway, not one by the delete and a second by the exit."""
+    eng, rec = engine
+    id = _id()
+    deletes: list[tuple[str, bool]] = []
+    runtime_delete = OciRuntime.delete
+
+    async def counted(self: OciRuntime, cid: str, force: bool = False) -> None:
+        deletes.append((cid, force))
+        await runtime_delete(self, cid, force)
+    monkeypatch.setattr(OciRuntime, "delete", counted)
+    spec = make_spec("rootfs", ["sleep", "1000"])
+    info = await eng.create(NS, id, spec, rootfs=[Mount("bind", str(rootfs), options=["rbind", "ro"])])
+    bundle = eng.base / "tasks" / NS / id
+    assert info.status == CREATED and is_mounted(str(bundle / "rootfs"))
+    deleted = await eng.delete(NS, id)
+    assert deletes == [(id, True)]
+    assert deleted.exit_status == 137  # SIGKILL, as containerd reports it
+    assert rec.topics(id) == ["/tasks/create", "/tasks/exit", "/tasks/delete"]
+    assert not Path(f"/proc/{info.pid}").exists() and not bundle.exists()
