@@ -63,6 +63,9 @@ _OWNERS = select(db.owners).where(db.owners.c.digest == bindparam("digest"))
 _INSERT_OWNER = insert(db.owners)
 _SET_LABELS = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
                                       & (db.owners.c.digest == bindparam("b_digest")))
+_SET_LEASES = _SET_LABELS  # the same row, its leases column given instead
+_LEASED = select(db.owners.c.digest, db.owners.c.leases).where(
+    (db.owners.c.namespace == bindparam("namespace")) & db.owners.c.leases.contains(bindparam("lease_json")))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -219,12 +222,10 @@ class ContentStore:
     def release_lease(self, namespace: str, lease: str) -> int:
         changed = 0
         with self.engine.begin() as conn:
-            for row in conn.execute(select(db.owners.c.digest, db.owners.c.leases).where(
-                    (db.owners.c.namespace == namespace) & db.owners.c.leases.contains(json.dumps(lease)))).all():
+            for row in conn.execute(_LEASED, {"namespace": namespace, "lease_json": json.dumps(lease)}).all():
                 leases = [x for x in json.loads(row.leases) if x != lease]
-                conn.execute(update(db.owners).where(
-                    (db.owners.c.namespace == namespace) & (db.owners.c.digest == row.digest))
-                    .values(leases=json.dumps(leases)))
+                conn.execute(_SET_LEASES, {"b_namespace": namespace, "b_digest": row.digest,
+                                           "leases": json.dumps(leases)})
                 changed += 1
         return changed
 
@@ -235,9 +236,8 @@ class ContentStore:
                 return
             leases = json.loads(row.leases)
             if lease not in leases:
-                conn.execute(update(db.owners).where(
-                    (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))
-                    .values(leases=json.dumps([*leases, lease])))
+                conn.execute(_SET_LEASES, {"b_namespace": namespace, "b_digest": digest,
+                                           "leases": json.dumps([*leases, lease])})
 
     # -- reading -----------------------------------------------------------------------
 
