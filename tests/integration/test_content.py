@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
 from flotilla.libs.bus import Bus
 from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, ctr
+from tests.integration.busspy import requests_seen
 
 MiB = 1 << 20
 _AGE = re.compile(r"Less than a second|About a minute|\d+ seconds?|\d+ minutes?")
@@ -457,21 +459,8 @@ def test_resume_with_ctr_after_client_killed(suite: PrivateSuite, tmp_path: Path
 
 async def _spy(suite: PrivateSuite, body) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Count the session calls on the suite's bus while ``body`` runs."""
-    bus = await Bus.connect(suite.suite.nats_url, "spy")
-    seen: dict[str, int] = {}
-
-    async def count(msg) -> None:  # type: ignore[no-untyped-def]
-        method = msg.subject.rsplit(".", 2)[-2:]
-        key = ".".join(method)
-        seen[key] = seen.get(key, 0) + 1
-    await bus.nc.subscribe(f"{suite.suite.prefix}.content.i.*.>", cb=count)
-    await bus.nc.flush()
-    try:
-        await asyncio.to_thread(body)
-        await bus.nc.flush()
-    finally:
-        await bus.close()
-    return seen
+    seen = await requests_seen(suite, ["content.i.*.>"], body)
+    return dict(Counter(".".join(subject.rsplit(".", 2)[-2:]) for subject in seen["content.i.*.>"]))
 
 
 def _roundtrip(s: PrivateSuite) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -26,16 +24,8 @@ from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
 from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, Registry, ctr
 from flotilla.testing.images import busybox_image, push
-from tests.runtime.helpers import build_rootfs
 
 NS = [("containerd-namespace", "default")]
-
-
-@pytest.fixture(scope="module")
-def rootfs() -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="flotilla-it-rootfs-"))
-    yield build_rootfs(tmp / "rootfs")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -20,33 +20,19 @@ from flotilla.libs.api.runtime import CreateTask, ProcessRef, RuntimeClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.testing import PrivateSuite
-from tests.integration.test_runtime import _cleanup, rootfs  # noqa: F401 (a fixture)
+from tests.integration.busspy import requests_seen
+from tests.integration.test_runtime import _cleanup
 
 MD = [("containerd-namespace", "default")]
 
 
-async def _count(suite: PrivateSuite, subjects: list[str], body: Callable[[], None]) -> dict[str, int]:
+async def _count(suite: PrivateSuite, subjects: list[str], body: Callable[[], object]) -> dict[str, int]:
     """How many requests each of ``subjects`` (NATS wildcards) got while ``body`` ran."""
-    bus = await Bus.connect(suite.suite.nats_url, "spy")
-    seen = dict.fromkeys(subjects, 0)
-
-    def counter(subject: str):  # type: ignore[no-untyped-def]
-        async def count(_msg) -> None:  # type: ignore[no-untyped-def]
-            seen[subject] += 1
-        return count
-    for subject in subjects:
-        await bus.nc.subscribe(f"{suite.suite.prefix}.{subject}", cb=counter(subject))
-    await bus.nc.flush()
-    try:
-        await asyncio.to_thread(body)
-        await bus.nc.flush()
-    finally:
-        await bus.close()
-    return seen
+    return {subject: len(seen) for subject, seen in (await requests_seen(suite, subjects, body)).items()}
 
 
 async def test_run_rm_asks_the_bus_for_its_container_and_deleted_task_no_more(
-        suite: PrivateSuite, rootfs: Path) -> None:  # noqa: F811
+        suite: PrivateSuite, rootfs: Path) -> None:
     """ctr looks its container up three times and Tasks.Create a fourth; after its task's
     delete it asks for the task twice more (both NotFound): all answered by the gateway."""
     id = f"look-{uuid.uuid4().hex[:8]}"
@@ -66,7 +52,7 @@ async def test_run_rm_asks_the_bus_for_its_container_and_deleted_task_no_more(
             raise AssertionError("a deleted task was found")
 
 
-def test_a_task_created_again_after_its_delete_is_found(suite: PrivateSuite, rootfs: Path) -> None:  # noqa: F811
+def test_a_task_created_again_after_its_delete_is_found(suite: PrivateSuite, rootfs: Path) -> None:
     id = f"again-{uuid.uuid4().hex[:8]}"
     suite.ctr("run", "--rm", "--rootfs", str(rootfs), id, "/bin/true", check=True)
     try:
@@ -81,7 +67,7 @@ def test_a_task_created_again_after_its_delete_is_found(suite: PrivateSuite, roo
 
 
 async def test_a_task_created_elsewhere_after_its_delete_here_is_found(
-        suite: PrivateSuite, rootfs: Path) -> None:  # noqa: F811
+        suite: PrivateSuite, rootfs: Path) -> None:
     """Another gateway (here a bus client) creates the task this one just deleted: its event
     drops the mark at once, not after the mark's two seconds."""
     id = f"else-{uuid.uuid4().hex[:8]}"
