@@ -26,6 +26,7 @@ from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, Registry, ctr
 from flotilla.testing.images import busybox_image, push
 
 NS = [("containerd-namespace", "default")]
+pytestmark = pytest.mark.usefixtures("no_supervisor_left")
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +38,6 @@ def image(suite: PrivateSuite, containerd: ContainerdPeer) -> Iterator[str]:
         for address in (suite.address, containerd.address):
             ctr(address, "image", "pull", "--plain-http", ref, check=True, timeout=120)
         yield ref
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_supervisor_left(suite: PrivateSuite) -> Iterator[None]:
-    """After these tests no container of theirs may run: every supervisor under the suite's
-    runtime state must be gone (any left is killed, then reported)."""
-    yield
-    state = str(suite.suite.state / "runtime")
-    left = []
-    for line in subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout.splitlines():
-        pid, stat, args = line.split(None, 2)
-        if "flotilla-shim" in args and state in args and not stat.startswith("Z"):
-            left.append(args)
-    for ns_root in (suite.suite.state / "runtime" / "oci").glob("*/*"):
-        binary = ns_root.parent.name
-        for id in subprocess.run([binary, "--root", str(ns_root), "list", "-q"], capture_output=True,
-                                 text=True).stdout.split():
-            subprocess.run([binary, "--root", str(ns_root), "delete", "-f", id], capture_output=True)
-    assert left == []
 
 
 def _uid(tag: str) -> str:
