@@ -2,7 +2,7 @@
 
 Create reads the container (spec, runtime) from the metadata service, as containerd's tasks
 service does (through the containers this gateway saw lately); every other call goes straight
-to the runtime service.
+to the runtime service, but for a Get of a task this gateway deleted a moment ago.
 """
 
 from __future__ import annotations

@@ -316,16 +316,18 @@ class Engine:
             # a created task is killed and removed, as containerd's createdState.Delete does:
             # by the release's forced delete, the one its exit would have started
             created = proc.status == CREATED and proc.exit is None
+            if not created:
+                # report an exit not yet reported (e.g. it happened while we were down), while
+                # its cgroup still tells of OOM kills
+                async with proc.lock:
+                    await self._report_exit(task, proc)
             try:
                 await asyncio.shield(self._release(task))
             except RuntimeFailed as exc:
                 task.released = None  # the next delete tries again
                 raise _unknown(f"failed to delete task: {exc.text}") from None
             if created:
-                await proc.exited.wait()
-            # report an exit not yet reported (e.g. it happened while we were down)
-            async with proc.lock:
-                await self._report_exit(task, proc)
+                await proc.exited.wait()  # set once its watcher has reported the exit
             await mounts.remove_bundle(task.bundle)
             task.deleted = True
             self.tasks.pop((ns, id), None)
