@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flotilla.testing import PrivateSuite
-from tests.runtime.helpers import build_rootfs
+from tests.runtime.helpers import temporary_rootfs
 
 
 @pytest.fixture(scope="module")
 def rootfs() -> Iterator[Path]:
     """A busybox root filesystem built offline (a module's tests share it)."""
-    tmp = Path(tempfile.mkdtemp(prefix="flotilla-it-rootfs-"))
-    yield build_rootfs(tmp / "rootfs")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with temporary_rootfs("flotilla-it-rootfs-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

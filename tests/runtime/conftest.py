@@ -18,7 +18,7 @@ import pytest
 from flotilla.services.runtime import supervisor
 from flotilla.services.runtime.engine import Engine
 
-from .helpers import build_rootfs
+from .helpers import temporary_rootfs
 
 
 _BASE_SPEC: dict[str, Any] = {}
@@ -50,9 +50,8 @@ def process_spec(args: list[str], terminal: bool = False) -> bytes:
 
 @pytest.fixture(scope="session")
 def rootfs() -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="flotilla-rootfs-"))
-    yield build_rootfs(tmp / "rootfs")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with temporary_rootfs("flotilla-rootfs-") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 APPLETS = ("sh", "echo", "sleep", "true", "false", "cat", "ls", "ps", "id", "env", "tty", "stty", "yes", "head",
@@ -21,3 +24,13 @@ def build_rootfs(dest: Path) -> Path:
     (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (dest / "etc" / "group").write_text("root:x:0:\n")
     return dest
+
+
+@contextmanager
+def temporary_rootfs(prefix: str) -> Iterator[Path]:
+    """``build_rootfs`` in a temporary directory, removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield build_rootfs(tmp / "rootfs")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
