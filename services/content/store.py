@@ -61,9 +61,9 @@ _OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namesp
                                      & (db.owners.c.digest == bindparam("digest")))
 _OWNERS = select(db.owners).where(db.owners.c.digest == bindparam("digest"))
 _INSERT_OWNER = insert(db.owners)
-_SET_LABELS = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
-                                      & (db.owners.c.digest == bindparam("b_digest")))
-_SET_LEASES = _SET_LABELS  # the same row, its leases column given instead
+# one owner row; the columns it sets are the parameters given with it (labels, or leases)
+_UPDATE_OWNER = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
+                                        & (db.owners.c.digest == bindparam("b_digest")))
 _LEASED = select(db.owners.c.digest, db.owners.c.leases).where(
     (db.owners.c.namespace == bindparam("namespace")) & db.owners.c.leases.contains(bindparam("lease_json")))
 
@@ -182,8 +182,8 @@ class ContentStore:
             labels = {k: v for k, v in labels.items() if v}  # an empty value removes the label
             _validate_labels(labels)
             now = time.time_ns()
-            conn.execute(_SET_LABELS, {"b_namespace": namespace, "b_digest": info.digest,
-                                       "labels": json.dumps(labels), "updated_at": now})
+            conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": info.digest,
+                                         "labels": json.dumps(labels), "updated_at": now})
         updated = _info(row)
         updated.labels, updated.updated_at = labels, now
         return updated
@@ -224,8 +224,8 @@ class ContentStore:
         with self.engine.begin() as conn:
             for row in conn.execute(_LEASED, {"namespace": namespace, "lease_json": json.dumps(lease)}).all():
                 leases = [x for x in json.loads(row.leases) if x != lease]
-                conn.execute(_SET_LEASES, {"b_namespace": namespace, "b_digest": row.digest,
-                                           "leases": json.dumps(leases)})
+                conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": row.digest,
+                                             "leases": json.dumps(leases)})
                 changed += 1
         return changed
 
@@ -236,8 +236,8 @@ class ContentStore:
                 return
             leases = json.loads(row.leases)
             if lease not in leases:
-                conn.execute(_SET_LEASES, {"b_namespace": namespace, "b_digest": digest,
-                                           "leases": json.dumps([*leases, lease])})
+                conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": digest,
+                                             "leases": json.dumps([*leases, lease])})
 
     # -- reading -----------------------------------------------------------------------
 
