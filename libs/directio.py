@@ -11,6 +11,11 @@ The first ``CACHED_HEAD`` bytes of every file still go through the cache: small 
 cache wins by far (1 MiB here: written and synced 1.2 ms, read 0.1 ms; direct, 2.6 and
 5.0 ms: a direct read goes to the disk).
 
+Cached bytes are handed to the disk as they come (``sync_file_range``, asynchronous):
+the commit's ``fsync`` then waits for little, where it wrote the whole head (1.2-3.6 ms
+for a 1 MiB layer in a pull here, 0.2 ms with this) and held up every other fsync of
+that journal commit (ext4's ordered mode flushes all such data with it).
+
 ``O_DIRECT`` wants buffers, offsets and lengths aligned to the block size: aligned
 pieces go direct from an aligned staging buffer, the unaligned tail goes through the
 cache. Filesystems without ``O_DIRECT`` (tmpfs) simply use the cache throughout.
@@ -19,6 +24,7 @@ Objects here are confined to one thread (the caller's disk thread).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
@@ -29,6 +35,26 @@ CACHED_HEAD = 16 << 20  # a multiple of ALIGN
 _DIRECT = getattr(os, "O_DIRECT", 0)
 _HEAD_PIECE = 1 << 20
 _per_thread = threading.local()
+WRITEBACK_PIECE = 256 << 10  # cached bytes handed to the disk at a time
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _libc_sync_file_range():  # type: ignore[no-untyped-def]
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: the fsync does it all
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _libc_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, size: int) -> bool:
+    """Start writing ``size`` cached bytes at ``offset`` to the disk; does not wait.
+    False where the system cannot (the next fsync writes them all)."""
+    return _sync_file_range is not None and _sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def _head_buffer() -> memoryview:
@@ -90,19 +116,18 @@ class Appender(_Direct):
         self.fd = os.open(path, os.O_RDWR)  # readable: see Writer.committed_file
         self.written = offset  # the file holds every byte before this
         self.fill = 0          # staged bytes, to go at ``written``
+        self.handed = offset   # cached bytes before this went to the disk (start_writeback)
 
     def append(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
         if self.written < self.head:  # nothing is staged yet: the head goes through the cache
             n = min(len(view), self.head - self.written)
-            _pwrite_all(self.fd, view[:n], self.written)
-            self.written += n
+            self._write_cached(view[:n])
             view = view[n:]
             if not view:
                 return self.written
         if self.buf is None:
-            _pwrite_all(self.fd, view, self.written)
-            self.written += len(view)
+            self._write_cached(view)
             return self.written
         size = len(self.buf)
         while view and self.buf is not None:
@@ -118,6 +143,13 @@ class Appender(_Direct):
         elif self.fill >= ALIGN:
             self._write_direct(self.fill - self.fill % ALIGN)
         return self.written
+
+    def _write_cached(self, view: memoryview) -> None:
+        _pwrite_all(self.fd, view, self.written)
+        self.written += len(view)
+        if self.written - self.handed >= WRITEBACK_PIECE:
+            start_writeback(self.fd, self.handed, self.written - self.handed)
+            self.handed = self.written
 
     def _write_direct(self, n: int) -> None:
         assert self.buf is not None

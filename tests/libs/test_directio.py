@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.libs.directio import ALIGN, CACHED_HEAD, Appender, FileReader, Reader, open_direct
+from flotilla.libs import directio
+from flotilla.libs.directio import ALIGN, CACHED_HEAD, WRITEBACK_PIECE, Appender, FileReader, Reader, open_direct
 
 SIZES = [1, ALIGN - 1, ALIGN, 3 * ALIGN + 7, 1 << 20, (4 << 20) + 5, 100, 9 << 20, 17]
 
@@ -194,3 +195,27 @@ def test_the_head_of_a_file_goes_through_the_cache(tmp_path: Path, monkeypatch: 
     with FileReader(str(tmp_path / "small")) as r:
         assert r.dfd < 0 and r.buf is None  # a file within the head never opens a direct descriptor
         assert b"".join(iter(lambda: r.read(1 << 20), b"")) == data[:CACHED_HEAD // 2]
+
+
+def test_cached_bytes_go_to_the_disk_as_they_come(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each WRITEBACK_PIECE of cached bytes has its writeback started at once, in order and
+    without gaps, so the commit's fsync finds little left to write."""
+    handed: list[tuple[int, int, bool]] = []
+    real = directio.start_writeback
+
+    def spy(fd: int, offset: int, size: int) -> bool:
+        started = real(fd, offset, size)
+        handed.append((offset, size, started))
+        return started
+    monkeypatch.setattr(directio, "start_writeback", spy)
+    data = os.urandom(10 * 100_000 + 7)
+    (tmp_path / "data").touch()
+    app = Appender(str(tmp_path / "data"), 0)
+    for start in range(0, len(data), 100_000):
+        app.append(data[start:start + 100_000])
+    app.close()
+    assert (tmp_path / "data").read_bytes() == data
+    assert all(started for _, _, started in handed)  # Linux: sync_file_range took them
+    assert [offset for offset, _, _ in handed] == [sum(n for _, n, _ in handed[:i]) for i in range(len(handed))]
+    assert all(n >= WRITEBACK_PIECE for _, n, _ in handed)
+    assert len(data) - sum(n for _, n, _ in handed) < WRITEBACK_PIECE
