@@ -38,6 +38,7 @@ CHUNK = MAX_CHUNK          # bytes per bus message
 WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
 LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
+LAST_SYNC = 256 << 10      # a blob's last bytes are hashed before its commit when this many
 HEARTBEAT = 30.0           # seconds between a writer's keep-alives (the service waits IDLE)
 
 # methods on the shared subject <prefix>.content.<method> (queue group)
@@ -240,6 +241,11 @@ class Writer:
         self._synced = self.offset
         # local path: appends queue on one thread (in order) so write() answers at once
         self._disk: ThreadPoolExecutor | None = None
+        self._opening: asyncio.Future[Appender] | None = None
+        if self.local:
+            # the data file is opened (and its thread started) now, while the caller is
+            # still fetching the bytes, not under the first write: 0.5 ms per blob here
+            self._open_file()
         self._writes: list[tuple[asyncio.Future[int], int]] = []
         self._backlog = 0
         self._changed = False    # bytes written or truncated since ``session`` was current
@@ -273,6 +279,7 @@ class Writer:
 
     async def truncate(self) -> None:
         await self.flush()
+        await self._take_file()
         closed = self._close_file()  # the next write starts a new file from offset 0
         if closed:
             await closed
@@ -286,10 +293,9 @@ class Writer:
         if self.local:
             loop = asyncio.get_running_loop()
             if self._file is None:
-                assert self.session.file is not None
-                if self._disk is None:
-                    self._disk = ThreadPoolExecutor(1, thread_name_prefix="content-write")
-                self._file = await loop.run_in_executor(self._disk, Appender, self.session.file.path, self.offset)
+                if self._opening is None:
+                    self._open_file()
+                await self._take_file()
             if not isinstance(view.obj, bytes):
                 view = memoryview(bytes(view))  # the caller may reuse its buffer
             fut = loop.run_in_executor(self._disk, self._file.append, view)
@@ -298,8 +304,11 @@ class Writer:
             self.offset += len(view)
             while self._backlog > LOCAL_BACKLOG or (self._writes and self._writes[0][0].done()):
                 await self._drain_one()  # bounded memory; an earlier failure surfaces here
-            if self.offset - self._synced >= LOCAL_CHUNK:
-                # the service hashes what the file holds while we write the next pieces
+            unsynced = self.offset - self._synced
+            last = 0 < self.session.total <= self.offset
+            if unsynced >= LOCAL_CHUNK or (last and unsynced >= LAST_SYNC):
+                # the service hashes what the file holds while we write the next pieces;
+                # after the last piece, while the caller answers and asks for the commit
                 self._synced = self.offset
                 await self._launch(self._sync_after(fut), 2)
             return self.offset
@@ -308,6 +317,20 @@ class Writer:
             await self._launch(self._call(W_WRITE, ChunkWrite(self.session.session, self.offset, piece)), WINDOW)
             self.offset += len(piece)
         return self.offset
+
+    def _open_file(self) -> None:
+        """Start opening the data file at the current offset, on the disk thread."""
+        assert self.session.file is not None
+        if self._disk is None:
+            self._disk = ThreadPoolExecutor(1, thread_name_prefix="content-write")
+        self._opening = asyncio.get_running_loop().run_in_executor(
+            self._disk, Appender, self.session.file.path, self.offset)
+
+    async def _take_file(self) -> None:
+        """The file being opened becomes the one written (raising what the open raised)."""
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            self._file = await opening
 
     async def _drain_one(self) -> None:
         fut, n = self._writes.pop(0)
@@ -372,6 +395,10 @@ class Writer:
         for task in self._pending:
             task.cancel()
         self._pending.clear()
+        try:
+            await self._take_file()
+        except OSError:
+            pass  # never opened: nothing to close
         closed = self._close_file()  # queued behind the writes: the staged tail reaches the file
         if self._disk is not None:
             self._disk.shutdown(wait=False)  # queued work still runs

@@ -405,13 +405,16 @@ class ContentStore:
             return s.offset
 
     def w_sync(self, sid: str, offset: int) -> int:
-        """The caller wrote the data file itself up to ``offset``: hash what is new."""
+        """The caller wrote the data file itself up to ``offset``: hash what is new (and
+        when that is all the ingest's bytes, make them durable: the commit will not wait)."""
         s = self.session(sid)
         with s.mutex:
             if s.shared is not None:
                 return s.offset
             s.hasher.catch_up(s.fd, offset)
             s.offset = max(s.offset, s.hasher.offset)
+            if 0 < s.total <= s.offset:
+                os.fsync(s.fd)
             return s.offset
 
     def w_truncate(self, sid: str) -> int:

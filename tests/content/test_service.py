@@ -3,8 +3,10 @@ and the documented subjects driven with plain msgpack."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 import uuid
 
 import msgpack
@@ -39,6 +41,31 @@ async def test_write_read_both_paths(bus: Bus, content_service: ContentProcs, lo
         for i in range(0, len(data), 300_000):
             yield data[i:i + 300_000]
     assert await c.write_blob("ns2", "r2", gen()) == digest
+
+
+async def test_local_writer_leaves_no_file_or_thread_open(client: ContentClient) -> None:
+    """A local writer opens its data file as it is made (while its caller still fetches the
+    bytes): closed unused, or after a truncate and a commit, it leaves no descriptor and no
+    thread behind, and a truncate still starts the bytes afresh."""
+    def open_now() -> tuple[int, int]:
+        writing = [t for t in threading.enumerate() if t.name.startswith("content-write")]
+        return len(os.listdir("/proc/self/fd")), len(writing)
+    before = open_now()
+    unused = await client.writer("w", "unused-" + uuid.uuid4().hex, total=10)
+    assert unused.local
+    await unused.close()
+    again = await client.writer("w", "again-" + uuid.uuid4().hex)
+    await again.write(b"first bytes")
+    await again.truncate()
+    await again.write(b"xyz")
+    info = await again.commit(3, sha(b"xyz"))
+    await again.close()
+    assert await client.read_all("w", info.digest) == b"xyz"
+    for _ in range(100):  # the disk threads end just after their last work
+        if open_now() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert open_now() == before
 
 
 async def test_local_path_is_the_committed_file(client: ContentClient, content_service: ContentProcs) -> None:

@@ -137,3 +137,28 @@ def test_a_committed_ingest_leaves_its_place_at_once_and_its_files_after(tmp_pat
     (tmp_path / "content" / "ingest-trash" / "left-by-a-kill").mkdir()
     ContentStore(tmp_path).close()
     assert list((tmp_path / "content" / "ingest-trash").iterdir()) == []
+
+
+def test_a_sync_that_reaches_the_total_hashes_and_syncs_before_the_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller wrote the data file itself: its sync after the last byte hashes the rest
+    and makes it durable then, so the commit that follows does neither again."""
+    store = ContentStore(tmp_path)
+    data = os.urandom(1 << 20)
+    s = store.open_writer(WriterOpen("ns", "local", total=len(data), local=True))
+    assert s.file is not None
+    with open(s.file.path, "r+b") as f:
+        f.write(data)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert store.w_sync(s.session, len(data) // 2) == len(data) // 2 and not synced  # not all yet
+    assert store.w_sync(s.session, len(data)) == len(data) and len(synced) == 1
+    session = store.sessions[s.session]
+    assert session.hasher.offset == len(data)
+    assert store.w_commit(s.session, len(data), sha(data), {}).digest == sha(data)
+    store.close()
