@@ -180,17 +180,18 @@ class H2Connection:
             self._preface_seen = True
             pos = len(PREFACE)
         end = len(buf)
-        while end - pos >= 9:
-            length = int.from_bytes(buf[pos:pos + 3], "big")
-            if length > MAX_FRAME_IN:
-                raise ProtocolError(f"frame of {length} bytes", FRAME_SIZE_ERROR)
-            if end - pos < 9 + length:
-                break
-            kind, flags = buf[pos + 3], buf[pos + 4]
-            stream_id = int.from_bytes(buf[pos + 5:pos + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buf[pos + 9:pos + 9 + length])
-            pos += 9 + length
-            self._frame(kind, flags, stream_id, payload, events)
+        with memoryview(buf) as view:  # payloads copied once (a slice of buf would copy twice)
+            while end - pos >= 9:
+                length = int.from_bytes(view[pos:pos + 3], "big")
+                if length > MAX_FRAME_IN:
+                    raise ProtocolError(f"frame of {length} bytes", FRAME_SIZE_ERROR)
+                if end - pos < 9 + length:
+                    break
+                kind, flags = buf[pos + 3], buf[pos + 4]
+                stream_id = int.from_bytes(view[pos + 5:pos + 9], "big") & 0x7FFFFFFF
+                payload = bytes(view[pos + 9:pos + 9 + length])
+                pos += 9 + length
+                self._frame(kind, flags, stream_id, payload, events)
         del buf[:pos]
         return events
 
