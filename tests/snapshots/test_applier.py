@@ -9,6 +9,7 @@ import io
 import os
 import stat
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,36 @@ def test_gzip_members_concatenated_corrupt_and_truncated(tmp_path: Path, root: P
         (tmp_path / f"bad{i}").mkdir()
         with pytest.raises(LayerError):
             apply_layer(str(blob), GZIP_MEDIA, str(tmp_path / f"bad{i}"), False)
+
+
+def test_gzip_that_inflates_far_comes_out_whole_and_bounded(tmp_path: Path, root: Path) -> None:
+    """A layer whose bytes inflate 1000-fold comes out whole, in bounded pieces, across
+    concatenated members."""
+    raw = tar_bytes([Entry("zeros", data=bytes(20 << 20)), Entry("after", data=b"tail")])
+    blob = tmp_path / "blob"
+    blob.write_bytes(gzip.compress(raw[: 6 << 20]) + gzip.compress(raw[6 << 20:]))
+    applied = apply_layer(str(blob), GZIP_MEDIA, str(root), False, expected="sha256:" + hashlib.sha256(raw).hexdigest())
+    assert applied.size == len(raw)
+    assert (root / "zeros").stat().st_size == 20 << 20 and (root / "after").read_bytes() == b"tail"
+
+
+def test_no_decompressing_thread_outlives_its_apply(tmp_path: Path, root: Path, outside: Path) -> None:
+    """The applier's decompressing thread ends with the apply, also when the layer is refused
+    halfway (the worker process lives on and applies the next layer)."""
+    def decompressing() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "layer-decompress")
+    before = decompressing()
+    # refused at its first entry, with megabytes still to come: the thread is blocked
+    # handing them over when the apply gives up
+    hostile = [Entry("link", "hardlink", link=str(outside / "passwd")), Entry("big", data=os.urandom(4 << 20))]
+    blob = tmp_path / "hostile"
+    blob.write_bytes(gzip.compress(tar_bytes(hostile)))
+    with pytest.raises(LayerError):
+        apply_layer(str(blob), GZIP_MEDIA, str(root), False)
+    good = tmp_path / "good"
+    good.write_bytes(gzip.compress(tar_bytes([Entry("a", data=b"x")])))
+    apply_layer(str(good), GZIP_MEDIA, str(tmp_path / "root"), False)
+    assert decompressing() == before
 
 
 def test_unknown_media_type_refused(tmp_path: Path, root: Path) -> None:
