@@ -74,7 +74,7 @@ class _Decompressed:
     """A file-like reader of the uncompressed stream that hashes and counts what it yields.
 
     A thread of its own reads, decompresses and hashes (all three leave the GIL) while the
-    caller writes the files: a 1 MiB busybox layer applied in 10 ms instead of 13 here.
+    caller writes the files: the 1 MiB busybox layer applied in 13.5 ms instead of 15.8 here.
     ``close`` stops it; the hash and size are final once ``read`` has returned b"".
     """
 
