@@ -38,7 +38,7 @@ CHUNK = MAX_CHUNK          # bytes per bus message
 WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
 LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
-LAST_SYNC = 256 << 10      # a blob's last bytes are hashed before its commit when this many
+LAST_SYNC = 256 << 10      # unhashed bytes at a blob's end worth a sync before its commit
 HEARTBEAT = 30.0           # seconds between a writer's keep-alives (the service waits IDLE)
 
 # methods on the shared subject <prefix>.content.<method> (queue group)
