@@ -138,8 +138,7 @@ class Appender(_Direct):
             if self.fill == size:
                 self._write_direct(size)
         if self.buf is None:  # direct I/O refused on the way: the rest through the cache
-            _pwrite_all(self.fd, view, self.written)
-            self.written += len(view)
+            self._write_cached(view)
         elif self.fill >= ALIGN:
             self._write_direct(self.fill - self.fill % ALIGN)
         return self.written
