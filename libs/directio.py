@@ -1,25 +1,28 @@
-"""Bulk blob bytes past the page cache (``O_DIRECT``), where the filesystem allows it.
+"""Bulk blob bytes with few fresh pages in the page cache, and past it where read once.
 
 Why: on VMs whose free memory the host reclaims, every fresh page-cache page costs a
 fault in the host; writing a 1 GiB ingest through the cache cost ~3 ms of system time
-per MiB here, against ~0.2 ms direct. Ingest data is written once (``Appender``),
-hashed once (``Reader``) and read once by its unpack (``FileReader``), so caching it
-buys little.
+per MiB here. A page freed and taken again at once costs nothing more.
 
-The first ``CACHED_HEAD`` bytes of every file still go through the cache: small blobs
-(manifests, configs, small layers) are read again at once by their unpack, and there the
-cache wins by far (1 MiB here: written and synced 1.2 ms, read 0.1 ms; direct, 2.6 and
-5.0 ms: a direct read goes to the disk).
+Ingest data goes through the cache (``Appender``), its writeback started as it comes
+(``sync_file_range``, asynchronous): the commit's ``fsync`` then waits for little (1.2-3.6
+ms for a 1 MiB layer in a pull here, 0.2 ms with this) and holds up no other fsync of that
+journal commit (ext4's ordered mode flushes all such data with it). The content service
+hashes those bytes from the cache, and past the file's first ``CACHED_HEAD`` bytes drops
+them once they are on the disk (``DropBehind``): the next bytes reuse those pages, and the
+hash never reads the disk. Before, the ingest was written past the cache (``O_DIRECT``) and
+read back from the disk to hash it: in a ``flotilla pull`` of four 64 MiB layers the disk
+was then the bottleneck (95-100% busy while the layers came in, the CPUs half idle); the
+pull now takes 0.82-0.89 of that time (docs/content.md).
 
-Cached bytes are handed to the disk as they come (``sync_file_range``, asynchronous):
-the commit's ``fsync`` then waits for little, where it wrote the whole head (1.2-3.6 ms
-for a 1 MiB layer in a pull here, 0.2 ms with this) and held up every other fsync of
-that journal commit (ext4's ordered mode flushes all such data with it).
+The head stays cached: small blobs (manifests, configs, small layers) are read again at
+once by their unpack, and there the cache wins by far (1 MiB here: read 0.1 ms cached,
+5.0 ms direct). A layer's unpack reads past the head directly (``FileReader``).
 
 ``O_DIRECT`` wants buffers, offsets and lengths aligned to the block size: aligned
-pieces go direct from an aligned staging buffer, the unaligned tail goes through the
-cache. Filesystems without ``O_DIRECT`` (tmpfs) simply use the cache throughout.
-Objects here are confined to one thread (the caller's disk thread).
+pieces go direct into an aligned buffer, an unaligned rest through the cache. Filesystems
+without ``O_DIRECT`` (tmpfs) simply use the cache throughout. Objects here are confined
+to one thread (the caller's disk thread).
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ import threading
 ALIGN = 4096
 CACHED_HEAD = 16 << 20  # a multiple of ALIGN
 _DIRECT = getattr(os, "O_DIRECT", 0)
-_HEAD_PIECE = 1 << 20
+_READ_PIECE = 1 << 20
 _per_thread = threading.local()
 WRITEBACK_PIECE = 256 << 10  # cached bytes handed to the disk at a time
+DROP_LAG = 8 << 20           # bytes kept cached behind the hash (their writeback may be under way)
+DROP_PIECE = 4 << 20         # bytes dropped at a time
 _SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # wait for writeback before, write, wait after
 
 
 def _libc_sync_file_range():  # type: ignore[no-untyped-def]
@@ -57,14 +63,49 @@ def start_writeback(fd: int, offset: int, size: int) -> bool:
     return _sync_file_range is not None and _sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE) == 0
 
 
-def _head_buffer() -> memoryview:
-    """This thread's buffer for cached reads of a head, kept across files: a fresh one
-    costs a page fault per page touched (hashing 1 MiB took 2.2 ms with a fresh buffer,
-    1.4 ms with this one)."""
-    buf = getattr(_per_thread, "head", None)
+def _read_buffer() -> memoryview:
+    """This thread's buffer for cached reads, kept across files: a fresh one costs a page
+    fault per page touched (hashing 1 MiB took 2.2 ms with a fresh buffer, 1.4 ms with
+    this one)."""
+    buf = getattr(_per_thread, "read", None)
     if buf is None:
-        buf = _per_thread.head = memoryview(bytearray(_HEAD_PIECE))
+        buf = _per_thread.read = memoryview(bytearray(_READ_PIECE))
     return buf
+
+
+def read_cached(fd: int, offset: int, size: int) -> memoryview:
+    """Up to ``size`` bytes at ``offset`` (at most 1 MiB), through the cache into this
+    thread's buffer: valid until this thread's next call; empty at the file's end."""
+    buf = _read_buffer()
+    n = os.preadv(fd, [buf[:min(size, len(buf))]], offset)
+    return buf[:n]
+
+
+class DropBehind:
+    """Drops a file's cached bytes past ``head`` once its reader is ``DROP_LAG`` past them
+    and they are on the disk, so the next bytes written reuse those pages (see above)."""
+
+    def __init__(self, head: int = CACHED_HEAD, lag: int = DROP_LAG) -> None:
+        self.dropped = head  # cached bytes from here on may remain
+        self.lag = lag
+
+    def passed(self, fd: int, offset: int) -> None:
+        """The reader has every byte before ``offset``."""
+        end = (offset - self.lag) // ALIGN * ALIGN
+        if end - self.dropped >= DROP_PIECE:
+            self._drop(fd, end, wait=True)
+
+    def synced(self, fd: int, end: int) -> None:
+        """After an fsync: every cached byte past the head is clean, drop them all."""
+        if end > self.dropped:
+            self._drop(fd, end, wait=False)
+
+    def _drop(self, fd: int, end: int, wait: bool) -> None:
+        size = end - self.dropped
+        if wait and _sync_file_range is not None:  # pages under writeback would stay
+            _sync_file_range(fd, self.dropped, size, _SYNC_FILE_RANGE_WAIT_ALL)
+        os.posix_fadvise(fd, self.dropped, size, os.POSIX_FADV_DONTNEED)
+        self.dropped = end
 
 
 def open_direct(path: str, flags: int) -> int:
@@ -83,151 +124,41 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-class _Direct:
-    """A file's ``O_DIRECT`` descriptor and an aligned buffer for it; both absent (-1,
-    None) where the filesystem refuses direct I/O or the caller cannot use it."""
+class Appender:
+    """Appends to a file from ``offset`` on, through the cache, handing the bytes to the
+    disk as they come."""
 
-    def __init__(self, path: str, flags: int, size: int, usable: bool = True,
-                 cached_head: int = CACHED_HEAD) -> None:
-        assert cached_head % ALIGN == 0
-        self.head = cached_head  # bytes before this offset go through the cache
-        self.dfd = open_direct(path, flags) if usable else -1
-        self.buf = mmap.mmap(-1, size) if self.dfd >= 0 else None  # mmap memory is page aligned
-
-    def _stop_direct(self) -> None:
-        if self.dfd >= 0:
-            os.close(self.dfd)
-            self.dfd = -1
-        if self.buf is not None:
-            _unmap(self.buf)
-            self.buf = None
-
-
-class Appender(_Direct):
-    """Appends to a file from ``offset`` on: aligned pieces direct, the tail cached.
-
-    ``append`` returns how far the file holds the bytes (``written``); what is still
-    staged reaches the file at the next aligned piece or at ``flush``.
-    """
-
-    def __init__(self, path: str, offset: int, stage: int = 4 << 20, cached_head: int = CACHED_HEAD) -> None:
-        super().__init__(path, os.O_WRONLY, stage, usable=offset % ALIGN == 0 or offset < cached_head,
-                         cached_head=cached_head)
+    def __init__(self, path: str, offset: int) -> None:
         self.fd = os.open(path, os.O_RDWR)  # readable: see Writer.committed_file
         self.written = offset  # the file holds every byte before this
-        self.fill = 0          # staged bytes, to go at ``written``
         self.handed = offset   # cached bytes before this went to the disk (start_writeback)
 
     def append(self, data: bytes | memoryview) -> int:
-        view = memoryview(data)
-        if self.written < self.head:  # nothing is staged yet: the head goes through the cache
-            n = min(len(view), self.head - self.written)
-            self._write_cached(view[:n])
-            view = view[n:]
-            if not view:
-                return self.written
-        if self.buf is None:
-            self._write_cached(view)
-            return self.written
-        size = len(self.buf)
-        while view and self.buf is not None:
-            n = min(len(view), size - self.fill)
-            self.buf[self.fill:self.fill + n] = view[:n]
-            self.fill += n
-            view = view[n:]
-            if self.fill == size:
-                self._write_direct(size)
-        if self.buf is None:  # direct I/O refused on the way: the rest through the cache
-            self._write_cached(view)
-        elif self.fill >= ALIGN:
-            self._write_direct(self.fill - self.fill % ALIGN)
-        return self.written
-
-    def _write_cached(self, view: memoryview) -> None:
-        _pwrite_all(self.fd, view, self.written)
-        self.written += len(view)
+        """Returns how far the file holds the bytes."""
+        _pwrite_all(self.fd, memoryview(data), self.written)
+        self.written += len(data)
         if self.written - self.handed >= WRITEBACK_PIECE:
             start_writeback(self.fd, self.handed, self.written - self.handed)
             self.handed = self.written
-
-    def _write_direct(self, n: int) -> None:
-        assert self.buf is not None
-        done = 0
-        try:
-            while done < n:
-                done += os.pwrite(self.dfd, memoryview(self.buf)[done:n], self.written + done)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            # the device wants more alignment than a page: the cache from here on
-            _pwrite_all(self.fd, memoryview(self.buf)[done:self.fill], self.written + done)
-            self.written += self.fill
-            self.fill = 0
-            self._stop_direct()
-            return
-        self.written += n
-        rest = self.fill - n
-        if rest:
-            self.buf.move(0, n, rest)
-        self.fill = rest
-
-    def flush(self) -> int:
-        """Write what is staged (through the cache: it is not a whole block)."""
-        if self.fill:
-            assert self.buf is not None
-            _pwrite_all(self.fd, memoryview(self.buf)[:self.fill], self.written)
-            self.written += self.fill
-            self.fill = 0
-            # later appends start unaligned: stay with the cache for this writer
-            if self.written % ALIGN:
-                self._stop_direct()
         return self.written
 
     def close(self) -> None:
-        self.flush()
-        self._stop_direct()
         os.close(self.fd)
 
 
-class Reader(_Direct):
-    """Reads a file in big aligned pieces past the cache when it can (hashing an ingest)."""
-
-    def __init__(self, path: str, piece: int, cached_head: int = CACHED_HEAD) -> None:
-        super().__init__(path, os.O_RDONLY, piece, cached_head=cached_head)
-
-    def read_into(self, fd: int, offset: int, size: int) -> memoryview | None:
-        """Up to ``size`` bytes at ``offset``: through ``fd`` in the head, direct past it
-        when ``offset`` is aligned; None when the caller should read through ``fd`` itself."""
-        if self.buf is None or offset % ALIGN:
-            return None
-        if offset < self.head:  # valid until the next call on this thread
-            head = _head_buffer()
-            n = os.preadv(fd, [head[:min(size, len(head), self.head - offset)]], offset)
-            return head[:n]
-        want = min(size, len(self.buf))
-        try:
-            # a direct read must ask for whole blocks; the file's end makes it short
-            n = os.preadv(self.dfd, [memoryview(self.buf)[:-(-want // ALIGN) * ALIGN]], offset)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._stop_direct()  # more alignment wanted than a page: the caller reads cached
-            return None
-        return memoryview(self.buf)[:min(n, want)]
-
-    def close(self) -> None:
-        self._stop_direct()
-
-
-class FileReader(_Direct):
-    """A whole file read front to back, past the cache where it can be (a layer blob that
-    the ingest wrote past the cache, read once by its unpack): ``read`` as a raw file's,
-    served from aligned direct reads."""
+class FileReader:
+    """A whole file read front to back, past the cache beyond its head (a layer blob, read
+    once by its unpack, whose bytes past the head the ingest dropped from the cache):
+    ``read`` as a raw file's, served from aligned direct reads into an aligned buffer;
+    through the cache where the filesystem refuses direct I/O."""
 
     def __init__(self, path: str, piece: int = 4 << 20, cached_head: int = CACHED_HEAD) -> None:
+        assert cached_head % ALIGN == 0
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        super().__init__(path, os.O_RDONLY | os.O_CLOEXEC, piece,
-                         usable=os.fstat(self.fd).st_size > cached_head, cached_head=cached_head)
+        self.head = cached_head  # bytes before this offset are read through the cache
+        big = os.fstat(self.fd).st_size > cached_head
+        self.dfd = open_direct(path, os.O_RDONLY | os.O_CLOEXEC) if big else -1
+        self.buf = mmap.mmap(-1, piece) if self.dfd >= 0 else None  # mmap memory is page aligned
         self.offset = 0             # the next byte to hand out
         self.start = self.end = 0   # the file range the buffer holds
 
@@ -255,6 +186,14 @@ class FileReader(_Direct):
             data = self.buf[at:at + min(n, self.end - self.offset)]
         self.offset += len(data)
         return data
+
+    def _stop_direct(self) -> None:
+        if self.dfd >= 0:
+            os.close(self.dfd)
+            self.dfd = -1
+        if self.buf is not None:
+            _unmap(self.buf)
+            self.buf = None
 
     def close(self) -> None:
         self._stop_direct()

@@ -349,10 +349,6 @@ class Writer:
         try:
             while self._writes:
                 await self._drain_one()
-            # the staged tail too: the service reads the file next (the writes are drained, so
-            # the disk thread is idle and ``fill`` can be read here)
-            if self._file is not None and self._file.fill:
-                await asyncio.get_running_loop().run_in_executor(self._disk, self._file.flush)
             while self._pending:
                 await self._pending.pop(0)
         finally:
@@ -399,7 +395,7 @@ class Writer:
             await self._take_file()
         except OSError:
             pass  # never opened: nothing to close
-        closed = self._close_file()  # queued behind the writes: the staged tail reaches the file
+        closed = self._close_file()  # queued behind the writes
         if self._disk is not None:
             self._disk.shutdown(wait=False)  # queued work still runs
             self._disk = None
@@ -417,7 +413,7 @@ class Writer:
             pass  # the session ends on the service's idle timeout anyway
 
     def _close_file(self) -> "asyncio.Future[None] | None":
-        """Queue the file's close (its staged tail written) on the disk thread."""
+        """Queue the file's close on the disk thread."""
         if self._file is None or self._disk is None:
             return None
         file, self._file = self._file, None

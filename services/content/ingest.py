@@ -18,10 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flotilla.libs.directio import ALIGN, CACHED_HEAD, Reader
+from flotilla.libs.directio import DropBehind, read_cached
 from flotilla.libs.errors import Unavailable
-
-READ_BUFFER = 8 << 20  # hashing big pieces keeps hashlib off the GIL
 
 
 @dataclass
@@ -97,30 +95,20 @@ def lock(path: Path, namespace: str, ref: str) -> int:
 
 
 class Hasher:
-    """The running digest of an ingest's data file, fed in order."""
+    """The running digest of an ingest's data file, fed in order. What it reads of the
+    file it drops from the cache behind itself (libs/directio: the writer's next bytes
+    reuse those pages)."""
 
     def __init__(self, algorithm: str = "sha256") -> None:
         self.algorithm = algorithm
         self.h = hashlib.new(algorithm)
         self.offset = 0
-        self._direct: Reader | None = None
-        self._direct_path = ""
-
-    def read_direct(self, path: Path) -> None:
-        """Read ``path`` past the page cache when catching up (see libs/directio); the
-        reader opens once the file outgrows the cached head (most blobs never do)."""
-        self.close()
-        self._direct_path = str(path)
-
-    def close(self) -> None:
-        self._direct_path = ""
-        if self._direct is not None:
-            self._direct.close()
-            self._direct = None
+        self.behind = DropBehind()
 
     def reset(self) -> None:
         self.h = hashlib.new(self.algorithm)
         self.offset = 0
+        self.behind = DropBehind()
 
     def update(self, data: bytes | memoryview) -> None:
         self.h.update(data)
@@ -128,25 +116,16 @@ class Hasher:
 
     def catch_up(self, fd: int, end: int) -> None:
         """Hash the file's bytes from what was hashed up to ``end`` (read from the page cache)."""
-        if self.offset >= end:
-            return
-        if self._direct is None and self._direct_path and end > CACHED_HEAD:
-            self._direct = Reader(self._direct_path, READ_BUFFER)
-        while self._direct is not None and end - self.offset >= ALIGN:
-            view = self._direct.read_into(fd, self.offset, end - self.offset)
-            if not view:
-                break  # unaligned (or short): the rest through the cache
-            self.update(view)
-            view.release()
-        if self.offset >= end:
-            return
-        # sized to what is left: zeroing a full buffer for a small tail costs more than hashing it
-        view = memoryview(bytearray(min(READ_BUFFER, end - self.offset)))
         while self.offset < end:
-            n = os.preadv(fd, [view[:min(len(view), end - self.offset)]], self.offset)
-            if n <= 0:
+            view = read_cached(fd, self.offset, end - self.offset)
+            if not view:
                 break
-            self.update(view[:n])
+            self.update(view)
+        self.behind.passed(fd, self.offset)
+
+    def synced(self, fd: int) -> None:
+        """The file was just fsynced: what was hashed need not stay cached."""
+        self.behind.synced(fd, self.offset)
 
     def digest(self) -> str:
         return f"{self.algorithm}:{self.h.hexdigest()}"

@@ -95,9 +95,8 @@ class Session:
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _clear(trash: Path | None, lock_fd: int, hasher: Hasher) -> None:
-    """An ended ingest's leftovers: its hasher's buffers, its lock and its files."""
-    hasher.close()
+def _clear(trash: Path | None, lock_fd: int) -> None:
+    """An ended ingest's leftovers: its lock and its files."""
     os.close(lock_fd)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
@@ -349,12 +348,10 @@ class ContentStore:
                 meta.lease = req.lease
                 write_meta(s.path, meta)
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT, 0o644)
-            s.hasher.read_direct(s.path / "data")
             s.hasher.catch_up(s.fd, os.fstat(s.fd).st_size)
             s.offset = s.hasher.offset
         else:
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            s.hasher.read_direct(s.path / "data")
             start_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
 
     def _session_record(self, s: Session, with_file: bool = False) -> WriterSession:
@@ -415,6 +412,7 @@ class ContentStore:
             s.offset = max(s.offset, s.hasher.offset)
             if 0 < s.total <= s.offset:
                 os.fsync(s.fd)
+                s.hasher.synced(s.fd)
             return s.offset
 
     def w_truncate(self, sid: str) -> int:
@@ -458,6 +456,7 @@ class ContentStore:
                 raise FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}: "
                                          "failed precondition")
             os.fsync(s.fd)  # durable before it is visible
+            s.hasher.synced(s.fd)
             try:
                 info = self._own(s, actual, end, labels, s.path / "data")
             except AlreadyExists:
@@ -499,9 +498,8 @@ class ContentStore:
             except OSError:
                 shutil.rmtree(s.path, ignore_errors=True)
                 trash = None
-            self._clearing.run(_clear, trash, s.lock_fd, s.hasher)
+            self._clearing.run(_clear, trash, s.lock_fd)
             return
-        s.hasher.close()
         os.close(s.lock_fd)
 
     def w_close(self, sid: str) -> None:

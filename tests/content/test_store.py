@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from flotilla.libs.api.content import WriterOpen
+from flotilla.libs.directio import CACHED_HEAD, Appender
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from flotilla.services.content.store import ContentStore
+from flotilla.testing.pagecache import PAGE, cached_pages
 
 
 def sha(data: bytes) -> str:
@@ -161,4 +163,29 @@ def test_a_sync_that_reaches_the_total_hashes_and_syncs_before_the_commit(
     session = store.sessions[s.session]
     assert session.hasher.offset == len(data)
     assert store.w_commit(s.session, len(data), sha(data), {}).digest == sha(data)
+    store.close()
+
+
+def test_a_big_ingest_is_hashed_from_the_cache_and_leaves_it_past_its_head(tmp_path: Path) -> None:
+    """The writer's bytes are hashed from the page cache as it goes; past the head they
+    leave the cache behind the hash (and all at the commit's fsync), so the writer's next
+    bytes reuse those pages. The head stays cached for the unpack that reads it next."""
+    store = ContentStore(tmp_path)
+    data = os.urandom(CACHED_HEAD + (24 << 20) + 5)
+    s = store.open_writer(WriterOpen("ns", "big", total=len(data), local=True))
+    assert s.file is not None
+    app = Appender(s.file.path, 0)
+    try:
+        for offset in range(0, len(data), 1 << 20):
+            written = app.append(data[offset:offset + (1 << 20)])
+            if written % (8 << 20) == 0:
+                store.w_sync(s.session, written)
+        assert cached_pages(s.file.path, CACHED_HEAD, CACHED_HEAD + (8 << 20)) == 0  # hashed, dropped
+    finally:
+        app.close()
+    info = store.w_commit(s.session, len(data), sha(data), {})
+    blob = str(store.blob_path(info.digest))
+    assert info.digest == sha(data)
+    assert cached_pages(blob, CACHED_HEAD) == 0
+    assert cached_pages(blob, 0, CACHED_HEAD) == CACHED_HEAD // PAGE
     store.close()

@@ -1,10 +1,10 @@
-"""Direct (page-cache bypassing) appends and reads give the same bytes as plain ones,
-for any piece sizes, on a filesystem with O_DIRECT and on one without (tmpfs)."""
+"""Appends and direct (page-cache bypassing) reads give the same bytes as plain ones, for
+any piece sizes, on a filesystem with O_DIRECT and on one without (tmpfs); hashed ingest
+bytes leave the cache behind the hash."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import tempfile
@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from flotilla.libs import directio
-from flotilla.libs.directio import ALIGN, CACHED_HEAD, WRITEBACK_PIECE, Appender, FileReader, Reader, open_direct
+from flotilla.libs.directio import (ALIGN, CACHED_HEAD, DROP_PIECE, WRITEBACK_PIECE, Appender, DropBehind,
+                                   FileReader, open_direct, read_cached)
+from flotilla.testing.pagecache import PAGE, cached_pages
 
 SIZES = [1, ALIGN - 1, ALIGN, 3 * ALIGN + 7, 1 << 20, (4 << 20) + 5, 100, 9 << 20, 17]
 
@@ -37,48 +39,25 @@ def test_appends_of_any_size_land_in_order(roots: list[Path], start: int) -> Non
         head = os.urandom(start)
         path.write_bytes(head)
         pieces = [rng.randbytes(n) for n in SIZES]
-        app = Appender(str(path), start, stage=1 << 20, cached_head=0)
-        direct = app.dfd >= 0
-        for piece in pieces:
-            written = app.append(piece)
-            assert written <= start + sum(map(len, pieces))
-            assert written % ALIGN == 0 or not direct or written == start
-        app.flush()
-        app.append(b"after the flush")  # unaligned now: goes through the cache
+        app = Appender(str(path), start)
+        for i, piece in enumerate(pieces):
+            assert app.append(piece) == start + sum(map(len, pieces[:i + 1]))  # on the file at once
         app.close()
-        assert path.read_bytes() == head + b"".join(pieces) + b"after the flush"
+        assert path.read_bytes() == head + b"".join(pieces)
 
 
-def test_direct_is_used_where_the_filesystem_has_it(tmp_path: Path) -> None:
-    fd = open_direct(str(tmp_path / "probe"), os.O_WRONLY | os.O_CREAT)
-    if fd < 0:
-        pytest.skip("this filesystem refuses O_DIRECT")
-    os.close(fd)
-    app = Appender(str(tmp_path / "probe"), 0, cached_head=0)
-    assert app.dfd >= 0 and app.buf is not None
-    assert app.append(b"x" * (ALIGN + 1)) == ALIGN  # the aligned part is on the file already
-    assert app.flush() == ALIGN + 1
-    app.close()
-
-
-def test_reader_hashes_like_a_plain_read(roots: list[Path]) -> None:
+def test_cached_reads_hash_like_a_plain_read(roots: list[Path]) -> None:
     for root in roots:
         path = root / "blob"
         data = os.urandom((3 << 20) + 123)
         path.write_bytes(data)
-        reader = Reader(str(path), 1 << 20, cached_head=0)
         fd = os.open(path, os.O_RDONLY)
-        h, offset = hashlib.sha256(), 0
-        while offset < len(data):
-            view = reader.read_into(fd, offset, len(data) - offset)
-            piece = bytes(view) if view is not None else os.pread(fd, 1 << 20, offset)
-            assert piece, "no progress"
-            h.update(piece)
-            offset += len(piece)
+        got, offset = [], 0
+        while view := read_cached(fd, offset, len(data) - offset):
+            got.append(bytes(view))
+            offset += len(view)
         os.close(fd)
-        reader.close()
-        assert h.hexdigest() == hashlib.sha256(data).hexdigest()
-        assert reader.read_into(0, 0, 10) is None  # closed: the caller reads itself
+        assert b"".join(got) == data and max(map(len, got)) <= 1 << 20
 
 
 def test_file_reader_reads_any_piece_sizes(roots: list[Path]) -> None:
@@ -99,50 +78,31 @@ def test_file_reader_reads_any_piece_sizes(roots: list[Path]) -> None:
 def test_a_device_refusing_our_alignment_falls_back_to_the_cache(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Some devices want more than page alignment: direct I/O then fails with EINVAL, and
-    every reader and writer goes on through the cache without losing a byte."""
+    the reader goes on through the cache without losing a byte."""
     fd = open_direct(str(tmp_path / "probe"), os.O_WRONLY | os.O_CREAT)
     if fd < 0:
         pytest.skip("this filesystem refuses O_DIRECT")
     os.close(fd)
     direct: set[int] = set()
-    real_pwrite, real_preadv = os.pwrite, os.preadv
-
-    def pwrite(fd: int, data: object, offset: int) -> int:
-        if fd in direct:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
+    real_preadv = os.preadv
 
     def preadv(fd: int, buffers: list[object], offset: int) -> int:
         if fd in direct:
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_preadv(fd, buffers, offset)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "preadv", preadv)
     data = os.urandom((3 << 20) + 77)
-    (tmp_path / "data").touch()  # the service makes an ingest's data file before any write
-    app = Appender(str(tmp_path / "data"), 0, stage=1 << 20, cached_head=0)
-    direct.add(app.dfd)
-    for start in range(0, len(data), 700_000):
-        app.append(data[start:start + 700_000])
-    assert app.buf is None  # gave up on direct I/O
-    app.close()
-    assert (tmp_path / "data").read_bytes() == data
-
+    (tmp_path / "data").write_bytes(data)
     with FileReader(str(tmp_path / "data"), piece=1 << 20, cached_head=0) as r:
         direct.add(r.dfd)
         got = b"".join(iter(lambda: r.read(1 << 20), b""))
-    assert got == data
-
-    reader = Reader(str(tmp_path / "data"), 1 << 20, cached_head=0)
-    direct.add(reader.dfd)
-    assert reader.read_into(0, 0, 100) is None and reader.buf is None
-    reader.close()
+    assert got == data and r.buf is None  # gave up on direct I/O
 
 
-def test_the_head_of_a_file_goes_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bytes before the head are written and read through the cache (a small blob is read
-    again at once by its unpack); only bytes past it use the direct descriptor."""
+def test_the_head_of_a_file_is_read_through_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bytes before the head are read through the cache (a small blob is read again at once
+    by its unpack, and its ingest kept it cached); only bytes past it are read direct."""
     fd = open_direct(str(tmp_path / "probe"), os.O_WRONLY | os.O_CREAT)
     if fd < 0:
         pytest.skip("this filesystem refuses O_DIRECT")
@@ -150,46 +110,20 @@ def test_the_head_of_a_file_goes_through_the_cache(tmp_path: Path, monkeypatch: 
     head = 1 << 20
     direct: set[int] = set()
     direct_offsets: list[int] = []
-    real_pwrite, real_preadv = os.pwrite, os.preadv
-
-    def pwrite(fd: int, data: object, offset: int) -> int:
-        if fd in direct:
-            direct_offsets.append(offset)
-        return real_pwrite(fd, data, offset)  # type: ignore[arg-type]
+    real_preadv = os.preadv
 
     def preadv(fd: int, buffers: list[object], offset: int) -> int:
         if fd in direct:
             direct_offsets.append(offset)
         return real_preadv(fd, buffers, offset)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
     monkeypatch.setattr(os, "preadv", preadv)
     data = os.urandom(3 * head + 5)
-    (tmp_path / "data").touch()
-    app = Appender(str(tmp_path / "data"), 0, stage=head, cached_head=head)
-    direct.add(app.dfd)
-    for start in range(0, len(data), 300_000):
-        app.append(data[start:start + 300_000])
-    app.close()
-    assert direct_offsets and min(direct_offsets) >= head
-    assert (tmp_path / "data").read_bytes() == data
-
-    direct_offsets.clear()
-    direct.clear()  # closed descriptors' numbers come back
+    (tmp_path / "data").write_bytes(data)
     with FileReader(str(tmp_path / "data"), piece=head, cached_head=head) as r:
         direct.add(r.dfd)
         got = b"".join(iter(lambda: r.read(200_000), b""))
     assert got == data and direct_offsets and min(direct_offsets) >= head
-
-    direct_offsets.clear()
-    direct.clear()  # closed descriptors' numbers come back
-    reader = Reader(str(tmp_path / "data"), head, cached_head=head)
-    direct.add(reader.dfd)
-    fd = os.open(tmp_path / "data", os.O_RDONLY)
-    view = reader.read_into(fd, 0, len(data))
-    assert view is not None and bytes(view) == data[:head] and not direct_offsets
-    os.close(fd)
-    reader.close()
 
     (tmp_path / "small").write_bytes(data[:CACHED_HEAD // 2])
     with FileReader(str(tmp_path / "small")) as r:
@@ -219,3 +153,30 @@ def test_cached_bytes_go_to_the_disk_as_they_come(tmp_path: Path, monkeypatch: p
     assert [offset for offset, _, _ in handed] == [sum(n for _, n, _ in handed[:i]) for i in range(len(handed))]
     assert all(n >= WRITEBACK_PIECE for _, n, _ in handed)
     assert len(data) - sum(n for _, n, _ in handed) < WRITEBACK_PIECE
+
+
+def test_hashed_bytes_leave_the_cache_behind_the_hash(tmp_path: Path) -> None:
+    """Past the head, what the reader passed (by the lag) is dropped once on the disk, so
+    the writer's next bytes reuse its pages; after the fsync, all of it. The head stays."""
+    head, lag = 1 << 20, 2 << 20
+    path = tmp_path / "data"
+    path.touch()
+    app = Appender(str(path), 0)
+    behind = DropBehind(head, lag)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        total = 12 << 20
+        for offset in range(0, total, 1 << 20):
+            app.append(os.urandom(1 << 20))
+            behind.passed(fd, offset + (1 << 20))
+        assert cached_pages(str(path), 0, head) == head // PAGE
+        dropped = cached_pages(str(path), head, total - lag - DROP_PIECE)
+        assert dropped == 0, f"{dropped} pages still cached"
+        assert cached_pages(str(path), total - lag, total) > 0  # the lag: writeback may be under way
+        os.fsync(app.fd)
+        behind.synced(fd, total)
+        assert cached_pages(str(path), head, total) == 0
+        assert cached_pages(str(path), 0, head) == head // PAGE
+    finally:
+        os.close(fd)
+        app.close()
