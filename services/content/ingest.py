@@ -101,11 +101,10 @@ class Hasher:
 
     def __init__(self, algorithm: str = "sha256") -> None:
         self.algorithm = algorithm
-        self.h = hashlib.new(algorithm)
-        self.offset = 0
-        self.behind = DropBehind()
+        self.reset()
 
     def reset(self) -> None:
+        """Start over from the file's first byte."""
         self.h = hashlib.new(self.algorithm)
         self.offset = 0
         self.behind = DropBehind()
