@@ -14,8 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flotilla.libs import config as config_mod
+
+from .credentials import CredentialStore, Permissions, authorization, component_permissions, nats_accepts
+from .farm import Cluster
 
 # The processes of the suite, in start order: (name, module).
 SERVICES: tuple[tuple[str, str], ...] = (
@@ -53,6 +59,11 @@ class Suite:
     # a private suite (tests, benchmarks) takes nothing from the host's configuration, so it
     # can never bind the production socket or write into the production database
     isolated: bool = False
+    # nats-server asks every connection for its credential (docs/security.md); only the
+    # benchmark turns it off, to measure what it costs
+    auth: bool = True
+    # the routes to the other hosts of a farm (docs/security.md), none for a single host
+    cluster: Cluster | None = field(default_factory=Cluster.from_env)
 
     @property
     def socket(self) -> Path:
@@ -70,6 +81,15 @@ class Suite:
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
+    @property
+    def credentials(self) -> CredentialStore:
+        return CredentialStore(self.root / "credentials")
+
+    @property
+    def host(self) -> str:
+        """This host's token in host-local subjects, as the services will work it out."""
+        return config_mod.load({**os.environ, **self.env("gateway")}).host
+
     def metrics_port(self, name: str) -> int:
         names = [n for n, _ in SERVICES]
         order = ["gateway"] + [n for n in names if n != "gateway"]
@@ -80,11 +100,14 @@ class Suite:
             "FLOTILLA_ROOT": str(self.root),
             "FLOTILLA_STATE": str(self.state),
             "FLOTILLA_NATS_URL": self.nats_url,
+            "FLOTILLA_NATS_PORT": str(self.nats_port),  # so `flotilla credentials` finds this suite's
             "FLOTILLA_PREFIX": self.prefix,
             "FLOTILLA_METRICS_PORT": str(self.metrics_port(name)),
             "FLOTILLA_SOCKET": str(self.socket),  # the suite decides where the gateway listens
             "PYTHONUNBUFFERED": "1",
         }
+        if self.auth:
+            env["FLOTILLA_NATS_CREDENTIALS"] = str(self.credentials.seed_file(name))
         if self.isolated:
             env.update({"FLOTILLA_CONFIG": str(self.state / "no-config.toml"),
                         "FLOTILLA_DB_URL": "", "FLOTILLA_HOST_ID": ""})
@@ -94,11 +117,7 @@ class Suite:
     def render(self) -> None:
         for d in (self.root, self.state, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        (self.state / "nats.conf").write_text(
-            f"listen: 127.0.0.1:{self.nats_port}\n"
-            # NATS' default of 1 MiB kills the connection when a 1 MiB chunk carries headers
-            "max_payload: 8MB\n"
-            "write_deadline: \"10s\"\n")
+        self.render_nats()
         # One Go thread: the suite's own nats-server serves a handful of local processes;
         # handing each message between Go threads cost it a third more CPU per forwarded
         # call here, for no gain in latency (docs/DEVELOPING.md)
@@ -126,6 +145,59 @@ serverurl=unix://{self.state / 'supervisor.sock'}
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 
 """ + "\n".join(programs))
+
+    def render_nats(self) -> None:
+        """nats-server's configuration: loopback only for clients, every user's key and
+        permissions, the farm's routes. Written 0600: it names who may do what."""
+        conf = (f"listen: 127.0.0.1:{self.nats_port}\n"
+                # NATS' default of 1 MiB kills the connection when a 1 MiB chunk carries headers
+                "max_payload: 8MB\n"
+                "write_deadline: \"10s\"\n")
+        if self.auth:
+            store = self.credentials
+            users: dict[str, tuple[str, Permissions]] = {
+                name: (store.ensure(name), perms)
+                for name, perms in component_permissions(self.prefix, self.host).items()}
+            users.update({name: (store.ensure(name), perms) for name, perms in store.integrators().items()})
+            conf += authorization(users)
+        if self.cluster is not None:
+            conf += self.cluster.render()
+        path = self.state / "nats.conf"
+        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(conf)
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def grant(self, user: str, perms: Permissions) -> Path:
+        """Issue (or change) integrator ``user``'s credential; a running nats-server takes it
+        at once. Returns the seed file."""
+        if user in component_permissions(self.prefix, self.host):
+            raise ValueError(f"credential name {user!r} is a component's")
+        seed = self.credentials.grant(user, perms)
+        key = seed.read_bytes()
+        self.reload_nats(lambda: nats_accepts(self.nats_port, key))
+        return seed
+
+    def revoke(self, user: str) -> bool:
+        seed = self.credentials.seed_file(user)
+        key = seed.read_bytes() if seed.exists() else b""
+        gone = self.credentials.revoke(user)
+        if gone:
+            self.reload_nats(lambda: not key or not nats_accepts(self.nats_port, key))
+        return gone
+
+    def reload_nats(self, taken: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Render nats-server's configuration again; a running one reloads it (SIGHUP), and
+        this returns once ``taken()`` says it has."""
+        self.render_nats()
+        if self.pid() is None:
+            return
+        self.ctl("signal", "HUP", "nats")
+        deadline = time.monotonic() + timeout
+        while not taken():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server did not take its new configuration; see {self.logs / 'nats.log'}")
+            time.sleep(0.05)
 
     def _program(self, name: str, command: str, env: dict[str, str], priority: int) -> str:
         envline = ",".join(f'{k}="{v}"' for k, v in env.items())

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -22,8 +24,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from . import metrics
-from .errors import DeadlineExceeded, FlotillaError, Internal, ResourceExhausted, Unavailable
-from .wire import pack, unpack
+from .errors import DeadlineExceeded, FlotillaError, Internal, InvalidArgument, ResourceExhausted, Unavailable
+from .wire import WireError, pack, unpack
 
 log = logging.getLogger("flotilla.bus")
 
@@ -44,7 +46,11 @@ class Bus:
         self._serving: list[Any] = []
 
     @classmethod
-    async def connect(cls, url: str, name: str, *, connect_timeout: float = 5.0) -> "Bus":
+    async def connect(cls, url: str, name: str, *, credentials: str | os.PathLike[str] = "",
+                      connect_timeout: float = 5.0) -> "Bus":
+        """Connect as ``name``; with ``credentials`` (an nkey seed file ``<user>.nk``) sign in
+        as that user, whose replies come to its own inbox ``_INBOX.<user>`` (the only one
+        nats-server lets it read, docs/security.md)."""
         async def reconnected() -> None:
             metrics.BUS_RECONNECTS.inc()
             log.info("nats reconnected")
@@ -55,8 +61,12 @@ class Bus:
         async def error(exc: Exception) -> None:
             log.warning("nats error: %s", exc)
 
+        auth: dict[str, Any] = {}
+        if credentials:
+            auth = {"nkeys_seed": os.fspath(credentials),
+                    "inbox_prefix": f"_INBOX.{Path(credentials).stem}"}
         nc = await nats.connect(
-            url, name=name, connect_timeout=connect_timeout,
+            url, name=name, connect_timeout=connect_timeout, **auth,
             max_reconnect_attempts=-1, reconnect_time_wait=0.2,
             allow_reconnect=True, reconnected_cb=reconnected,
             disconnected_cb=disconnected, error_cb=error,
@@ -144,7 +154,11 @@ class Bus:
             started = time.perf_counter()
             code = 0
             try:
-                result = await handler(unpack(msg.data))
+                try:
+                    request = unpack(msg.data)
+                except WireError as exc:
+                    raise InvalidArgument(f"{name}: request {exc.message}") from None
+                result = await handler(request)
                 reply = pack({"r": result})
             except FlotillaError as exc:
                 code = exc.code

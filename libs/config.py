@@ -20,6 +20,7 @@ class Config:
     root: Path = Path("/var/lib/flotilla")          # persistent data
     state: Path = Path("/run/flotilla")             # runtime state, sockets
     nats_url: str = "nats://127.0.0.1:14222"
+    nats_credentials: str = ""                      # this process' nkey seed file ("" = none)
     prefix: str = "flotilla"                        # first token of every subject
     host_id: str = ""                               # host-local services' subject token
     socket: str = ""                                # gateway socket; default <state>/flotilla.sock

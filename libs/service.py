@@ -27,7 +27,7 @@ def ping_subject(cfg: Config, name: str, host_local: bool) -> str:
 
 async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     logger = logging.getLogger(f"flotilla.{name}")
-    bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}")
+    bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}", credentials=cfg.nats_credentials)
     cleanup = await setup(bus, cfg)
 
     async def ping(_req: object) -> dict[str, object]:

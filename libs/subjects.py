@@ -27,3 +27,11 @@ def local(prefix: str, service: str, host: str, method: str) -> str:
 
 def events(prefix: str) -> str:
     return f"{prefix}.events"
+
+
+_SUBJECT = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
+
+
+def valid_subject(subject: str) -> bool:
+    """A subject one may publish to: dot-separated tokens, no wildcard, no space."""
+    return len(subject) <= 256 and bool(_SUBJECT.match(subject))

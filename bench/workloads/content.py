@@ -146,12 +146,11 @@ def disk_write_limit(t: Target) -> float:
 def nats_write(t: Target) -> float:
     """Bytes between hosts: write_blob with the client forced onto NATS chunks."""
     from flotilla.libs.api.content import ContentClient
-    from flotilla.libs.bus import Bus
     suite = t.handle.suite  # type: ignore[attr-defined]
     path, digest = _source(t, NATS_SIZE)
 
     async def go() -> float:
-        bus = await Bus.connect(suite.nats_url, "bench")
+        bus = await t.handle.bus("bench")  # type: ignore[attr-defined]
         try:
             c = ContentClient(bus, suite.prefix, local=False)
 
@@ -171,12 +170,11 @@ def nats_write(t: Target) -> float:
 
 def nats_read(t: Target) -> float:
     from flotilla.libs.api.content import ContentClient
-    from flotilla.libs.bus import Bus
     suite = t.handle.suite  # type: ignore[attr-defined]
     path, digest = _source(t, NATS_SIZE)
 
     async def go() -> float:
-        bus = await Bus.connect(suite.nats_url, "bench")
+        bus = await t.handle.bus("bench")  # type: ignore[attr-defined]
         try:
             c = ContentClient(bus, suite.prefix, local=False)
             with open(path, "rb") as f:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from flotilla.deploy import Suite, free_port
+from flotilla.deploy.credentials import Permissions
+from flotilla.libs.bus import Bus
 
 CTR = shutil.which("ctr") or "/usr/bin/ctr"
 P = TypeVar("P", bound="Peer")
@@ -64,13 +66,25 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
 
 
 class PrivateSuite(Peer):
-    """A whole Flotilla suite in its own temporary directories, ports and subject prefix."""
+    """A whole Flotilla suite in its own temporary directories, ports and subject prefix.
+    Its nats-server knows one more user than a production suite's: ``tester``, who may
+    publish and subscribe to anything, for the tests that watch or drive the bus."""
 
-    def __init__(self, base: Path | None = None, **extra_env: str) -> None:
+    TESTER = "tester"
+
+    def __init__(self, base: Path | None = None, *, auth: bool = True, **extra_env: str) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-suite-", dir=base))
         self.suite = Suite(root=self.base / "root", state=self.base / "state",
                            nats_port=free_port(), metrics_base=0,
-                           prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True)
+                           prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True,
+                           auth=auth, cluster=None)
+        if auth:
+            self.suite.credentials.grant(self.TESTER, Permissions((">",), (">",)))
+
+    async def bus(self, name: str = "test") -> Bus:
+        """A bus connection to the suite's nats-server as ``tester``."""
+        seed = self.suite.credentials.seed_file(self.TESTER) if self.suite.auth else ""
+        return await Bus.connect(self.suite.nats_url, name, credentials=seed)
 
     @property
     def address(self) -> str:

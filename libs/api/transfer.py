@@ -11,7 +11,6 @@ namespace to the registry as ``ref`` (blobs the registry has are not sent again)
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -103,7 +102,8 @@ class TransferClient:
                     progress: Callable[[PullProgress], Awaitable[None] | None] | None, timeout: float) -> object:
         sub = None
         if progress is not None:
-            req.progress = req.progress or f"_INBOX.transfer.{uuid.uuid4().hex}"
+            # an inbox of this connection's: the only subjects its credential may read
+            req.progress = req.progress or self.bus.nc.new_inbox()
 
             async def on_progress(data: object) -> None:
                 result = progress(from_wire(PullProgress, data))  # type: ignore[arg-type]

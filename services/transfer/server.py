@@ -16,7 +16,8 @@ from flotilla.libs.api.transfer import PULL, PUSH, PullProgress, PullRequest, Pu
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.events import Event
-from flotilla.libs.subjects import events as events_subject
+from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.subjects import events as events_subject, valid_subject
 from flotilla.libs.wire import from_wire, to_wire
 
 from .puller import Puller
@@ -54,6 +55,9 @@ class TransferServer:
             log.warning("progress event lost", exc_info=True)
 
     def _reporter(self, namespace: str, ref: str, progress: str):  # type: ignore[no-untyped-def]
+        if progress and (not progress.startswith("_INBOX.") or not valid_subject(progress)):
+            # progress goes to the caller's own inbox, never to another service's subject
+            raise InvalidArgument(f"progress subject {progress!r}: not an inbox: invalid argument")
         loop = asyncio.get_running_loop()
         last: dict[str, float] = {}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from flotilla.libs.bus import Bus
 from flotilla.testing import PrivateSuite
 
 
 async def requests_seen(suite: PrivateSuite, patterns: list[str], body: Callable[[], object]) -> dict[str, list[str]]:
     """The subjects of the messages each of ``patterns`` (NATS wildcards under the suite's
     prefix) got while ``body`` ran in a thread."""
-    bus = await Bus.connect(suite.suite.nats_url, "spy")
+    bus = await suite.bus("spy")
     seen: dict[str, list[str]] = {p: [] for p in patterns}
 
     def recorder(pattern: str):  # type: ignore[no-untyped-def]

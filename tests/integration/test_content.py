@@ -22,7 +22,6 @@ import pytest
 
 from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
-from flotilla.libs.bus import Bus
 from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, ctr
 from tests.integration.busspy import requests_seen
 
@@ -502,7 +501,7 @@ async def test_write_keeps_the_containerd_lease_header(suite: PrivateSuite) -> N
             assert next(responses).digest == sha(data)
             q.put(None)
     await asyncio.to_thread(write)
-    bus = await Bus.connect(suite.suite.nats_url, "lease-check")
+    bus = await suite.bus("lease-check")
     try:
         info = await ContentClient(bus, suite.suite.prefix).info(ns, sha(data))
         assert info.leases == ["build-42"]
@@ -566,7 +565,7 @@ async def test_gateway_info_follows_changes_made_past_it(suite: PrivateSuite) ->
     ns, data = _new_ns("infocache"), b"cached record"
     md = [("containerd-namespace", ns)]
     subprocess.run([CTR, "--address", suite.address, "-n", ns, "content", "ingest", "c"], input=data, check=True)
-    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    bus = await suite.bus("elsewhere")
     asked = await count_requests(bus, f"{suite.suite.prefix}.content.info")
     await count_requests(bus, f"{suite.suite.prefix}.content.local_path", asked)
     try:

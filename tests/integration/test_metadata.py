@@ -570,12 +570,11 @@ async def test_gateway_gets_follow_changes_made_past_it(suite: PrivateSuite) -> 
     from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2 as pbn
     from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pbn_grpc
     from flotilla.libs.api.metadata import Container, Descriptor, Image, MetadataClient, Namespace, Runtime
-    from flotilla.libs.bus import Bus
     from tests.integration.records_kit import count_requests, not_found, soon
 
     ns = "rec-" + uuid.uuid4().hex[:8]
     md = [("containerd-namespace", ns)]
-    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    bus = await suite.bus("elsewhere")
     elsewhere = MetadataClient(bus, suite.suite.prefix)
     asked = await count_requests(bus, f"{suite.suite.prefix}.metadata.*.get")
     try:

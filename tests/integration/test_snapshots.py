@@ -263,10 +263,9 @@ def _content_leases(suite: PrivateSuite, ns: str, digest: str) -> list[str]:
     import asyncio
 
     from flotilla.libs.api.content import ContentClient
-    from flotilla.libs.bus import Bus
 
     async def info() -> list[str]:
-        bus = await Bus.connect(suite.suite.nats_url, "test")
+        bus = await suite.bus("test")
         try:
             return (await ContentClient(bus, suite.suite.prefix).info(ns, digest)).leases
         finally:
@@ -494,7 +493,6 @@ def test_lease_header_is_recorded_for_the_collector(suite: PrivateSuite) -> None
     import asyncio
 
     from flotilla.libs.api.snapshots import SnapshotsClient
-    from flotilla.libs.bus import Bus
     from flotilla.libs.config import load
 
     ns = "lease-" + uuid.uuid4().hex[:6]
@@ -505,7 +503,7 @@ def test_lease_header_is_recorded_for_the_collector(suite: PrivateSuite) -> None
                      metadata=[("containerd-namespace", ns), ("containerd-lease", "my-lease")])
 
     async def listed() -> list:
-        bus = await Bus.connect(suite.suite.nats_url, "test")
+        bus = await suite.bus("test")
         try:
             client = SnapshotsClient(bus, suite.suite.prefix, load(suite.env()).host)
             infos = await client.list(ns, "overlayfs")
@@ -661,7 +659,6 @@ def test_mounting_what_ctr_prints_gives_the_same_tree(suite: PrivateSuite, conta
 async def test_apply_reads_a_remote_blob_over_nats(suite: PrivateSuite, tmp_path: Path) -> None:
     """A differ on a host without the blob file streams the layer over the bus."""
     from flotilla.libs.api.content import ContentClient
-    from flotilla.libs.bus import Bus
     from flotilla.services.snapshots.api import Descriptor, Mount
     from flotilla.services.snapshots.diffs import Differ
 
@@ -669,7 +666,7 @@ async def test_apply_reads_a_remote_blob_over_nats(suite: PrivateSuite, tmp_path
     raw = tar_bytes([Entry("d", "dir")] + [Entry(f"d/f{i}", data=os.urandom(300_000)) for i in range(10)])
     blob = gz(raw)
     _ingest(suite.address, ns, blob)
-    bus = await Bus.connect(suite.suite.nats_url, "remote-differ")
+    bus = await suite.bus("remote-differ")
     differ = Differ(ContentClient(bus, suite.suite.prefix, local=False), tmp_path / "scratch", workers=1)
     try:
         root = tmp_path / "root"
@@ -692,13 +689,12 @@ async def test_gateway_mounts_follow_changes_made_past_it(suite: PrivateSuite) -
     import asyncio
 
     from flotilla.libs.api.snapshots import SnapshotsClient
-    from flotilla.libs.bus import Bus
     from flotilla.libs.config import load
     from tests.integration.records_kit import count_requests, not_found, soon
 
     ns = "mnt-" + uuid.uuid4().hex[:8]
     md = [("containerd-namespace", ns)]
-    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    bus = await suite.bus("elsewhere")
     elsewhere = SnapshotsClient(bus, suite.suite.prefix, load(suite.env("gateway")).host)
     asked = await count_requests(bus, f"{suite.suite.prefix}.snapshots.*.mounts")
     try:

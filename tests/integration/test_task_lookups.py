@@ -18,7 +18,6 @@ from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_g
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
 from flotilla.libs.api.runtime import CreateTask, ProcessRef, RuntimeClient
-from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import NotFound
 from flotilla.testing import PrivateSuite
@@ -75,7 +74,7 @@ async def test_a_task_created_elsewhere_after_its_delete_here_is_found(
     drops the mark at once, not after the mark's two seconds."""
     id = f"else-{uuid.uuid4().hex[:8]}"
     suite.ctr("container", "create", "--rootfs", str(rootfs), id, "/bin/sleep", "1000", check=True)
-    bus = await Bus.connect(suite.suite.nats_url, "elsewhere")
+    bus = await suite.bus("elsewhere")
     try:
         with grpc.insecure_channel(f"unix://{suite.address}") as ch:
             spec = pbc_grpc.ContainersStub(ch).Get(pbc.GetContainerRequest(id=id), metadata=MD).container.spec.value
