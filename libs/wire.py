@@ -2,7 +2,9 @@
 
 Records are plain dataclasses; ``to_wire`` turns one (recursively) into msgpack-able
 builtins and ``from_wire`` rebuilds it from the field types. Unknown keys are ignored so
-a newer peer can add fields without breaking an older one.
+a newer peer can add fields without breaking an older one; a value of the wrong type, a
+missing field without a default or bytes that are not msgpack are a ``WireError``
+(InvalidArgument), so bad input from the bus never reaches a store.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from .errors import InvalidArgument
+
 T = TypeVar("T")
+
+
+class WireError(InvalidArgument):
+    """Bytes or a map that do not make the record they should."""
 
 
 def pack(obj: Any) -> bytes:
@@ -23,7 +31,12 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False) if data else None
+    if not data:
+        return None
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # also unhashable map keys
+        raise WireError(f"not msgpack ({type(exc).__name__}): invalid argument") from None
 
 
 _LEAVES = frozenset({str, int, bytes, float, bool, type(None)})
@@ -54,12 +67,45 @@ def _holds_record(tp: Any) -> bool:
     return any(_holds_record(a) for a in typing.get_args(tp))
 
 
+Check = typing.Callable[[Any], bool]
+_SCALARS: dict[Any, tuple[type, ...]] = {
+    str: (str,), bytes: (bytes,), bool: (bool,), int: (int,), float: (float, int)}
+
+
 @lru_cache(maxsize=None)
-def _plan(cls: type) -> tuple[tuple[str, Any], ...]:
-    """Per field: its name and its type, or None where the value is plain builtins as sent
-    (most fields), so decoding skips the type walk for them."""
+def _checker(tp: Any) -> Check:
+    """Whether a decoded value is of type ``tp`` (deeply, for lists and maps)."""
+    if tp is Any or isinstance(tp, TypeVar):
+        return lambda v: True
+    if tp is type(None):
+        return lambda v: v is None
+    if tp in _SCALARS:
+        kinds = _SCALARS[tp]
+        if tp is int:  # True is an int to Python, not to the wire
+            return lambda v: type(v) is int
+        return lambda v: type(v) in kinds
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [_checker(a) for a in args]
+        return lambda v: any(ok(v) for ok in options)
+    if origin in (list, tuple) or tp in (list, tuple):
+        item = _checker(args[0]) if args else _checker(Any)
+        return lambda v: type(v) is list and all(item(x) for x in v)
+    if origin is dict or tp is dict:
+        key, value = (_checker(args[0]), _checker(args[1])) if args else (_checker(Any), _checker(Any))
+        return lambda v: type(v) is dict and all(key(k) and value(x) for k, x in v.items())
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return lambda v: type(v) is dict  # its fields are checked when it is rebuilt
+    return lambda v: True  # a type the wire does not describe (e.g. a Literal): as sent
+
+
+@lru_cache(maxsize=None)
+def _plan(cls: type) -> tuple[tuple[str, Any, Check], ...]:
+    """Per field: its name, its type or None where the value is plain builtins as sent (most
+    fields, so decoding skips the type walk for them), and its type check."""
     hints = typing.get_type_hints(cls)
-    return tuple((f.name, hints[f.name] if _holds_record(hints[f.name]) else None)
+    return tuple((f.name, hints[f.name] if _holds_record(hints[f.name]) else None, _checker(hints[f.name]))
                  for f in dataclasses.fields(cls))
 
 
@@ -85,9 +131,21 @@ _MISSING = object()
 
 
 def from_wire(cls: type[T], data: dict[str, Any]) -> T:
+    if type(data) is not dict:
+        raise WireError(f"{cls.__name__}: a map expected, not {type(data).__name__}: invalid argument")
     kwargs = {}
-    for name, tp in _plan(cls):
+    for name, tp, ok in _plan(cls):
         value = data.get(name, _MISSING)
         if value is not _MISSING:
+            if not ok(value):
+                raise WireError(f"{cls.__name__}.{name}: not of type {_type_name(cls, name)}: invalid argument")
             kwargs[name] = value if tp is None else _convert(tp, value)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a field without a default is missing
+        raise WireError(f"{cls.__name__}: {exc}: invalid argument") from None
+
+
+def _type_name(cls: type, field: str) -> str:
+    tp = typing.get_type_hints(cls)[field]
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

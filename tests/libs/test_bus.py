@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from flotilla.libs.bus import Bus
-from flotilla.libs.errors import DeadlineExceeded, NotFound, Unavailable
+from flotilla.libs.bus import Bus, decode_reply
+from flotilla.libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 
 
 async def test_request_reply_and_errors_cross_intact(bus: Bus) -> None:
@@ -93,3 +93,19 @@ async def test_handlers_run_concurrently(bus: Bus) -> None:
     assert sum(await asyncio.gather(*(bus.request("t.slow", None, timeout=10) for _ in range(10)))) == 10
     assert peak == 10
     await sub.unsubscribe()
+
+
+async def test_a_body_that_is_not_msgpack_is_invalid_argument_and_reaches_no_handler(bus: Bus) -> None:
+    calls = []
+
+    async def handler(req: object) -> None:
+        calls.append(req)
+
+    sub = await bus.serve("t.garbage", handler)
+    try:
+        msg = await bus.nc.request("t.garbage", b"\xc1\xc1", timeout=5)
+        with pytest.raises(InvalidArgument, match="t.garbage: request not msgpack"):
+            decode_reply(msg.data)
+        assert calls == []
+    finally:
+        await sub.unsubscribe()
