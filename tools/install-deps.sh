@@ -2,7 +2,7 @@
 # Installs the Debian packages Flotilla needs, only those missing (apt-get update once).
 set -euo pipefail
 packages=(
-  nats-server runc crun containerd
+  nats-server openssl tcpdump runc crun containerd
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
   busybox-static docker-registry apache2-utils postgresql criu conmon
   containernetworking-plugins tmux iproute2 psmisc procps gcc libc6-dev

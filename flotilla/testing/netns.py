@@ -1,0 +1,64 @@
+"""Hosts of a farm simulated on this machine: one network namespace per host, veth pairs
+into a bridge that lives in a namespace of its own. Nothing is added to the root
+namespace's network, and everything made is removed on exit, also after a failure."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+SUBNET = "10.231.7"  # addresses inside this farm's own namespaces only
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str       # the network namespace
+    address: str    # on the farm's bridge
+
+    def command(self, *argv: str) -> list[str]:
+        """``argv`` run inside this host's namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+
+@dataclass
+class Farm:
+    size: int
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    hosts: list[Host] = field(default_factory=list)
+
+    @property
+    def bridge_ns(self) -> str:
+        return f"flbr-{self.tag}"
+
+    def __enter__(self) -> "Farm":
+        try:
+            ip("netns", "add", self.bridge_ns)
+            ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+            for i in range(self.size):
+                host = Host(f"flh{i}-{self.tag}", f"{SUBNET}.{i + 1}")
+                ip("netns", "add", host.name)
+                self.hosts.append(host)
+                port = f"p{i}"  # the bridge's end, made in the bridge's namespace
+                ip("-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                   "netns", host.name)
+                ip("-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
+                ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
+                ip("-n", host.name, "link", "set", "eth0", "up")
+                ip("-n", host.name, "link", "set", "lo", "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in [h.name for h in self.hosts] + [self.bridge_ns]:
+            left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+            for pid in left:  # a test's processes are its to stop; these are strays
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth ends go with it
