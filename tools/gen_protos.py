@@ -18,6 +18,9 @@ from pathlib import Path
 GOCODE = Path(os.environ.get("FLOTILLA_GOCODE", "/usr/share/gocode/src"))
 CONTAINERD = GOCODE / "github.com/containerd/containerd"
 GOGO = GOCODE / "github.com/gogo/protobuf/gogoproto/gogo.proto"
+# gRPC's own health service (containerd's client checks it before anything else), as Debian's
+# golang-google-grpc-dev ships its source; staged as grpc/health/v1 so its package stays grpc.health.v1
+HEALTH = GOCODE / "google.golang.org/grpc/debian/missing-sources/grpc/grpc-proto/master/grpc/health/v1/health.proto"
 
 # source prefix inside the Debian tree -> prefix inside our package
 PREFIXES = {
@@ -49,9 +52,9 @@ def main(out_root: Path) -> int:
     import grpc_tools
     import google.rpc.status_pb2 as status_pb2
 
-    if not CONTAINERD.is_dir() or not GOGO.is_file():
+    if not CONTAINERD.is_dir() or not GOGO.is_file() or not HEALTH.is_file():
         print("missing Debian packages golang-github-containerd-containerd-dev / "
-              "golang-github-gogo-protobuf-dev", file=sys.stderr)
+              "golang-github-gogo-protobuf-dev / golang-google-grpc-dev", file=sys.stderr)
         return 1
     sources = sorted((CONTAINERD / "api").rglob("*.proto"))
     sources += [CONTAINERD / p for p in EXTRA]
@@ -70,6 +73,10 @@ def main(out_root: Path) -> int:
         gogo_dst.parent.mkdir(parents=True, exist_ok=True)
         gogo_dst.write_text(GOGO.read_text())
         staged.append("flotilla/_api/gogoproto/gogo.proto")
+        health_rel = "flotilla/_api/grpc/health/v1/health.proto"
+        (stage / health_rel).parent.mkdir(parents=True, exist_ok=True)
+        (stage / health_rel).write_text(HEALTH.read_text())
+        staged.append(health_rel)
 
         api_dir = out_root / "flotilla/_api"
         shutil.rmtree(api_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
-from . import h2grpc, pb
+from . import h2grpc, health, pb
 from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
@@ -56,6 +56,7 @@ async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
     await hub.start()
     metadata = MetadataClient(bus, cfg.prefix)
     pb.version_grpc.add_VersionServicer_to_server(VersionServicer(_revision()), server)
+    health.register(server)
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)
     pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
     pb.events_grpc.add_EventsServicer_to_server(EventsServicer(hub), server)
