@@ -97,8 +97,11 @@ class ContentServer:
         # chunks arrive several at a time; each waits for the one before it
         cond = self.order.setdefault(r.session, asyncio.Condition())
         async with cond:
-            await asyncio.wait_for(cond.wait_for(
-                lambda: session.offset >= r.offset or r.session not in self.store.sessions), ORDER_WAIT)
+            try:
+                await asyncio.wait_for(cond.wait_for(
+                    lambda: session.offset >= r.offset or r.session not in self.store.sessions), ORDER_WAIT)
+            except TimeoutError:
+                pass  # the chunks before it never came: the store refuses it at its offset (OutOfRange)
         try:
             return await asyncio.to_thread(self.store.w_write, r.session, r.offset, r.data)
         finally:

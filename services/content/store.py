@@ -64,8 +64,12 @@ _INSERT_OWNER = insert(db.owners)
 # one owner row; the columns it sets are the parameters given with it (labels, or leases)
 _UPDATE_OWNER = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
                                         & (db.owners.c.digest == bindparam("b_digest")))
+# the records whose leases (a JSON list) may hold one: a prefilter, the list itself decides
 _LEASED = select(db.owners.c.digest, db.owners.c.leases).where(
-    (db.owners.c.namespace == bindparam("namespace")) & db.owners.c.leases.contains(bindparam("lease_json")))
+    (db.owners.c.namespace == bindparam("namespace"))
+    & db.owners.c.leases.contains(bindparam("lease_json"), escape="\\"))
+_IN_NAMESPACE = select(db.owners.c.digest, db.owners.c.leases).where(db.owners.c.namespace == bindparam("namespace"))
+_LIKE_MAX = 50_000  # bytes: SQLite refuses a longer LIKE pattern
 
 
 def _fsync_dir(path: Path) -> None:
@@ -220,9 +224,16 @@ class ContentStore:
 
     def release_lease(self, namespace: str, lease: str) -> int:
         changed = 0
+        # a lease id's "%" and "_" are no wildcards; one too long for a pattern is looked for row by row
+        pattern = json.dumps(lease).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         with self.engine.begin() as conn:
-            for row in conn.execute(_LEASED, {"namespace": namespace, "lease_json": json.dumps(lease)}).all():
-                leases = [x for x in json.loads(row.leases) if x != lease]
+            rows = conn.execute(_LEASED, {"namespace": namespace, "lease_json": pattern}).all() \
+                if len(pattern.encode()) < _LIKE_MAX else conn.execute(_IN_NAMESPACE, {"namespace": namespace}).all()
+            for row in rows:
+                leases = json.loads(row.leases)
+                if lease not in leases:
+                    continue
+                leases = [x for x in leases if x != lease]
                 conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": row.digest,
                                              "leases": json.dumps(leases)})
                 changed += 1

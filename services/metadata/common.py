@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from flotilla.libs import filters
 from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.digests import digest_error  # noqa: F401  (used by images and leases)
-from flotilla.libs.identifiers import validate_labels
+from flotilla.libs.identifiers import validate_identifier, validate_labels
 
 from . import db
 
@@ -120,8 +120,13 @@ class StoreBase:
             yield conn
 
     def _ensure_namespace(self, conn: Connection, name: str) -> None:
-        """containerd creates a namespace on the first write into it."""
+        """containerd creates a namespace on the first write into it (whose name its API has
+        validated: so do we, for callers on the bus)."""
         if conn.execute(_NAMESPACE_EXISTS, {"name": name}).first() is None:
+            try:
+                validate_identifier(name)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"namespace validation: {exc.message}") from None
             try:
                 with conn.begin_nested():
                     conn.execute(_NAMESPACE_INSERT, {"name": name})

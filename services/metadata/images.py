@@ -73,6 +73,8 @@ def validate_image(i: Image) -> None:
         raise InvalidArgument(f'Target.Digest "{i.target.digest}" invalid: {err}: invalid argument')
     if i.target.size <= 0:
         raise InvalidArgument("Target.Size must be greater than zero: invalid argument")
+    if i.target.size >= 1 << 63:  # containerd's size is an int64, and so is the database's column
+        raise InvalidArgument(f"Target.Size {i.target.size} overflows an int64: invalid argument")
     if not i.target.media_type:
         raise InvalidArgument("Target.MediaType must be set: invalid argument")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from flotilla.libs import mount as mnt
 from flotilla.libs.api.content import ContentClient
-from flotilla.libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unknown
+from flotilla.libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented, Unknown
 from flotilla.libs.service import keep_freed_memory
 
 from . import applier, differ
@@ -110,7 +110,11 @@ class Differ:
             return
         target = Path(tempfile.mkdtemp(prefix="mnt-", dir=self.scratch))
         try:
-            await asyncio.to_thread(mnt.mount_all, mounts, str(target))
+            try:
+                await asyncio.to_thread(mnt.mount_all, mounts, str(target))
+            except OSError as exc:  # containerd's answer (Unknown) and words for a mount refused
+                raise Unknown(f"failed to mount {target}: "
+                              f"{os.strerror(exc.errno).lower() if exc.errno else exc}") from None
             try:
                 yield str(target)
             finally:
@@ -135,6 +139,9 @@ class Differ:
 
     async def apply(self, namespace: str, desc: Descriptor, mounts: list[Mount], detached: bool = False) -> Descriptor:
         if desc.media_type not in applier.MEDIA_TYPES:
+            # as containerd: the blob is looked up first, so a missing one is NotFound
+            # whatever its media type; a stored one of an unknown type is containerd's Unknown
+            await self.content.info(namespace, desc.digest)
             raise Unknown(f"failed to get stream processor for {desc.media_type}: no processor for media-type")
         if not mounts:
             raise InvalidArgument("no mounts to apply the layer onto: invalid argument")
@@ -171,7 +178,7 @@ class Differ:
                    ref: str, labels: dict[str, str], lease: str = "") -> Descriptor:
         media_type = media_type or LAYER_GZIP
         if media_type not in _COMPRESSION:
-            raise Unknown(f"unsupported diff media type: {media_type}: not implemented")
+            raise Unimplemented(f"unsupported diff media type: {media_type}: not implemented")  # containerd's code
         out = self.scratch / f"diff-{uuid.uuid4().hex}"
         try:
             async with self._mounted(readonly(left)) as lower, self._mounted(readonly(right)) as upper:
