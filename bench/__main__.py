@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from flotilla.testing import ContainerdPeer, PrivateSuite
 
-from .harness import Row, Target, run_workload, table
+from .harness import OPEN_BUS, Row, Target, run_workload, table
 from .workloads import all_workloads
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,7 +32,7 @@ def _machine() -> str:
     return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB, {cpu}, kernel {platform.release()}"
 
 
-def flotilla_target(suite: PrivateSuite) -> Target:
+def flotilla_target(suite: PrivateSuite, name: str = "flotilla") -> Target:
     def pids() -> dict[str, int]:
         out = {}
         for line in suite.suite.ctl("status").stdout.splitlines():
@@ -41,7 +42,7 @@ def flotilla_target(suite: PrivateSuite) -> Target:
         return out
     base = suite.base / "bench"
     base.mkdir(exist_ok=True)
-    return Target("flotilla", suite.address, base, pids, suite)
+    return Target(name, suite.address, base, pids, suite)
 
 
 def containerd_target(peer: ContainerdPeer) -> Target:
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         targets = [flotilla_target(suite), containerd_target(peer)]
         for w in workloads:
             try:
-                rows += run_workload(w, targets, log)
+                with contextlib.ExitStack() as stack:
+                    extra = []
+                    if OPEN_BUS in w.targets:  # up only for the workloads that compare with it
+                        extra.append(flotilla_target(stack.enter_context(PrivateSuite(auth=False)), OPEN_BUS))
+                    rows += run_workload(w, targets + extra, log)
             except Exception as exc:  # one broken workload must not cost the whole run
                 log(f"  {w.name}: FAILED: {exc!r}")
     text = table(rows)

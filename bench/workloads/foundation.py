@@ -13,7 +13,7 @@ from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2, n
 from flotilla._api.containerd.api.services.version.v1 import version_pb2_grpc
 from flotilla.testing import ContainerdPeer, PrivateSuite
 
-from ..harness import Target, Workload
+from ..harness import OPEN_BUS, Target, Workload
 
 _channels: dict[str, grpc.Channel] = {}
 
@@ -107,7 +107,8 @@ def workloads() -> list[Workload]:
             lambda ch: lambda: version_pb2_grpc.VersionStub(ch).Version(empty_pb2.Empty(), timeout=10)), repeat=1000),
         Workload("grpc Namespaces.List round trip", _grpc_call(
             lambda ch: lambda: namespace_pb2_grpc.NamespacesStub(ch).List(
-                namespace_pb2.ListNamespacesRequest(), timeout=10)), repeat=1000),
+                namespace_pb2.ListNamespacesRequest(), timeout=10)), repeat=1000,
+                 targets=("flotilla", "containerd", OPEN_BUS)),
         Workload("ctr version", _ctr("version"), repeat=20),
         Workload("ctr namespaces ls", _ctr("namespaces", "ls"), repeat=20),
         Workload("idle memory", _idle_memory, repeat=1, unit="MiB"),

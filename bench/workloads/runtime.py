@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.harness import Target, Workload
+from bench.harness import OPEN_BUS, Target, Workload
 
 _ROOTFS: Path | None = None
 DETACHED = 50
@@ -207,7 +207,7 @@ def exec_teardown(t: Target) -> None:
 def workloads() -> list[Workload]:
     return [
         Workload("runtime/ctr run --rm IMAGE true (default runtime)", run_rm_image, repeat=20,
-                 setup=image_setup, teardown=image_teardown),
+                 setup=image_setup, teardown=image_teardown, targets=("flotilla", "containerd", OPEN_BUS)),
         Workload("runtime/ctr run --rm true (default runtime)", run_rm(None), repeat=20),
         Workload("runtime/ctr run --rm true (runc)", run_rm("runc"), repeat=20),
         Workload("runtime/ctr run --rm true (crun)", run_rm("crun"), repeat=20),
