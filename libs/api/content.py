@@ -19,8 +19,10 @@ instance's own subjects ``<prefix>.content.i.<instance>.<method>``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -249,6 +251,10 @@ class Writer:
         self._writes: list[tuple[asyncio.Future[int], int]] = []
         self._backlog = 0
         self._changed = False    # bytes written or truncated since ``session`` was current
+        # when this writer last wrote: the data file's mtime comes from the kernel's coarse
+        # clock, up to a tick behind, and a status must not say the last write came before
+        # the caller made it (containerd's content test suite checks the window)
+        self._wrote_ns = 0
         self._committed = False  # the service ended the session at commit
         self._closing: asyncio.Future[None] | None = None
         # the service closes sessions nobody touches (their caller died): say we live
@@ -273,7 +279,8 @@ class Writer:
         if not self._changed:  # nothing happened since the service last said: no round trip
             return self.session
         await self.flush()
-        self.session = from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+        session = from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+        self.session = dataclasses.replace(session, updated_at=max(session.updated_at, self._wrote_ns))
         self._changed = False
         return self.session
 
@@ -284,12 +291,14 @@ class Writer:
         if closed:
             await closed
         self._changed = True
+        self._wrote_ns = time.time_ns()
         self.offset = self._synced = await self._call(W_TRUNCATE, SessionRequest(self.session.session))
 
     async def write(self, data: bytes | memoryview) -> int:
         """Append ``data``; returns the offset after it (calls may still be in flight)."""
         view = memoryview(data)
         self._changed = True
+        self._wrote_ns = time.time_ns()
         if self.local:
             loop = asyncio.get_running_loop()
             if self._file is None:

@@ -7,6 +7,7 @@ elsewhere they go as chunks over NATS. Same rules and status codes either way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -69,6 +70,10 @@ class ContentServicer(pbc_grpc.ContentServicer):
         self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
         self._files = BlobFiles(self._resolve)
         self._infos: RecordCache[Info] = RecordCache()
+        # writes whose stream ended and whose ref is being released, by (namespace, ref): a
+        # client that closes a writer and at once opens another on the same ref, or aborts
+        # it, must not find it still locked (containerd releases it as the stream ends)
+        self._releasing: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     @classmethod
     async def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
@@ -184,6 +189,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
     @unary("Content.Abort")
     async def Abort(self, request: pbc.AbortRequest, context: aio.ServicerContext) -> empty_pb2.Empty:
         ns = namespace(context)
+        await self._released(ns, request.ref)
         await self.content.abort(ns, request.ref)
         return empty_pb2.Empty()
 
@@ -200,6 +206,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         if not req.ref:
             raise InvalidArgument("first message must have a reference")
         ref, total, expected = req.ref, req.total, req.expected
+        await self._released(ns, ref)
         w: Writer = await self.content.writer(ns, ref, total, expected, _lease(context))
         try:
             while True:
@@ -250,7 +257,23 @@ class ContentServicer(pbc_grpc.ContentServicer):
                 except StopAsyncIteration:
                     return
         finally:
+            await self._release(ns, ref, w)
+
+    async def _release(self, ns: str, ref: str, w: Writer) -> None:
+        key = (ns, ref)
+        done = self._releasing[key] = asyncio.get_running_loop().create_future()
+        try:
             await w.close()
+        finally:
+            done.set_result(None)
+            if self._releasing.get(key) is done:
+                del self._releasing[key]
+
+    async def _released(self, ns: str, ref: str) -> None:
+        """Wait for this gateway's release of ``ref`` in progress, if any."""
+        pending = self._releasing.get((ns, ref))
+        if pending is not None:
+            await asyncio.shield(pending)
 
     async def _exists(self, ns: str, digest: str) -> bool:
         try:
