@@ -13,7 +13,7 @@ from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
-from . import h2grpc, health, pb
+from . import h2grpc, health, pb, ttrpc
 from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
@@ -50,7 +50,7 @@ def new_server() -> aio.Server | h2grpc.Server:
     return h2grpc.Server(max_message=MAX_MESSAGE)
 
 
-async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
+async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None) -> aio.Server | h2grpc.Server:
     server = new_server()
     hub = EventHub(bus, cfg.prefix)
     await hub.start()
@@ -59,7 +59,10 @@ async def build(bus: Bus, cfg: Config) -> aio.Server | h2grpc.Server:
     health.register(server)
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)
     pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
-    pb.events_grpc.add_EventsServicer_to_server(EventsServicer(hub), server)
+    events = EventsServicer(hub)
+    pb.events_grpc.add_EventsServicer_to_server(events, server)
+    if ttrpc_server is not None:  # the same servicer answers ttrpc's Events.Forward (docs/ttrpc.md)
+        ttrpc.register_events(ttrpc_server, events)
     containers = ContainerRecords(metadata, hub)
     ContainersServicer.register(server, containers, cfg.request_timeout)
     ImagesServicer.register(server, metadata, cfg.request_timeout, hub)
@@ -82,3 +85,10 @@ async def listen(server: aio.Server | h2grpc.Server, socket_path: str) -> None:
     await server.start()
     os.chmod(path, 0o660)
     log.info("serving containerd API on %s", path)
+
+
+async def listen_ttrpc(server: ttrpc.Server, socket_path: str) -> None:
+    """containerd's ttrpc endpoint beside the gRPC socket, where its clients look for it."""
+    path = socket_path + ".ttrpc"
+    await server.start(path, mode=0o660)
+    log.info("serving containerd ttrpc API on %s", path)
