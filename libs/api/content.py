@@ -190,6 +190,7 @@ class WriterSession:
 @dataclass
 class SessionRequest:
     session: str
+    updated_at: int = 0  # on w.close: when the writer last wrote (ns), kept with the ingest
 
 
 @dataclass
@@ -251,9 +252,9 @@ class Writer:
         self._writes: list[tuple[asyncio.Future[int], int]] = []
         self._backlog = 0
         self._changed = False    # bytes written or truncated since ``session`` was current
-        # when this writer last wrote: the data file's mtime comes from the kernel's coarse
-        # clock, up to a tick behind, and a status must not say the last write came before
-        # the caller made it (containerd's content test suite checks the window)
+        # when this writer last wrote, as containerd's writer keeps it: the data file's mtime
+        # comes from the kernel's coarse clock (a tick early) and local bytes reach the file
+        # behind our answer (late); containerd's content test suite checks the window
         self._wrote_ns = 0
         self._committed = False  # the service ended the session at commit
         self._closing: asyncio.Future[None] | None = None
@@ -280,7 +281,8 @@ class Writer:
             return self.session
         await self.flush()
         session = from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
-        self.session = dataclasses.replace(session, updated_at=max(session.updated_at, self._wrote_ns))
+        # our own last write is when it came (the file may be written behind our answer)
+        self.session = dataclasses.replace(session, updated_at=self._wrote_ns or session.updated_at)
         self._changed = False
         return self.session
 
@@ -417,7 +419,7 @@ class Writer:
         if self._committed:
             return
         try:
-            await self._call(W_CLOSE, SessionRequest(self.session.session), timeout=5.0)
+            await self._call(W_CLOSE, SessionRequest(self.session.session, self._wrote_ns), timeout=5.0)
         except FlotillaError:
             pass  # the session ends on the service's idle timeout anyway
 

@@ -30,6 +30,10 @@ class IngestMeta:
     expected: str = ""
     lease: str = ""
     started_at: int = 0
+    # when its last writer last wrote, said at its close (ns; 0: not said): as containerd's
+    # "updatedat" file, since the data file's mtime may come a tick early or, for bytes
+    # written behind the writer's answer, late
+    updated_at: int = 0
 
 
 def ingest_dir(root: Path, namespace: str, ref: str) -> Path:

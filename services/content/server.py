@@ -122,8 +122,9 @@ class ContentServer:
         return info
 
     async def w_close(self, req: dict[str, Any]) -> Any:
-        sid = from_wire(api.SessionRequest, req).session
-        await asyncio.to_thread(self.store.w_close, sid)
+        close = from_wire(api.SessionRequest, req)
+        sid = close.session
+        await asyncio.to_thread(self.store.w_close, sid, close.updated_at)
         await self._forget(sid)
         return None
 

@@ -95,6 +95,7 @@ class Session:
     fd: int = -1                   # the data file, read-write
     hasher: Hasher = field(default_factory=Hasher)
     offset: int = 0                # bytes the data file holds for this session
+    updated_at: int = 0            # last write said or seen here (ns), 0: the data file's mtime
     touched: float = field(default_factory=time.monotonic)
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
@@ -274,7 +275,7 @@ class ContentStore:
     def _status(self, path: Path, meta: IngestMeta) -> Status:
         try:
             st = os.stat(path / "data")
-            offset, updated = st.st_size, st.st_mtime_ns
+            offset, updated = st.st_size, meta.updated_at or st.st_mtime_ns
         except FileNotFoundError:
             offset, updated = 0, meta.started_at
         return Status(ref=meta.ref, offset=offset, total=meta.total, expected=meta.expected,
@@ -353,7 +354,7 @@ class ContentStore:
         if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
                 and not (req.total > 0 and meta.total > 0 and req.total != meta.total):
             # resume: the data file is the truth; hash it again (hashlib has no saved state)
-            s.started_at, s.total = meta.started_at, meta.total or req.total
+            s.started_at, s.total, s.updated_at = meta.started_at, meta.total or req.total, meta.updated_at
             s.expected = meta.expected or req.expected
             if req.lease and req.lease != meta.lease:
                 meta.lease = req.lease
@@ -370,8 +371,8 @@ class ContentStore:
         if with_file and s.fd >= 0:
             st = os.fstat(s.fd)
             f = LocalFile(str(s.path / "data"), st.st_dev, st.st_ino, st.st_size)
-        updated = s.started_at
-        if s.fd >= 0:
+        updated = s.updated_at or s.started_at
+        if s.fd >= 0 and not s.updated_at:
             updated = os.fstat(s.fd).st_mtime_ns
         digest = s.shared.digest if s.shared else ""
         if not s.shared and s.fd >= 0:
@@ -410,6 +411,7 @@ class ContentStore:
             if s.hasher.offset == offset:
                 s.hasher.update(data)
             s.offset = pos
+            s.updated_at = time.time_ns()
             return s.offset
 
     def w_sync(self, sid: str, offset: int) -> int:
@@ -433,6 +435,7 @@ class ContentStore:
                 os.ftruncate(s.fd, 0)
                 s.hasher.reset()
             s.offset = 0 if s.shared is None else s.offset
+            s.updated_at = time.time_ns()
             return s.offset
 
     def w_commit(self, sid: str, size: int, expected: str, labels: dict[str, str]) -> Info:
@@ -513,13 +516,20 @@ class ContentStore:
             return
         os.close(s.lock_fd)
 
-    def w_close(self, sid: str) -> None:
+    def w_close(self, sid: str, updated_at: int = 0) -> None:
+        """End session ``sid``, keeping its ingest; ``updated_at``: when its writer last wrote."""
         s = self.sessions.get(sid)
         if s is None:
             return
         with s.mutex:
-            if s.id in self.sessions:
-                self._end(s, remove=False)
+            if s.id not in self.sessions:
+                return
+            updated_at = updated_at or s.updated_at
+            meta = read_meta(s.path) if updated_at and s.shared is None else None
+            if meta is not None and meta.updated_at != updated_at:
+                meta.updated_at = updated_at
+                write_meta(s.path, meta)
+            self._end(s, remove=False)
 
     def expire(self, idle: float) -> list[str]:
         """Close sessions nobody has used for ``idle`` seconds (their caller is gone)."""

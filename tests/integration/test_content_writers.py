@@ -75,3 +75,26 @@ def test_a_writers_status_says_the_last_write_came_when_it_came(suite: PrivateSu
     finally:
         stub.Abort(pbc.AbortRequest(ref=ref), metadata=_md(), timeout=10)
         channel.close()
+
+
+def test_a_resumed_writer_reports_the_last_write_of_the_one_before(suite: PrivateSuite) -> None:
+    """checkResumeWriter: the status of a writer reopened on a ref is the one before its close."""
+    channel, stub = _stub(suite)
+    ref = "resume-" + uuid.uuid4().hex[:8]
+    outside = []
+    try:
+        for i in range(10):
+            before = time.time_ns()
+            list(stub.Write(iter([pbc.WriteContentRequest(action=pbc.WRITE, ref=ref, offset=i, data=b"y")]),
+                            metadata=_md(), timeout=10))
+            after = time.time_ns()
+            time.sleep(0.005)  # more than a tick of the kernel's coarse clock
+            stat = list(stub.Write(iter([pbc.WriteContentRequest(action=pbc.STAT, ref=ref)]),
+                                   metadata=_md(), timeout=10))[0]
+            updated = stat.updated_at.seconds * 10**9 + stat.updated_at.nanos
+            if stat.offset != i + 1 or not before <= updated <= after:
+                outside.append((before, updated, after, stat.offset))
+        assert outside == []
+    finally:
+        stub.Abort(pbc.AbortRequest(ref=ref), metadata=_md(), timeout=10)
+        channel.close()
