@@ -72,6 +72,10 @@ class CreateTask:
     rootfs: list[Mount] = field(default_factory=list)
     stdio: Stdio = field(default_factory=Stdio)
     checkpoint: str = ""                   # a directory of CRIU images to restore from
+    # the rest of the runc options (containerd.runc.v1.Options, or v1's RuncOptions and CreateOptions)
+    root: str = ""                         # Root / RuntimeRoot: the runtime's --root, per namespace below it
+    systemd_cgroup: bool = False           # SystemdCgroup: the runtime's --systemd-cgroup
+    shim_cgroup: str = ""                  # ShimCgroup: an existing cgroup the task's supervisors join
 
 
 @dataclass

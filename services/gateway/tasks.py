@@ -18,6 +18,7 @@ from grpc import aio
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
 from flotilla._api.containerd.api.types.task import task_pb2
+from flotilla._api.containerd.runtime.linux.runctypes import runc_pb2
 from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
 from flotilla.libs.api.runtime import (
@@ -26,7 +27,7 @@ from flotilla.libs.api.runtime import (
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented
+from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented, Unknown
 
 from .containers import ContainerRecords
 from .events import EventHub
@@ -37,6 +38,9 @@ from .rpc import namespace, timeout, unary
 _STATUS = {"unknown": task_pb2.UNKNOWN, "created": task_pb2.CREATED, "running": task_pb2.RUNNING,
            "stopped": task_pb2.STOPPED, "paused": task_pb2.PAUSED, "pausing": task_pb2.PAUSING}
 RUNC_OPTIONS = "containerd.runc.v1.Options"
+RUNC_V1_OPTIONS = "containerd.linux.runc.RuncOptions"      # v1 linux runtime: the container's
+RUNC_V1_CREATE = "containerd.linux.runc.CreateOptions"     # v1 linux runtime: the task's
+RUNTIME_V1 = "io.containerd.runtime.v1."
 PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
 
 
@@ -102,16 +106,38 @@ def _process_pb(info: ProcessInfo) -> task_pb2.Process:
     return p
 
 
-def _runc_binary(any_msg: Any) -> str:
-    """BinaryName from runc options carried as an Any (container runtime or task options)."""
-    if any_msg is None or not getattr(any_msg, "value", b""):
-        return ""
-    if not str(any_msg.type_url).endswith(RUNC_OPTIONS):
-        return ""
+def _type_name(any_msg: Any) -> str:
+    return str(any_msg.type_url).rsplit("/", 1)[-1] if any_msg is not None else ""
+
+
+def _decode(any_msg: Any, cls: type[Message]) -> Any:
     try:
-        return oci_pb2.Options.FromString(any_msg.value).binary_name
+        return cls.FromString(any_msg.value)
     except DecodeError:
         raise InvalidArgument("invalid task create option for runc: invalid argument") from None
+
+
+def _runc_options(runtime: str, task_opts: Any, container_opts: Any) -> dict[str, Any]:
+    """The runc options of a create, as CreateTask's fields, read as containerd's runtimes read
+    them. runc v2 shims take the task's options if it has any, else the container's (never a
+    mix). The v1 linux runtime takes RuncOptions from the container (anything else is refused)
+    and its ShimCgroup from the task's CreateOptions."""
+    if runtime.startswith(RUNTIME_V1):
+        out: dict[str, Any] = {}
+        if _type_name(container_opts):
+            if _type_name(container_opts) != RUNC_V1_OPTIONS:
+                raise Unknown("invalid runtime options format: unknown")
+            ropts = _decode(container_opts, runc_pb2.RuncOptions)
+            out.update(binary=ropts.runtime, root=ropts.runtime_root, systemd_cgroup=ropts.systemd_cgroup)
+        if _type_name(task_opts) == RUNC_V1_CREATE:
+            out["shim_cgroup"] = _decode(task_opts, runc_pb2.CreateOptions).shim_cgroup
+        return out
+    chosen = task_opts if _type_name(task_opts) else container_opts
+    if _type_name(chosen) != RUNC_OPTIONS:
+        return {}
+    opts = _decode(chosen, oci_pb2.Options)
+    return {"binary": opts.binary_name, "root": opts.root, "systemd_cgroup": opts.systemd_cgroup,
+            "shim_cgroup": opts.shim_cgroup}
 
 
 def _with_container_check(fn):  # type: ignore[no-untyped-def]
@@ -175,8 +201,9 @@ class TasksServicer(pbt_grpc.TasksServicer):
         ns = namespace(context)
         self._deleted.drop((ns, request.container_id))
         container = await self.containers.get(ns, request.container_id, timeout(context, self.default_timeout))
-        binary = request.runtime_path or _runc_binary(request.options if request.HasField("options") else None) \
-            or _runc_binary(container.runtime.options)
+        opts = _runc_options(container.runtime.name, request.options if request.HasField("options") else None,
+                             container.runtime.options)
+        binary = request.runtime_path or opts.pop("binary", "")
         checkpoint = ""
         if request.HasField("checkpoint") and request.checkpoint.digest:
             raise Unimplemented("restore from a checkpoint image: not implemented by flotilla yet")
@@ -184,7 +211,8 @@ class TasksServicer(pbt_grpc.TasksServicer):
             namespace=ns, id=request.container_id, spec=container.spec.value if container.spec else b"",
             runtime=container.runtime.name, binary=binary,
             rootfs=[Mount(m.type, m.source, m.target, list(m.options)) for m in request.rootfs],
-            stdio=Stdio(request.stdin, request.stdout, request.stderr, request.terminal), checkpoint=checkpoint))
+            stdio=Stdio(request.stdin, request.stdout, request.stderr, request.terminal), checkpoint=checkpoint,
+            **opts))
         return pbt.CreateTaskResponse(container_id=request.container_id, pid=info.pid)
 
     @unary("Tasks.Start")

@@ -147,3 +147,58 @@ def stats(cgroups_path: str) -> tuple[str, dict[str, Any]]:
     if unified():
         return "v2", v2_stats(cgroups_path)
     return "v1", v1_stats(cgroups_path)
+
+
+class JoinFailed(Exception):
+    """A supervisor could not join the client's ShimCgroup; the text is containerd's."""
+
+
+def join(path: str, pid: int) -> None:
+    """Move ``pid`` into the existing cgroup ``path`` (runc options' ShimCgroup), as
+    containerd's shim start does: on cgroup v2 the unified hierarchy; on v1 every hierarchy
+    that has the path, at least one (containerd's cgroups.Load), never the hybrid ``unified``."""
+    if unified():
+        if not path.startswith("/"):
+            raise JoinFailed(f"failed to load cgroup {path}: cgroups: invalid group path")
+        targets = [ROOT / path.lstrip("/")]
+    else:
+        seen: set[Path] = set()
+        targets = []
+        for h in sorted(ROOT.iterdir()):
+            real = h.resolve()  # cpu and cpuacct are links to one hierarchy
+            if h.name == "unified" or real in seen or not (real / path.lstrip("/")).is_dir():
+                continue
+            seen.add(real)
+            targets.append(real / path.lstrip("/"))
+        if not targets:
+            raise JoinFailed(f"failed to load cgroup {path}: cgroups: cgroup deleted")
+    for d in targets:
+        try:
+            (d / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise JoinFailed(f"failed to join cgroup {path}: open {d / 'cgroup.procs'}: "
+                             f"{os.strerror(exc.errno or 0).lower()}") from None
+
+
+def _expand_slice(slice_: str) -> str:
+    """systemd's slice nesting, as runc expands it: ``a-b.slice`` is ``/a.slice/a-b.slice``."""
+    name = slice_.removesuffix(".slice")
+    if name == "-" or not name:
+        return ""
+    path, prefix = "", ""
+    for part in name.split("-"):
+        path += f"/{prefix}{part}.slice"
+        prefix += f"{part}-"
+    return path
+
+
+def systemd_path(cgroups_path: str) -> str:
+    """Where runc's systemd driver puts ``slice:prefix:name`` (what ``--systemd-cgroup`` takes),
+    so the task's metrics and OOM counts are read from the right directory; any other path is
+    returned as it is."""
+    parts = cgroups_path.split(":")
+    if len(parts) != 3:
+        return cgroups_path
+    slice_, prefix, name = parts
+    unit = name if name.endswith(".slice") else f"{prefix}-{name}.scope"
+    return f"{_expand_slice(slice_ or 'system.slice')}/{unit}"

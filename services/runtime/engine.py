@@ -24,40 +24,18 @@ from flotilla.libs.api.runtime import (
     TaskMetrics, task_not_found,
 )
 from flotilla.libs.errors import (
-    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown,
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
 )
 from flotilla.libs.identifiers import validate_identifier
 
 from . import cgroups, mounts, supervisor
-from .oci import OciRuntime, RuntimeFailed, log_error, preferred_binary
+from .choice import RUNC_V2, binary_for, create_failed, default_binary, spawn_error, unknown
+from .oci import OciRuntime, RuntimeFailed, exec_error
 from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
 
 log = logging.getLogger("flotilla.runtime")
 
 Publish = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
-RUNC_V2 = "io.containerd.runc.v2"
-
-
-def default_binary() -> str:
-    """The OCI runtime used when the container names none: ``FLOTILLA_OCI_RUNTIME``, where
-    ``auto`` (the default) is crun if it loses nothing against runc on this host, else runc."""
-    name = os.environ.get("FLOTILLA_OCI_RUNTIME", "auto")
-    return preferred_binary() if name == "auto" else name
-
-
-def binary_for(runtime_name: str, binary: str) -> str:
-    """runc options' BinaryName wins; a runtime name mentioning crun or runc selects it."""
-    if binary:
-        return binary
-    last = runtime_name.rsplit("/", 1)[-1]
-    for known in ("crun", "runc"):
-        if known in last and last != RUNC_V2 and "runc.v1" not in last:
-            return known
-    return default_binary()
-
-
-def _unknown(text: str) -> Unknown:
-    return Unknown(text if text.endswith(": unknown") else f"{text}: unknown")
 
 
 def _set_console_size(process_json: Path, width: int, height: int) -> None:
@@ -173,7 +151,9 @@ class Engine:
 
     async def create(self, ns: str, id: str, spec_json: bytes, runtime_name: str = RUNC_V2, binary: str = "",
                      rootfs: list[Mount] | None = None, stdio: Stdio | None = None,
-                     checkpoint: str = "") -> ProcessInfo:
+                     checkpoint: str = "", root: str = "", systemd_cgroup: bool = False,
+                     shim_cgroup: str = "") -> ProcessInfo:
+        """``binary``, ``root``, ``systemd_cgroup``, ``shim_cgroup``: the runc options' (v1's too)."""
         validate_identifier(ns)
         validate_identifier(id)
         stdio = stdio or Stdio()
@@ -184,15 +164,20 @@ class Engine:
             spec = json.loads(spec_json or b"null")
         except ValueError as exc:
             # containerd's shim fails to read such a spec and answers Unknown
-            raise _unknown(f"failed to start shim: invalid OCI spec: {exc}") from None
+            raise unknown(f"failed to start shim: invalid OCI spec: {exc}") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
-            raise _unknown("failed to start shim: invalid OCI spec: no process")
+            raise unknown("failed to start shim: invalid OCI spec: no process")
         bundle = self._bundle(ns, id)
-        name = binary_for(runtime_name, binary)
-        oci = OciRuntime(name, self.base / "oci" / Path(name).name / ns)
+        name = binary_for(runtime_name, binary, root)
+        # a Root option is the runtime's root for every namespace, as containerd's shims use it
+        oci = OciRuntime(name, Path(root) / ns if root else self.base / "oci" / Path(name).name / ns,
+                         systemd_cgroup)
+        cgroups_path = str((spec.get("linux") or {}).get("cgroupsPath") or "")
         rec = TaskRecord(namespace=ns, id=id, runtime_name=runtime_name or RUNC_V2, binary=name,
-                         root=str(oci.root), cgroups_path=str((spec.get("linux") or {}).get("cgroupsPath") or ""),
-                         rootfs=rootfs, checkpoint=checkpoint, init=ProcRecord(stdio=stdio))
+                         root=str(oci.root),
+                         cgroups_path=cgroups.systemd_path(cgroups_path) if systemd_cgroup else cgroups_path,
+                         rootfs=rootfs, checkpoint=checkpoint, init=ProcRecord(stdio=stdio),
+                         systemd_cgroup=systemd_cgroup, shim_cgroup=shim_cgroup)
         task = Task(bundle, rec, Proc(bundle, rec.init))
         self.tasks[(ns, id)] = task  # reserved: a concurrent create of the same id fails
         try:
@@ -214,7 +199,8 @@ class Engine:
             if bundle.exists():  # left by a task whose delete was interrupted
                 mounts.remove_bundle_now(bundle)
             (bundle / "rootfs").mkdir(parents=True)
-            oci.root.mkdir(parents=True, exist_ok=True)
+            if not exec_error(oci.binary):  # a binary that cannot run gets no root dir left behind
+                oci.root.mkdir(parents=True, exist_ok=True)
             (bundle / "config.json").write_bytes(spec_json)
             if rec.rootfs:
                 mounts.mount_rootfs(rec.rootfs, bundle / "rootfs")
@@ -223,8 +209,8 @@ class Engine:
         try:
             if not await asyncio.to_thread(prepare):
                 # runc's check, done here for every runtime: crun fails later, on a confusing cgroup error
-                raise _unknown(f"failed to create shim task: OCI runtime create failed: {oci.name} create failed: "
-                               f"invalid rootfs: stat {root}: no such file or directory")
+                raise create_failed(rec.runtime_name, f"OCI runtime create failed: {oci.name} create failed: "
+                                     f"invalid rootfs: stat {root}: no such file or directory")
             logf = bundle / "log.json"
             if rec.checkpoint:
                 cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
@@ -237,19 +223,37 @@ class Engine:
             try:
                 started = await supervisor.spawn(self.shim, bundle, rec.init.stdio, argv, oci.hides_cgroup2)
             except supervisor.SupervisorFailed as exc:
-                text = await asyncio.to_thread(log_error, logf) or str(exc)
+                text = await asyncio.to_thread(spawn_error, logf, oci, exc)
                 verb = "restore" if rec.checkpoint else "create"
                 # runc's message already says "runc create failed: ...", as containerd shows it
-                raise _unknown(f"failed to create shim task: OCI runtime {verb} failed: {text}") from None
+                raise create_failed(rec.runtime_name, f"OCI runtime {verb} failed: {text}") from None
             rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
+            if rec.shim_cgroup:
+                try:
+                    await asyncio.to_thread(cgroups.join, rec.shim_cgroup, started.shim_pid)
+                except cgroups.JoinFailed as exc:  # containerd fails its shim's start so
+                    raise unknown(f"failed to start shim: start failed: {exc}") from None
             rec.init.started = bool(rec.checkpoint)
             task.init.status = RUNNING if rec.checkpoint else CREATED
             await asyncio.to_thread(task.save)
         except BaseException:
-            await oci.delete(rec.id, force=True)
-            await mounts.remove_bundle(bundle)
+            await self._undo_create(oci, rec.id, bundle, rec.init.shim_pid)
             raise
         self._watch(task, task.init)
+
+    async def _undo_create(self, oci: OciRuntime, id: str, bundle: Path, shim_pid: int = 0) -> None:
+        """Leave nothing of a create that failed half-way (container, supervisor, rootfs mount,
+        bundle), whatever the runtime answers: its binary may be missing, say."""
+        try:
+            await oci.delete(id, force=True)
+        except (RuntimeFailed, OSError) as exc:
+            log.warning("deleting %s after its failed create: %s", id, exc)
+        if shim_pid:  # it leaves once the killed process is reaped; it writes in the bundle till then
+            try:
+                await asyncio.wait_for(supervisor.watch(shim_pid), 10)
+            except asyncio.TimeoutError:
+                log.warning("the supervisor of %s outlived its failed create", id)
+        await mounts.remove_bundle(bundle)
 
     async def start(self, ns: str, id: str, exec_id: str = "") -> ProcessInfo:
         task = self._task(ns, id)
@@ -258,13 +262,13 @@ class Engine:
         proc = task.init
         async with task.lock, proc.lock:
             if proc.status == RUNNING or proc.status == PAUSED:
-                raise _unknown(f"cannot start a {'running' if proc.status == RUNNING else 'paused'} process")
+                raise unknown(f"cannot start a {'running' if proc.status == RUNNING else 'paused'} process")
             if proc.status == STOPPED:
-                raise _unknown("cannot start a stopped process")
+                raise unknown("cannot start a stopped process")
             try:
                 await task.oci.start(id)
             except RuntimeFailed as exc:
-                raise _unknown(f"OCI runtime start failed: {exc.text}") from None
+                raise unknown(f"OCI runtime start failed: {exc.text}") from None
             proc.status = RUNNING
             proc.rec.started = True  # not saved: after a restart, runc state says running
             await self._event("/tasks/start", ns, "TaskStart", container_id=id, pid=proc.rec.pid)
@@ -274,9 +278,9 @@ class Engine:
         id = task.rec.id
         async with proc.lock:
             if proc.rec.started:
-                raise _unknown("cannot start a running process" if proc.exit is None else "cannot start a stopped process")
+                raise unknown("cannot start a running process" if proc.exit is None else "cannot start a stopped process")
             if task.init.status != RUNNING:
-                raise _unknown(f"cannot exec in a {task.init.status} state")
+                raise unknown(f"cannot exec in a {task.init.status} state")
             if proc.rec.stdio.terminal and proc.pending_size is not None:
                 # the runtime sizes the pty before the process runs: a resize sent after could
                 # come too late for a process that asks at once
@@ -290,9 +294,14 @@ class Engine:
             try:
                 started = await supervisor.spawn(self.shim, proc.dir, proc.rec.stdio, argv)
             except supervisor.SupervisorFailed as exc:
-                text = await asyncio.to_thread(log_error, logf) or str(exc)
-                raise _unknown(f"OCI runtime exec failed: {text}") from None
+                text = await asyncio.to_thread(spawn_error, logf, task.oci, exc)
+                raise unknown(f"OCI runtime exec failed: {text}") from None
             proc.rec.pid, proc.rec.shim_pid, proc.rec.started = started.pid, started.shim_pid, True
+            if task.rec.shim_cgroup:  # containerd's one shim holds its execs' stdio in that cgroup too
+                try:
+                    await asyncio.to_thread(cgroups.join, task.rec.shim_cgroup, started.shim_pid)
+                except cgroups.JoinFailed as exc:
+                    log.warning("exec %s of %s: %s", proc.rec.exec_id, id, exc)
             proc.status = RUNNING
             try:
                 await self._give_size(proc)
@@ -312,7 +321,7 @@ class Engine:
         async with task.lock:
             if proc.status in (RUNNING, PAUSED):
                 state = "running" if proc.status == RUNNING else "paused"
-                raise _unknown(f"failed to delete task: cannot delete a {state} process")
+                raise unknown(f"failed to delete task: cannot delete a {state} process")
             # a created task is killed and removed, as containerd's createdState.Delete does:
             # by the release's forced delete, the one its exit would have started
             created = proc.status == CREATED and proc.exit is None
@@ -325,7 +334,7 @@ class Engine:
                 await asyncio.shield(self._release(task))
             except RuntimeFailed as exc:
                 task.released = None  # the next delete tries again
-                raise _unknown(f"failed to delete task: {exc.text}") from None
+                raise unknown(f"failed to delete task: {exc.text}") from None
             if created:
                 await proc.exited.wait()  # set once its watcher has reported the exit
             await mounts.remove_bundle(task.bundle)
@@ -339,7 +348,7 @@ class Engine:
     async def _delete_exec(self, task: Task, exec_id: str) -> Exit:
         proc = self._proc(task, exec_id)
         if proc.rec.started and proc.exit is None:
-            raise _unknown("cannot delete a running process")
+            raise unknown("cannot delete a running process")
         task.execs.pop(exec_id, None)
         await asyncio.to_thread(shutil.rmtree, proc.dir, True)
         return proc.exit or Exit(True, 0, 0, 0)
@@ -401,15 +410,15 @@ class Engine:
         async with task.lock:
             status = task.init.status
             if status == CREATED:
-                raise _unknown("cannot pause task in created state")
+                raise unknown("cannot pause task in created state")
             if status == PAUSED:
-                raise _unknown("cannot pause a paused container")
+                raise unknown("cannot pause a paused container")
             if status == STOPPED:
-                raise _unknown("cannot pause a stopped container")
+                raise unknown("cannot pause a stopped container")
             try:
                 await task.oci.pause(id)
             except RuntimeFailed as exc:
-                raise _unknown(exc.text) from None
+                raise unknown(exc.text) from None
             task.init.status = PAUSED
         await self._event("/tasks/paused", ns, "TaskPaused", container_id=id)
 
@@ -418,15 +427,15 @@ class Engine:
         async with task.lock:
             status = task.init.status
             if status == CREATED:
-                raise _unknown("cannot resume task in created state")
+                raise unknown("cannot resume task in created state")
             if status == RUNNING:
-                raise _unknown("cannot resume a running process")
+                raise unknown("cannot resume a running process")
             if status == STOPPED:
-                raise _unknown("cannot resume a stopped container")
+                raise unknown("cannot resume a stopped container")
             try:
                 await task.oci.resume(id)
             except RuntimeFailed as exc:
-                raise _unknown(exc.text) from None
+                raise unknown(exc.text) from None
             task.init.status = RUNNING
         await self._event("/tasks/resumed", ns, "TaskResumed", container_id=id)
 
@@ -438,7 +447,7 @@ class Engine:
         if exec_id in task.execs:
             raise AlreadyExists(f"id {exec_id}: already exists")
         if task.init.status != RUNNING:
-            raise _unknown(f"cannot exec in a {task.init.status} state")
+            raise unknown(f"cannot exec in a {task.init.status} state")
         try:
             process = json.loads(spec_json or b"null")
         except ValueError as exc:
@@ -447,6 +456,7 @@ class Engine:
             raise InvalidArgument("invalid process spec: args must not be empty: invalid argument")
         d = task.bundle / "execs" / exec_id
         proc = Proc(d, ProcRecord(exec_id=exec_id, stdio=stdio or Stdio()))
+        process["terminal"] = proc.rec.stdio.terminal  # the request's wins, as in containerd's shim
         task.execs[exec_id] = proc
 
         def write() -> None:
@@ -469,10 +479,15 @@ class Engine:
     async def resize(self, ns: str, id: str, exec_id: str, width: int, height: int) -> None:
         proc = self._proc(self._task(ns, id), exec_id)
         if proc.exit is not None:
-            raise _unknown("cannot resize a stopped container")
+            if exec_id:
+                raise unknown("cannot resize a stopped container")
+            return  # containerd's init keeps its console until the delete: resizing it succeeds
         if proc.rec.stdio.terminal:
             proc.pending_size = (width, height)
-            await self._give_size(proc)
+            try:
+                await self._give_size(proc)
+            except NotFound:
+                pass  # the supervisor is just gone, its exit not yet seen: as containerd, accept
 
     async def _give_size(self, proc: Proc) -> None:
         """Send the supervisor the last size asked, once it runs (a start calls this too)."""
@@ -482,14 +497,19 @@ class Engine:
                 await asyncio.to_thread(self._ctl, proc, f"resize {width} {height}\n")
 
     async def close_io(self, ns: str, id: str, exec_id: str) -> None:
+        """containerd closes its end of stdin in any state, so this never fails for a process
+        that exists: one whose supervisor is gone (its stdin's EOF ended it) has nothing to close."""
         proc = self._proc(self._task(ns, id), exec_id)
         if proc.exit is None and proc.rec.shim_pid:
-            await asyncio.to_thread(self._ctl, proc, "closestdin\n")
+            try:
+                await asyncio.to_thread(self._ctl, proc, "closestdin\n")
+            except NotFound:
+                pass
 
     async def update(self, ns: str, id: str, resources: bytes) -> None:
         task = self._task(ns, id)
         if task.init.exit is not None:
-            raise _unknown("cannot update a stopped container")
+            raise unknown("cannot update a stopped container")
         try:
             json.loads(resources or b"{}")
         except ValueError as exc:
@@ -497,15 +517,15 @@ class Engine:
         try:
             await task.oci.update(id, resources or b"{}")
         except RuntimeFailed as exc:
-            raise _unknown(exc.text) from None
+            raise unknown(exc.text) from None
 
     async def checkpoint(self, ns: str, id: str, path: str = "", exit: bool = False,
                          work_path: str = "") -> CheckpointResult:
         task = self._task(ns, id)
         if task.init.status == CREATED:
-            raise _unknown("cannot checkpoint a task in created state")
+            raise unknown("cannot checkpoint a task in created state")
         if task.init.status == STOPPED:
-            raise _unknown("cannot checkpoint a stopped container")
+            raise unknown("cannot checkpoint a stopped container")
         image = Path(path) if path else task.bundle / "checkpoint" / str(time.time_ns())
         work = Path(work_path) if work_path else task.bundle / "criu-work"
         await asyncio.to_thread(image.mkdir, parents=True, exist_ok=True)
@@ -514,11 +534,11 @@ class Engine:
             await task.oci.checkpoint(id, image, work, leave_running=not exit)
         except RuntimeFailed as exc:
             if "unknown command" in exc.text:  # Debian's crun is built without CRIU
-                raise _unknown(f"{task.oci.name} cannot checkpoint (built without CRIU): create the task with "
+                raise unknown(f"{task.oci.name} cannot checkpoint (built without CRIU): create the task with "
                                "runc to checkpoint it (ctr run --runc-binary runc)") from None
             # CRIU's own reason is in its dump log; containerd names that log too
             text = exc.text if "dump.log" in exc.text else f"{exc.text}; log file: {work / 'dump.log'}"
-            raise _unknown(text) from None
+            raise unknown(text) from None
         await self._event("/tasks/checkpointed", ns, "TaskCheckpointed", container_id=id, checkpoint=str(image))
         return CheckpointResult(str(image))
 
@@ -548,8 +568,7 @@ class Engine:
                 continue
             if not task.rec.init.shim_pid:
                 # we died inside its create: the client got no task, so none may be left running
-                await task.oci.delete(task.rec.id, force=True)
-                await mounts.remove_bundle(bundle)
+                await self._undo_create(task.oci, task.rec.id, bundle)
                 continue
             for d in await asyncio.to_thread(lambda: sorted((bundle / "execs").glob("*/proc.json"))):
                 try:

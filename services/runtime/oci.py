@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -78,10 +79,22 @@ class RuntimeFailed(Exception):
         self.text = text
 
 
+def exec_error(binary: str) -> str:
+    """Why ``binary`` cannot be run, in the words of Go's exec (what containerd's go-runc
+    reports), or "" when it can."""
+    if "/" not in binary:
+        return "" if shutil.which(binary) else f'exec: "{binary}": executable file not found in $PATH'
+    if os.path.isfile(binary) and os.access(binary, os.X_OK):
+        return ""
+    reason = "permission denied" if os.path.exists(binary) else "no such file or directory"
+    return f"fork/exec {binary}: {reason}"
+
+
 @dataclass(frozen=True)
 class OciRuntime:
     binary: str         # "runc", "crun" or a path
     root: Path          # its state root (--root), one per binary and namespace
+    systemd_cgroup: bool = False  # runc options' SystemdCgroup: cgroups through systemd
 
     @property
     def path(self) -> str:
@@ -98,10 +111,14 @@ class OciRuntime:
         return self.name == "crun" and cgroups.hybrid_with_v2_controllers()
 
     def argv(self, *args: str) -> list[str]:
-        return [self.path, "--root", str(self.root), *args]
+        systemd = ["--systemd-cgroup"] if self.systemd_cgroup else []  # a global flag, as go-runc passes it
+        return [self.path, "--root", str(self.root), *systemd, *args]
 
     async def run(self, *args: str, stdin: bytes | None = None) -> str:
-        res = await proc.run(self.argv(*args), stdin, runtime=True)
+        try:
+            res = await proc.run(self.argv(*args), stdin, runtime=True)
+        except OSError as exc:  # the binary is gone or cannot be run
+            raise RuntimeFailed(exec_error(self.binary) or str(exc)) from None
         if res.returncode != 0:
             raise RuntimeFailed(error_text(res.stderr.decode(errors="replace")))
         return res.stdout.decode(errors="replace")

@@ -20,7 +20,8 @@ class RuntimeServer:
     async def create(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.CreateTask, req)
         return await self.engine.create(r.namespace, r.id, r.spec, r.runtime, r.binary, r.rootfs, r.stdio,
-                                        r.checkpoint)
+                                        r.checkpoint, root=r.root, systemd_cgroup=r.systemd_cgroup,
+                                        shim_cgroup=r.shim_cgroup)
 
     async def start(self, req: dict[str, Any]) -> Any:
         r = from_wire(api.ProcessRef, req)

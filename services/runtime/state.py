@@ -4,7 +4,7 @@ Layout (all under ``<state>/runtime``):
   tasks/<ns>/<id>/                 the task's bundle: config.json, rootfs/, task.json,
                                    and its supervisor's files: pid, exit, ctl, log.json
   tasks/<ns>/<id>/execs/<exec>/    one exec'd process: process.json, proc.json, pid, exit, ctl
-  oci/<binary>/<ns>/               the OCI runtime's own --root
+  oci/<binary>/<ns>/               the OCI runtime's own --root (unless runc options name a Root)
 A process' ``exit`` file is written by its supervisor; ``exit.reported`` marks that
 /tasks/exit was published, so a restarted service reports each exit exactly once.
 """
@@ -95,6 +95,8 @@ class TaskRecord:
     rootfs: list[Mount] = field(default_factory=list)
     checkpoint: str = ""
     init: ProcRecord = field(default_factory=ProcRecord)
+    systemd_cgroup: bool = False          # runc options': every runtime command takes --systemd-cgroup
+    shim_cgroup: str = ""                 # runc options': the cgroup each supervisor joins
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Task:
 
     @property
     def oci(self) -> OciRuntime:
-        return OciRuntime(self.rec.binary, Path(self.rec.root))
+        return OciRuntime(self.rec.binary, Path(self.rec.root), self.rec.systemd_cgroup)
 
     def save(self) -> None:
         self.rec.init = self.init.rec

@@ -65,7 +65,8 @@ async def spawn(binary: Path, state: Path, stdio: Stdio, runtime_argv: list[str]
         args += ["-i", stdio.stdin]
     if stdio.stdout:
         args += ["-o", stdio.stdout]
-    if stdio.stderr:
+    if stdio.stderr and not stdio.terminal:
+        # a terminal carries stderr on the pty: containerd's clients make no stderr FIFO then
         args += ["-e", stdio.stderr]
     if stdio.terminal:
         args.append("-t")

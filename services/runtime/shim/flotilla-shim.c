@@ -115,7 +115,11 @@ static void write_exit(int status) {
     rename(tmp, final);
 }
 
+/* called once the runtime command has exited: the runtime connected and sent the master
+ * before that, or never will (say, its process spec asked for no terminal); never wait forever */
 static int recv_master(int listener) {
+    struct pollfd p = {listener, POLLIN, 0};
+    if (poll(&p, 1, 1000) <= 0) { errno = ETIMEDOUT; return -1; }
     int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
     if (conn < 0) return -1;
     char data[256];
@@ -299,7 +303,12 @@ int main(int argc, char **argv) {
         master = recv_master(listener);
         close(listener);
         cleanup_console();
-        if (master < 0) die(sfd, "receive console master");
+        if (master < 0) {  /* its process runs without the terminal its client holds: end it */
+            int err = errno;
+            kill(init_pid, SIGKILL);
+            errno = err;
+            die(sfd, "receive console master");
+        }
     }
     {
         char msg[64];
