@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STUBS := flotilla/_api/__init__.py
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up down status logs test bench install deps clean
+.PHONY: up down status logs test bench peer-suite install deps clean
 
 up: install
 	$(VENV)/bin/flotilla up
@@ -24,6 +24,10 @@ test: install
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# containerd's own client test suite against Flotilla and containerd (tools/peer_suite.py)
+peer-suite: install
+	$(PY) tools/peer_suite.py $(PEER_ARGS)
 
 install: deps $(VENV)/.installed $(STUBS) $(VENV)/bin/flotilla-shim
 	@# bytecode for our own modules, as pip writes it for installed packages: an editable
