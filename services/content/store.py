@@ -7,12 +7,14 @@ the server runs them in threads. Several instances may share one root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,16 +391,24 @@ class ContentStore:
         s.touched = time.monotonic()
         return s
 
-    def w_status(self, sid: str) -> WriterSession:
+    @contextlib.contextmanager
+    def _locked(self, sid: str) -> Iterator[Session]:
+        """Session ``sid`` under its mutex, still live: a commit or close that held the mutex
+        meanwhile may have ended it (and closed its file)."""
         s = self.session(sid)
         with s.mutex:
+            if self.sessions.get(sid) is not s:
+                raise NotFound(f"write session {sid}: not found")
+            yield s
+
+    def w_status(self, sid: str) -> WriterSession:
+        with self._locked(sid) as s:
             if s.fd >= 0:
                 s.offset = max(s.offset, os.fstat(s.fd).st_size)
             return self._session_record(s)
 
     def w_write(self, sid: str, offset: int, data: bytes) -> int:
-        s = self.session(sid)
-        with s.mutex:
+        with self._locked(sid) as s:
             if s.shared is not None:
                 raise FailedPrecondition(f"ref {s.ref}: content is shared, nothing to write: failed precondition")
             if offset != s.offset:
@@ -417,8 +427,7 @@ class ContentStore:
     def w_sync(self, sid: str, offset: int) -> int:
         """The caller wrote the data file itself up to ``offset``: hash what is new (and
         when that is all the ingest's bytes, make them durable: the commit will not wait)."""
-        s = self.session(sid)
-        with s.mutex:
+        with self._locked(sid) as s:
             if s.shared is not None:
                 return s.offset
             s.hasher.catch_up(s.fd, offset)
@@ -429,8 +438,7 @@ class ContentStore:
             return s.offset
 
     def w_truncate(self, sid: str) -> int:
-        s = self.session(sid)
-        with s.mutex:
+        with self._locked(sid) as s:
             if s.fd >= 0:
                 os.ftruncate(s.fd, 0)
                 s.hasher.reset()
@@ -439,8 +447,7 @@ class ContentStore:
             return s.offset
 
     def w_commit(self, sid: str, size: int, expected: str, labels: dict[str, str]) -> Info:
-        s = self.session(sid)
-        with s.mutex:
+        with self._locked(sid) as s:
             _validate_labels(labels)
             labels = {k: v for k, v in labels.items() if v}
             if expected:

@@ -189,3 +189,36 @@ def test_a_big_ingest_is_hashed_from_the_cache_and_leaves_it_past_its_head(tmp_p
     assert cached_pages(blob, CACHED_HEAD) == 0
     assert cached_pages(blob, 0, CACHED_HEAD) == CACHED_HEAD // PAGE
     store.close()
+
+
+def test_calls_that_waited_for_a_session_ended_meanwhile_find_it_gone(tmp_path: Path) -> None:
+    """Commits, writes and closes of one session at once (a client that repeats itself): the
+    first to hold the session ends it, the others answer NotFound, never a closed file's
+    EBADF."""
+    import threading
+
+    store = ContentStore(tmp_path)
+    for round in range(20):
+        s = store.open_writer(WriterOpen("ns", f"race-{round}", local=False))
+        store.w_write(s.session, 0, b"x" * 1000)
+        start, outcomes = threading.Barrier(6), []
+
+        def call(fn, *args) -> None:  # type: ignore[no-untyped-def]
+            start.wait()
+            try:
+                fn(*args)
+                outcomes.append("ok")
+            except (NotFound, FailedPrecondition, AlreadyExists) as exc:
+                outcomes.append(type(exc).__name__)
+            except Exception as exc:  # what the race used to give: OSError EBADF
+                outcomes.append(repr(exc))
+        threads = [threading.Thread(target=call, args=(store.w_commit, s.session, 0, "", {})) for _ in range(3)]
+        threads += [threading.Thread(target=call, args=(store.w_write, s.session, 1000, b"y")),
+                    threading.Thread(target=call, args=(store.w_status, s.session)),
+                    threading.Thread(target=call, args=(store.w_sync, s.session, 1000))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert all(o in ("ok", "NotFound", "AlreadyExists", "FailedPrecondition") for o in outcomes), outcomes
+    store.close()

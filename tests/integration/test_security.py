@@ -8,6 +8,7 @@ import os
 import shlex
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import nats
@@ -30,10 +31,19 @@ SERVICES = ("metadata", "content", "snapshots", "runtime", "transfer")
 
 
 def _nats_text_protocol(port: int, user: list[str], lines: str) -> str:
-    """What nats-server answers ``lines`` of the plain text protocol, sent by bash alone."""
+    """What nats-server answers ``lines`` of the plain text protocol, sent by bash alone. A
+    suite's nats-server restarted by an earlier test may take a moment to listen again: a
+    refused connection is tried again (bounded)."""
     script = (f"exec 3<>/dev/tcp/127.0.0.1/{port} || exit 9; printf '%b' {shlex.quote(lines)} >&3; "
-              "timeout 2 cat <&3; true")
-    return subprocess.run([*user, "bash", "-c", script], capture_output=True, text=True, timeout=20).stdout
+              "timeout 5 cat <&3; true")
+    out = None
+    for _ in range(10):
+        out = subprocess.run([*user, "bash", "-c", script], capture_output=True, text=True, timeout=30)
+        if out.returncode != 9 and out.stdout:
+            return out.stdout
+        time.sleep(0.5)
+    raise AssertionError(f"no answer from nats-server on {port}: rc={out.returncode if out else None} "
+                         f"{out.stderr if out else ''}")
 
 
 def test_a_local_user_without_credentials_gets_nothing(suite: PrivateSuite) -> None:
