@@ -4,7 +4,6 @@ label maps in rows, containerd's digest and label checks."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar

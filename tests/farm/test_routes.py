@@ -72,7 +72,9 @@ def test_only_hosts_of_the_farm_ca_join_and_routes_carry_no_plaintext(tmp_path: 
             a: _host_suite(tmp_path, a, [b], tmp_path / a.name / "tls"),
             b: _host_suite(tmp_path, b, [a], tmp_path / b.name / "tls"),
             c: _host_suite(tmp_path, c, [a, b], tmp_path / c.name / "tls"),  # its own CA: must stay out
-            d: _host_suite(tmp_path, d, [e], None),  # control: a plain route, to show the capture sees
+            # control: a plain route, to show the capture sees plaintext; d, with no certificate
+            # at all, also asks a for a route, which a must refuse
+            d: _host_suite(tmp_path, d, [e, a], None),
             e: _host_suite(tmp_path, e, [d], None),
         }
         for h, s in suites.items():
@@ -94,6 +96,7 @@ def test_only_hosts_of_the_farm_ca_join_and_routes_carry_no_plaintext(tmp_path: 
     tag = {h: _tag(h) + "-secret" for h in (b, c, d)}
     assert any(m.startswith(tag[b]) for m in heard[a]), heard[a]        # the farm's hosts talk
     assert not any(m.startswith(tag[c]) for m in heard[a]), heard[a]    # the stranger is not heard
+    assert not any(m.startswith(tag[d]) for m in heard[a]), heard[a]    # nor a host with no TLS
     assert not any(m.startswith(tag[b]) for m in heard[c]), heard[c]    # ... and hears nothing
     assert any(m.startswith(tag[d]) for m in heard[e]), heard[e]        # the control pair talks
     captured = pcap.read_bytes()

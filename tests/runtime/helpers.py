@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,3 +35,13 @@ def temporary_rootfs(prefix: str) -> Iterator[Path]:
         yield build_rootfs(tmp / "rootfs")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fifo_reader(path: str, out: list[bytes]) -> threading.Thread:
+    """Read a FIFO to EOF on a thread, as ctr does with a task's stdout."""
+    def run() -> None:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
 from pathlib import Path
 
@@ -18,18 +17,9 @@ from flotilla.services.runtime.engine import Engine
 from flotilla.services.runtime.oci import OciRuntime
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
+from .helpers import fifo_reader
 
 NS = "rt-test"
-
-
-def _reader(path: str, out: list[bytes]) -> threading.Thread:
-    """Read a FIFO to EOF, as ctr does with a task's stdout."""
-    def run() -> None:
-        with open(path, "rb") as f:
-            out.append(f.read())
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 def _id() -> str:
@@ -42,7 +32,7 @@ async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder],
     stdin, stdout, stderr = fifo_paths(tmp_path)
     out: list[bytes] = []
     err: list[bytes] = []
-    threads = [_reader(stdout, out), _reader(stderr, err)]
+    threads = [fifo_reader(stdout, out), fifo_reader(stderr, err)]
     spec = make_spec(str(rootfs), ["sh", "-c", "echo hi; echo oops >&2; exit 3"])
     info = await eng.create(NS, id, spec, stdio=Stdio(stdin, stdout, stderr))
     assert info.status == CREATED and info.pid > 0
@@ -97,7 +87,7 @@ async def test_stdin_reaches_the_process_and_closes(engine: tuple[Engine, Record
     id = _id()
     stdin, stdout, stderr = fifo_paths(tmp_path)
     out: list[bytes] = []
-    reader = _reader(stdout, out)
+    reader = fifo_reader(stdout, out)
     await eng.create(NS, id, make_spec(str(rootfs), ["cat"]), stdio=Stdio(stdin, stdout, stderr))
     await eng.start(NS, id)
 
@@ -124,7 +114,7 @@ async def test_exec_kill_pause_resume_pids(engine: tuple[Engine, Recorder], root
         await eng.create(NS, id, make_spec(str(rootfs), ["true"]))
     _, stdout, _ = fifo_paths(tmp_path)
     out: list[bytes] = []
-    reader = _reader(stdout, out)
+    reader = fifo_reader(stdout, out)
     await eng.exec(NS, id, "e1", process_spec(["sh", "-c", "echo from exec; exit 4"]), Stdio(stdout=stdout))
     with pytest.raises(AlreadyExists):
         await eng.exec(NS, id, "e1", process_spec(["true"]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,21 +26,13 @@ from flotilla.services.runtime.engine import Engine
 from flotilla.services.runtime.oci import OciRuntime
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
+from .helpers import fifo_reader
 
 NS = "rt-peer"
 
 
 def _id() -> str:
     return "p-" + uuid.uuid4().hex[:10]
-
-
-def _read_all(path: str, out: list[bytes]) -> threading.Thread:
-    def run() -> None:
-        with open(path, "rb") as f:
-            out.append(f.read())
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
 
 
 async def test_terminal_needs_no_stderr_fifo(engine: tuple[Engine, Recorder], rootfs: Path, tmp_path: Path) -> None:
@@ -52,7 +43,7 @@ async def test_terminal_needs_no_stderr_fifo(engine: tuple[Engine, Recorder], ro
     stdin, stdout, _ = fifo_paths(tmp_path)
     no_stderr = str(tmp_path / "never-made-stderr")
     out: list[bytes] = []
-    reader = _read_all(stdout, out)
+    reader = fifo_reader(stdout, out)
     spec = make_spec(str(rootfs), ["sh", "-c", "tty; echo to-err >&2"], terminal=True)
     await eng.create(NS, id, spec, stdio=Stdio(stdin, stdout, no_stderr, terminal=True))
     await eng.start(NS, id)
@@ -75,7 +66,7 @@ async def test_exec_terminal_comes_from_the_request(engine: tuple[Engine, Record
     await eng.start(NS, id)
     stdin, stdout, _ = fifo_paths(tmp_path)
     out: list[bytes] = []
-    reader = _read_all(stdout, out)
+    reader = fifo_reader(stdout, out)
     await eng.exec(NS, id, "e1", process_spec(["tty"], terminal=False),
                    Stdio(stdin, stdout, str(tmp_path / "no-stderr"), terminal=True))
     await asyncio.wait_for(eng.start(NS, id, "e1"), 60)  # bounded: a regression fails, not hangs
