@@ -24,6 +24,8 @@ from pathlib import Path
 
 import nkeys
 
+from flotilla.libs.api import content as c
+from flotilla.libs.api import metadata as md
 from flotilla.libs.subjects import token
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -45,13 +47,14 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
     """Each component's contract on the bus, for the suite with subject ``prefix`` on ``host``."""
     h = token(host)
     events = f"{prefix}.events"
-    content_read = tuple(f"{prefix}.content.{m}" for m in (
-        "ping", "info", "list", "read", "local_path", "status", "statuses", "namespaces", "namespace_held"))
-    content_write = (f"{prefix}.content.writer.open", f"{prefix}.content.abort",
-                     f"{prefix}.content.update", f"{prefix}.content.i.*.>")
-    metadata_for_transfer = tuple(f"{prefix}.metadata.{m}" for m in (
-        "ping", "images.get", "images.create", "images.update", "leases.create", "leases.delete",
-        "leases.add_resource"))
+    # by the contracts' method names, so a renamed method cannot slip out of a grant
+    content_read = tuple(c.subject(prefix, m) for m in (
+        "ping", c.INFO, c.LIST, c.READ, c.LOCAL_PATH, c.STATUS, c.LIST_STATUSES, c.NAMESPACES, c.NAMESPACE_HELD))
+    content_write = tuple(c.subject(prefix, m) for m in (c.WRITER_OPEN, c.ABORT, c.UPDATE)) \
+        + (c.instance_subject(prefix, "*", ">"),)
+    metadata_for_transfer = tuple(md.subject(prefix, m) for m in (
+        "ping", md.IMAGE_GET, md.IMAGE_CREATE, md.IMAGE_UPDATE, md.LEASE_CREATE, md.LEASE_DELETE,
+        md.LEASE_ADD_RESOURCE))
     return {
         "metadata": Permissions(
             publish=(events, f"{prefix}.content.>", f"{prefix}.snapshots.{h}.>"),

@@ -34,13 +34,8 @@ def _credentials(args: argparse.Namespace) -> int:
     if args.credentials_command == "create":
         try:
             publish, subscribe = grants_for(suite.prefix, suite.host, args.service, args.publish, args.subscribe)
-        except ValueError as exc:
-            print(f"flotilla credentials create: {exc}", file=sys.stderr)
-            return 2
-        if not publish and not subscribe:
-            print("flotilla credentials create: give --service, --publish or --subscribe", file=sys.stderr)
-            return 2
-        try:
+            if not publish and not subscribe:
+                raise ValueError("give --service, --publish or --subscribe")
             seed = suite.grant(args.name, Permissions(publish, subscribe))
         except ValueError as exc:
             print(f"flotilla credentials create: {exc}", file=sys.stderr)
