@@ -20,7 +20,9 @@ from pathlib import Path
 
 from flotilla.libs import config as config_mod
 
-from .credentials import CredentialStore, Permissions, authorization, component_permissions, nats_accepts
+from .credentials import (
+    CredentialStore, Permissions, authorization, component_permissions, nats_accepts, write_private,
+)
 from .farm import Cluster
 
 # The processes of the suite, in start order: (name, module).
@@ -162,11 +164,7 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
             conf += authorization(users)
         if self.cluster is not None:
             conf += self.cluster.render()
-        path = self.state / "nats.conf"
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(conf)
-        os.replace(path.with_suffix(".tmp"), path)
+        write_private(self.state / "nats.conf", conf.encode())
 
     def grant(self, user: str, perms: Permissions) -> Path:
         """Issue (or change) integrator ``user``'s credential; a running nats-server takes it

@@ -26,7 +26,7 @@ import nkeys
 
 from flotilla.libs.api import content as c
 from flotilla.libs.api import metadata as md
-from flotilla.libs.subjects import token
+from flotilla.libs.subjects import inbox, token
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -35,12 +35,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-
-
-def inbox(user: str) -> str:
-    """The reply subjects of ``user``'s requests (nats-py's ``inbox_prefix``): each user has
-    its own, so no other one may read its replies."""
-    return f"_INBOX.{user}"
 
 
 def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
@@ -114,11 +108,7 @@ class CredentialStore:
         path = self.seed_file(user)
         if not path.exists():
             self._prepare_dir()
-            seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
-            fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(seed + b"\n")
-            os.replace(path.with_suffix(".tmp"), path)
+            write_private(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER) + b"\n")
         return public_key(path)
 
     def remove(self, user: str) -> None:
@@ -163,10 +153,16 @@ class CredentialStore:
 
     def _write_grants(self, grants: dict[str, Permissions]) -> None:
         self._prepare_dir()
-        tmp = self._grants.with_suffix(".tmp")
-        tmp.write_text(json.dumps({n: asdict(p) for n, p in sorted(grants.items())}, indent=1))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self._grants)
+        write_private(self._grants, json.dumps({n: asdict(p) for n, p in sorted(grants.items())}, indent=1).encode())
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` at once, readable by its owner alone from the start."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def nats_accepts(port: int, seed: bytes, timeout: float = 2.0) -> bool:

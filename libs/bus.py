@@ -25,6 +25,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from . import metrics
 from .errors import DeadlineExceeded, FlotillaError, Internal, InvalidArgument, ResourceExhausted, Unavailable
+from .subjects import inbox
 from .wire import WireError, pack, unpack
 
 log = logging.getLogger("flotilla.bus")
@@ -64,7 +65,7 @@ class Bus:
         auth: dict[str, Any] = {}
         if credentials:
             auth = {"nkeys_seed": os.fspath(credentials),
-                    "inbox_prefix": f"_INBOX.{Path(credentials).stem}"}
+                    "inbox_prefix": inbox(Path(credentials).stem)}
         nc = await nats.connect(
             url, name=name, connect_timeout=connect_timeout, **auth,
             max_reconnect_attempts=-1, reconnect_time_wait=0.2,

@@ -29,6 +29,12 @@ def events(prefix: str) -> str:
     return f"{prefix}.events"
 
 
+def inbox(user: str) -> str:
+    """Where the replies to ``user``'s requests come (nats-py's ``inbox_prefix``): each
+    credential has its own, and may read no other (docs/security.md)."""
+    return f"_INBOX.{user}"
+
+
 _SUBJECT = re.compile(r"^[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*$")
 
 
