@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from flotilla.deploy import Suite
-from flotilla.deploy.credentials import Permissions
-from flotilla.deploy.farm import Cluster, make_ca, make_cert
+from flotilla.deploy.farm import make_ca, make_cert
+from flotilla.testing.netns import NATS_PORT as PORT
 from flotilla.testing.netns import Farm, Host
 from flotilla.testing.peers import terminate
 
@@ -27,7 +27,6 @@ from ..harness import Target, Workload
 MiB = 1 << 20
 SIZE = 256 * MiB
 PREFIX = "farmbench"
-PORT, ROUTE_PORT = 4222, 6222
 _WRITER = """
 import asyncio, sys, time
 from flotilla.libs.api.content import ContentClient
@@ -70,13 +69,7 @@ class _Pairs:
                 if tls:
                     tls_dir = self.base / host.name / "tls"
                     make_cert(ca, host.name, [host.address], out_dir=tls_dir)
-                suite = Suite(root=self.base / host.name / "root", state=self.base / host.name / "state",
-                              nats_port=PORT, metrics_base=0, prefix=PREFIX, isolated=True,
-                              cluster=Cluster(f"{host.address}:{ROUTE_PORT}", (f"{peer.address}:{ROUTE_PORT}",),
-                                              tls_dir, cert_name=host.name))
-                suite.state.mkdir(parents=True)
-                suite.credentials.grant("bench", Permissions((">",), (">",)))
-                suite.render_nats()
+                suite = host.nats_suite(self.base, [peer], tls_dir, PREFIX, "bench")
                 self._run(host, ["nats-server", "-c", str(suite.state / "nats.conf")], f"{host.name}-nats")
                 suites[host] = suite
             store = suites[store_host]

@@ -7,8 +7,14 @@ from __future__ import annotations
 import subprocess
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from flotilla.deploy import Suite
+from flotilla.deploy.credentials import Permissions
+from flotilla.deploy.farm import Cluster
 
 SUBNET = "10.231.7"  # addresses inside this farm's own namespaces only
+NATS_PORT, ROUTE_PORT = 4222, 6222  # each host's own, inside its namespace
 
 
 def ip(*args: str) -> None:
@@ -23,6 +29,19 @@ class Host:
     def command(self, *argv: str) -> list[str]:
         """``argv`` run inside this host's namespace."""
         return ["ip", "netns", "exec", self.name, *argv]
+
+    def nats_suite(self, base: Path, routes: list["Host"], tls: Path | None, prefix: str, user: str) -> Suite:
+        """This host's suite under ``base``, its nats-server's configuration rendered as
+        ``flotilla up`` renders it for a farm (routes to ``routes``, TLS from ``tls``), with
+        a credential ``user`` that may say anything."""
+        cluster = Cluster(f"{self.address}:{ROUTE_PORT}", tuple(f"{r.address}:{ROUTE_PORT}" for r in routes),
+                          tls, cert_name=self.name)
+        suite = Suite(root=base / self.name / "root", state=base / self.name / "state", nats_port=NATS_PORT,
+                      metrics_base=0, prefix=prefix, isolated=True, cluster=cluster)
+        suite.state.mkdir(parents=True)
+        suite.credentials.grant(user, Permissions((">",), (">",)))
+        suite.render_nats()
+        return suite
 
 
 @dataclass

@@ -14,29 +14,20 @@ from pathlib import Path
 import pytest
 
 from flotilla.deploy import Suite
-from flotilla.deploy.credentials import Permissions
-from flotilla.deploy.farm import Cluster, make_ca, make_cert
+from flotilla.deploy.farm import make_ca, make_cert
 from flotilla.testing.peers import terminate
 
-from flotilla.testing.netns import Farm, Host
+from flotilla.testing.netns import NATS_PORT as PORT
+from flotilla.testing.netns import ROUTE_PORT, Farm, Host
 
 pytestmark = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is installed by make test")
 
 PREFIX = "farmtest"
-PORT, ROUTE_PORT = 4222, 6222
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _host_suite(base: Path, host: Host, routes: list[Host], tls: Path | None) -> Suite:
-    """A host's nats-server configuration, as ``flotilla up`` renders it for a farm."""
-    cluster = Cluster(f"{host.address}:{ROUTE_PORT}", tuple(f"{r.address}:{ROUTE_PORT}" for r in routes),
-                      tls, cert_name=host.name)
-    suite = Suite(root=base / host.name / "root", state=base / host.name / "state", nats_port=PORT,
-                  metrics_base=0, prefix=PREFIX, isolated=True, cluster=cluster)
-    suite.state.mkdir(parents=True)
-    suite.credentials.grant("tester", Permissions((">",), (">",)))
-    suite.render_nats()
-    return suite
+    return host.nats_suite(base, routes, tls, PREFIX, "tester")
 
 
 @contextlib.contextmanager
