@@ -18,6 +18,10 @@ from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "runtime"
 
+# containerd's runtime names: the runc v2 shim (the default) and the deprecated v1 linux runtime's prefix
+RUNC_V2 = "io.containerd.runc.v2"
+RUNTIME_V1 = "io.containerd.runtime.v1."
+
 # methods; each request is the msgpack map of the record named beside it
 CREATE = "tasks.create"          # CreateTask -> ProcessInfo
 START = "tasks.start"            # ProcessRef -> ProcessInfo

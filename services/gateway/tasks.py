@@ -23,7 +23,7 @@ from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
 from flotilla.libs.api.runtime import (
     Checkpoint, CloseIO, CreateTask, Exec, Exit, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
-    RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
+    RUNTIME_V1, RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
@@ -40,7 +40,6 @@ _STATUS = {"unknown": task_pb2.UNKNOWN, "created": task_pb2.CREATED, "running": 
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 RUNC_V1_OPTIONS = "containerd.linux.runc.RuncOptions"      # v1 linux runtime: the container's
 RUNC_V1_CREATE = "containerd.linux.runc.CreateOptions"     # v1 linux runtime: the task's
-RUNTIME_V1 = "io.containerd.runtime.v1."
 PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flotilla.libs.api.runtime import RUNC_V2, RUNTIME_V1
 from flotilla.libs.errors import Unknown
 
 from .oci import OciRuntime, exec_error, log_error, preferred_binary
 
-RUNC_V2 = "io.containerd.runc.v2"
-RUNTIME_V1 = "io.containerd.runtime.v1."  # containerd's deprecated v1 linux runtime
 
 
 def default_binary() -> str:

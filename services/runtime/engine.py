@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flotilla.libs.api.runtime import (
-    CREATED, PAUSED, RUNNING, STOPPED, CheckpointResult, Exit, Mount, PidInfo, ProcessInfo, Stdio,
+    CREATED, PAUSED, RUNC_V2, RUNNING, STOPPED, CheckpointResult, Exit, Mount, PidInfo, ProcessInfo, Stdio,
     TaskMetrics, task_not_found,
 )
 from flotilla.libs.errors import (
@@ -29,7 +29,7 @@ from flotilla.libs.errors import (
 from flotilla.libs.identifiers import validate_identifier
 
 from . import cgroups, mounts, supervisor
-from .choice import RUNC_V2, binary_for, create_failed, default_binary, spawn_error, unknown
+from .choice import binary_for, create_failed, default_binary, spawn_error, unknown
 from .oci import OciRuntime, RuntimeFailed, exec_error
 from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
 
