@@ -37,6 +37,12 @@ SERVICES: tuple[tuple[str, str], ...] = (
 DEFAULT_NATS_PORT = 14222
 DEFAULT_METRICS_BASE = 19100  # gateway 19100, then one port per service in SERVICES order
 NATS_THREADS = os.environ.get("FLOTILLA_NATS_GOMAXPROCS", "1")  # Go threads of the suite's nats-server
+# Processes that may run as several instances (queue groups share their work); the
+# host-local ones own host state (containers' supervisors, mounts) and run once.
+SCALABLE = frozenset({"gateway", "metadata", "content"})
+# seconds supervisord gives a stopping process before SIGKILL: the gateway drains the calls
+# it runs (services/gateway/__main__.py DRAIN_GRACE) before it exits
+STOP_WAIT = {"gateway": 25}
 
 
 def free_port() -> int:
@@ -47,6 +53,18 @@ def free_port() -> int:
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def parse_instances(text: str) -> dict[str, int]:
+    """``gateway=2,metadata=2`` -> {"gateway": 2, "metadata": 2}; only SCALABLE processes."""
+    counts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        if name not in SCALABLE or not count.isdigit() or not 1 <= int(count) <= 16:
+            raise ValueError(f"FLOTILLA_INSTANCES: {item!r}: expected NAME=1..16 with NAME one of "
+                             f"{', '.join(sorted(SCALABLE))}")
+        counts[name] = int(count)
+    return counts
 
 
 @dataclass
@@ -66,6 +84,9 @@ class Suite:
     auth: bool = True
     # the routes to the other hosts of a farm (docs/security.md), none for a single host
     cluster: Cluster | None = field(default_factory=Cluster.from_env)
+    # instances per process where more than one (SCALABLE only), e.g. {"gateway": 2};
+    # FLOTILLA_INSTANCES="gateway=2,metadata=2" (docs/operations.md)
+    instances: dict[str, int] = field(default_factory=lambda: parse_instances(_env("FLOTILLA_INSTANCES", "")))
 
     @property
     def socket(self) -> Path:
@@ -128,7 +149,7 @@ class Suite:
                                   priority=1)]
         for i, (name, module) in enumerate(SERVICES):
             programs.append(self._program(name, f"{self.python} -m {module}", self.env(name),
-                                          priority=10 + i))
+                                          priority=10 + i, numprocs=self.instances.get(name, 1)))
         self.conf.write_text(f"""\
 [supervisord]
 logfile={self.logs / 'supervisord.log'}
@@ -145,6 +166,10 @@ serverurl=unix://{self.state / 'supervisor.sock'}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[rpcinterface:flotilla]
+supervisor.rpcinterface_factory = flotilla.deploy.holder:make
+groups = gateway
 
 """ + "\n".join(programs))
 
@@ -197,10 +222,19 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
                 raise TimeoutError(f"nats-server did not take its new configuration; see {self.logs / 'nats.log'}")
             time.sleep(0.05)
 
-    def _program(self, name: str, command: str, env: dict[str, str], priority: int) -> str:
+    def _program(self, name: str, command: str, env: dict[str, str], priority: int, numprocs: int = 1) -> str:
+        if name == "gateway":
+            # supervisord owns the listening socket and hands it down as fd 0 (deploy/holder.py)
+            env = {**env, "FLOTILLA_SOCKET_FD": "0"}
+            head = (f"[fcgi-program:{name}]\nsocket=unix://{self.socket}\nsocket_mode=0660\n"
+                    f"socket_backlog=1024\n")
+        else:
+            head = f"[program:{name}]\n"
+        if numprocs > 1:
+            env = {**env, "FLOTILLA_INSTANCE": "%(process_num)d"}
+            head += f"numprocs={numprocs}\nprocess_name=%(program_name)s-%(process_num)d\n"
         envline = ",".join(f'{k}="{v}"' for k, v in env.items())
-        return f"""\
-[program:{name}]
+        return head + f"""\
 command={command}
 priority={priority}
 autostart=true
@@ -208,11 +242,11 @@ autorestart=true
 startsecs=0
 startretries=1000
 stopsignal=TERM
-stopwaitsecs=10
+stopwaitsecs={STOP_WAIT.get(name, 10)}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile={self.logs / (name + '.log')}
+stdout_logfile={self.logs / (name + ('-%(process_num)d' if numprocs > 1 else '') + '.log')}
 stdout_logfile_maxbytes=20MB
 stdout_logfile_backups=2
 {('environment=' + envline) if envline else ''}
@@ -264,13 +298,20 @@ stdout_logfile_backups=2
         return subprocess.run([self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
                               capture_output=True, text=True)
 
-    def program_pids(self) -> list[int]:
-        pids = []
+    def status(self) -> dict[str, int]:
+        """Each process supervisord runs (``name`` or ``group:name-N``) and its pid, 0 when
+        it is not running."""
+        procs = {}
         for line in self.ctl("status").stdout.splitlines():
             parts = line.replace(",", " ").split()
-            if "pid" in parts:
-                pids.append(int(parts[parts.index("pid") + 1]))
-        return pids
+            if parts:
+                procs[parts[0]] = int(parts[parts.index("pid") + 1]) if "pid" in parts else 0
+        return procs
+
+    def program_pids(self, name: str = "") -> list[int]:
+        """The running processes' pids: all of them, or those of program ``name``."""
+        return [pid for proc, pid in self.status().items()
+                if pid and (not name or proc == name or proc.startswith(name + ":"))]
 
     def down(self) -> None:
         pid = self.pid()
@@ -279,7 +320,7 @@ stdout_logfile_backups=2
         programs = self.program_pids()
         os.kill(pid, signal.SIGTERM)  # supervisord stops every program, then exits
         # it stops programs one priority at a time, each allowed stopwaitsecs (10 s)
-        deadline = time.monotonic() + 10 * (len(SERVICES) + 1) + 5
+        deadline = time.monotonic() + 10 * len(SERVICES) + max(STOP_WAIT.values()) + 5
         while time.monotonic() < deadline:
             try:
                 os.kill(pid, 0)
@@ -293,5 +334,6 @@ stdout_logfile_backups=2
                 pass
 
     def program_pid(self, name: str) -> int:
-        out = self.ctl("pid", name).stdout.strip()
-        return int(out)
+        """The pid of program ``name`` (its first instance), 0 while none runs."""
+        pids = self.program_pids(name)
+        return pids[0] if pids else 0

@@ -26,6 +26,7 @@ import nkeys
 
 from flotilla.libs.api import content as c
 from flotilla.libs.api import metadata as md
+from flotilla.libs import subjects
 from flotilla.libs.subjects import inbox, token
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -49,7 +50,7 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
     metadata_for_transfer = tuple(md.subject(prefix, m) for m in (
         "ping", md.IMAGE_GET, md.IMAGE_CREATE, md.IMAGE_UPDATE, md.LEASE_CREATE, md.LEASE_DELETE,
         md.LEASE_ADD_RESOURCE))
-    return {
+    grants = {
         "metadata": Permissions(
             publish=(events, f"{prefix}.content.>", f"{prefix}.snapshots.{h}.>"),
             subscribe=(f"{prefix}.metadata.>",)),
@@ -72,6 +73,14 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
             publish=(f"{prefix}.>",),
             subscribe=(events, f"{prefix}.content.changed", f"{prefix}.gateway.>")),
     }
+    # every component says when it (re)started and hears the others say it, and may ask
+    # another instance of its own service whether it is alive (libs/bus.py)
+    stems = {"metadata": "metadata", "content": "content", "gateway": "gateway",
+             "snapshots": f"snapshots.{h}", "runtime": f"runtime.{h}", "transfer": f"transfer.{h}"}
+    hello = subjects.hello(prefix)
+    return {name: Permissions(publish=(*p.publish, hello, f"{prefix}.{stems[name]}.i.*.ping"),
+                              subscribe=(*p.subscribe, hello))
+            for name, p in grants.items()}
 
 
 SERVICES = ("metadata", "content", "snapshots", "runtime", "transfer")

@@ -1,9 +1,13 @@
 """The bus: one NATS connection per process, msgpack request/reply, events.
 
-* ``request`` carries a deadline; idempotent calls are retried with backoff while no
-  instance answers (a service restarting) until that deadline runs out.
+* ``request`` carries a deadline. A call no instance received (none serves it: a service
+  restarting) waits and is sent again until that deadline runs out. A call received by an
+  instance that may have died (a service or nats-server announced a restart) is sent again
+  at once: idempotent ones as they are, the others with the same request id, which the
+  serving side looks up in its journal so the work is done once (libs/journal.py).
 * ``serve`` binds a handler to a subject in a queue group, so any service can run as
   several instances; each message is handled in its own task.
+* ``announce`` tells every caller that a service instance (re)started, on ``<prefix>.hello``.
 * Replies are ``{"r": result}`` or ``{"e": {"code", "message"}}``: errors cross the bus
   as the same ``FlotillaError`` class the service raised.
 """
@@ -11,9 +15,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +30,12 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from . import metrics
-from .errors import DeadlineExceeded, FlotillaError, Internal, InvalidArgument, ResourceExhausted, Unavailable
-from .subjects import inbox
+from .errors import (
+    Aborted, Canceled, DeadlineExceeded, FlotillaError, Internal, InvalidArgument, ResourceExhausted, Unavailable,
+    Unknown,
+)
+from .journal import Journal
+from .subjects import hello, inbox
 from .wire import WireError, pack, unpack
 
 log = logging.getLogger("flotilla.bus")
@@ -37,14 +47,37 @@ EventHandler = Callable[[Any], Awaitable[None]]
 MAX_CHUNK = 1 << 20
 _BACKOFF_START, _BACKOFF_MAX = 0.02, 0.5
 _FIRST_ATTEMPT = 1.0  # seconds an idempotent call waits before asking again
+REQUEST_ID = "Flotilla-Request"    # header: a non-idempotent call's id, the same on every resend
+DEADLINE = "Flotilla-Deadline"     # header: when its caller gives up (unix seconds)
+# outcomes a repeat must not be given again: the next attempt may well succeed
+_TRANSIENT = frozenset(cls.code for cls in (Unavailable, DeadlineExceeded, Aborted, Canceled, Internal, Unknown))
+_REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar("flotilla_replaying", default=False)
+
+
+def replaying() -> bool:
+    """True in a handler that runs a call again after the instance that had it died: its
+    work may be done already (a create may find what it creates; a delete, nothing)."""
+    return _REPLAYING.get()
+
+
+def _service_of(subject: str) -> str:
+    """``<prefix>.<service>...`` -> service: whose restart may have lost this call."""
+    parts = subject.split(".", 2)
+    return parts[1] if len(parts) > 2 else ""
 
 
 class Bus:
     def __init__(self, nc: NATS, name: str) -> None:
         self.nc = nc
         self.name = name
+        self.instance = uuid.uuid4().hex[:16]  # this process' connection, in journals and hellos
+        self.journal: Journal | None = None    # where served non-idempotent calls are recorded
         self._tasks: set[asyncio.Task[None]] = set()
         self._serving: list[Any] = []
+        self._pending: dict[str, set[asyncio.Future[Any]]] = {}  # calls under way, by callee service
+        self._resend: set[asyncio.Future[Any]] = set()            # ... cancelled to be sent again
+        self._running: dict[str, asyncio.Future[bytes]] = {}      # served calls by request id
+        self._announced: tuple[str, dict[str, str], str] | None = None  # (prefix, hello, instance ping)
 
     @classmethod
     async def connect(cls, url: str, name: str, *, credentials: str | os.PathLike[str] = "",
@@ -52,9 +85,13 @@ class Bus:
         """Connect as ``name``; with ``credentials`` (an nkey seed file ``<user>.nk``) sign in
         as that user, whose replies come to its own inbox ``_INBOX.<user>`` (the only one
         nats-server lets it read, docs/security.md)."""
+        bus: Bus | None = None
+
         async def reconnected() -> None:
             metrics.BUS_RECONNECTS.inc()
             log.info("nats reconnected")
+            if bus is not None:
+                await bus._reconnected()
 
         async def disconnected() -> None:
             log.warning("nats disconnected")
@@ -73,7 +110,8 @@ class Bus:
             disconnected_cb=disconnected, error_cb=error,
             pending_size=64 * 1024 * 1024,
         )
-        return cls(nc, name)
+        bus = cls(nc, name)
+        return bus
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop taking requests, let those in progress answer, then drain the connection."""
@@ -95,26 +133,44 @@ class Bus:
                       idempotent: bool = False) -> Any:
         """Call ``subject`` and return its result, raising the service's error.
 
-        ``timeout`` is the whole call's deadline. Idempotent calls are retried while no
-        instance answers or an instance dies mid-call; others fail with Unavailable.
+        ``timeout`` is the whole call's deadline. Every call is sent again while no instance
+        receives it, and at once when the callee's service or the bus restarts under it;
+        idempotent calls are also sent again when an attempt takes long (an instance killed
+        mid-call never answers). Calls that are not idempotent carry a request id.
         """
         data = pack(payload)
         deadline = time.monotonic() + timeout
+        headers = None
+        if not idempotent:
+            headers = {REQUEST_ID: uuid.uuid4().hex, DEADLINE: f"{time.time() + timeout:.3f}"}
+        service = _service_of(subject)
         backoff = _BACKOFF_START
-        # An instance killed mid-call never answers: idempotent calls give each attempt a
-        # growing slice of the deadline so a lost one is sent again, not waited out.
+        # idempotent calls give each attempt a growing slice of the deadline so a lost one is
+        # sent again, not waited out
         attempt = _FIRST_ATTEMPT
+        unheard = False  # the last attempt reached no instance
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if unheard:
+                    raise Unavailable(f"{subject}: no service answers: unavailable")
                 raise DeadlineExceeded(f"{subject}: context deadline exceeded")
+            unheard = False
+            call = asyncio.ensure_future(self.nc.request(
+                subject, data, timeout=min(remaining, attempt) if idempotent else remaining, headers=headers))
+            pending = self._pending.setdefault(service, set())
+            pending.add(call)
             try:
-                msg = await self.nc.request(subject, data,
-                                            timeout=min(remaining, attempt) if idempotent else remaining)
+                msg = await call
                 break
+            except asyncio.CancelledError:
+                if call not in self._resend:
+                    raise  # our caller gave up
+                # the callee's service restarted under this call: send it again now
+                metrics.BUS_RETRIES.labels(subject).inc()
+                continue
             except NoRespondersError:
-                if not idempotent:
-                    raise Unavailable(f"{subject}: no service answers: unavailable") from None
+                unheard = True  # nobody received it, so sending it again is safe for any call
             except NatsTimeout:
                 if not idempotent or deadline - time.monotonic() <= 0:
                     raise DeadlineExceeded(f"{subject}: context deadline exceeded") from None
@@ -123,12 +179,66 @@ class Bus:
                 raise ResourceExhausted(f"{subject}: request of {len(data)} bytes exceeds the bus limit: "
                                         "resource exhausted") from None
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                if not idempotent:
-                    raise Unavailable(f"{subject}: bus not connected: unavailable") from None
+                if self.nc.is_closed:
+                    raise Unavailable(f"{subject}: bus closed: unavailable") from None
+            finally:
+                pending.discard(call)
+                self._resend.discard(call)
             metrics.BUS_RETRIES.labels(subject).inc()
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, _BACKOFF_MAX)
         return decode_reply(msg.data)
+
+    def _send_again(self, service: str | None) -> None:
+        """Send the calls under way to ``service`` (None: every call) again."""
+        groups = self._pending.values() if service is None else [self._pending.get(service, set())]
+        for calls in groups:
+            for call in list(calls):
+                if not call.done():
+                    self._resend.add(call)
+                    call.cancel()
+
+    async def follow_restarts(self, prefix: str) -> None:
+        """Listen for ``announce``: a call under way to a service that announces a restart
+        may have been lost with the instance that had it, so it is sent again."""
+        async def restarted(msg: Msg) -> None:
+            try:
+                service = unpack(msg.data).get("service", "")
+            except (WireError, AttributeError):
+                return
+            if msg.headers is None or msg.headers.get("instance") != self.instance:
+                self._send_again(service)
+
+        await self.nc.subscribe(hello(prefix), cb=restarted)
+
+    async def announce(self, prefix: str, service: str, base: str) -> None:
+        """Say that this instance of ``service`` (re)started. It answers its own ping on
+        ``<base>.i.<instance>.ping`` (``base`` is its service's subjects' stem), which is how
+        another instance tells whether it is still alive."""
+        async def ping(_req: object) -> str:
+            return self.instance
+        await self.serve(_instance_ping(base, self.instance), ping, queue="", method="ping")
+        self._announced = (prefix, {"service": service}, base)
+        await self.nc.publish(hello(prefix), pack({"service": service}), headers={"instance": self.instance})
+
+    async def _alive(self, instance: str) -> bool:
+        """Whether another instance of our service still answers (the farm over)."""
+        if self._announced is None:
+            return True  # not told how to ask: never take a call away from anyone
+        try:
+            await self.nc.request(_instance_ping(self._announced[2], instance), b"", timeout=2.0)
+            return True
+        except NoRespondersError:
+            return False
+        except Exception:  # slow or cut off: alive as far as we can tell
+            return True
+
+    async def _reconnected(self) -> None:
+        # replies sent while we were away are lost, and so may be requests we sent
+        self._send_again(None)
+        if self._announced is not None:
+            prefix, body, _ = self._announced
+            await self.nc.publish(hello(prefix), pack(body), headers={"instance": self.instance})
 
     async def publish(self, subject: str, payload: Any) -> None:
         await self.nc.publish(subject, pack(payload))
@@ -148,30 +258,36 @@ class Bus:
 
     async def serve(self, subject: str, handler: Handler, *, queue: str | None = None,
                     method: str | None = None) -> Any:
-        """Answer requests on ``subject``; the queue group defaults to the subject."""
+        """Answer requests on ``subject``; the queue group defaults to the subject. A call
+        that carries a request id is done once however often it is sent (``_once``)."""
         name = method or subject
 
-        async def run(msg: Msg) -> None:
-            started = time.perf_counter()
-            code = 0
+        async def answer(msg: Msg) -> tuple[bytes, int]:
             try:
                 try:
                     request = unpack(msg.data)
                 except WireError as exc:
                     raise InvalidArgument(f"{name}: request {exc.message}") from None
-                result = await handler(request)
-                reply = pack({"r": result})
+                reply = pack({"r": await handler(request)})
+                code = 0
             except FlotillaError as exc:
-                code = exc.code
-                reply = pack({"e": exc.to_wire()})
+                code, reply = exc.code, pack({"e": exc.to_wire()})
             except Exception as exc:
                 log.exception("%s failed", name)
-                code = Internal.code
-                reply = pack({"e": Internal(f"{name}: {exc}").to_wire()})
+                code, reply = Internal.code, pack({"e": Internal(f"{name}: {exc}").to_wire()})
             if len(reply) > self.nc.max_payload:
                 code = ResourceExhausted.code
                 reply = pack({"e": ResourceExhausted(
                     f"{name}: reply of {len(reply)} bytes exceeds the bus limit: resource exhausted").to_wire()})
+            return reply, code
+
+        async def run(msg: Msg) -> None:
+            started = time.perf_counter()
+            request_id = msg.headers.get(REQUEST_ID, "") if msg.headers else ""
+            if request_id:
+                reply, code = await self._once(f"{name}/{request_id}", msg, answer)
+            else:
+                reply, code = await answer(msg)
             if msg.reply:
                 try:
                     await self.nc.publish(msg.reply, reply)
@@ -189,6 +305,70 @@ class Bus:
         await self.nc.flush()  # the server knows the subscription before we say we serve
         self._serving.append(sub)
         return sub
+
+    async def _once(self, key: str, msg: Msg, answer: Callable[[Msg], Awaitable[tuple[bytes, int]]]
+                    ) -> tuple[bytes, int]:
+        """Run a call with a request id once: a repeat that reaches this instance while it
+        runs waits for the same answer; with a journal, a repeat that reaches any instance
+        later gets the recorded one (libs/journal.py)."""
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        done: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self._running[key] = done
+        try:
+            result = await self._journaled(key, msg, answer)
+            done.set_result(result)
+            return result
+        except BaseException as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: a repeat that waited gets it; none need to
+            raise
+        finally:
+            del self._running[key]
+
+    async def _journaled(self, key: str, msg: Msg, answer: Callable[[Msg], Awaitable[tuple[bytes, int]]]
+                         ) -> tuple[bytes, int]:
+        journal = self.journal
+        if journal is None:
+            return await answer(msg)
+        try:
+            give_up = float(msg.headers.get(DEADLINE, "0")) if msg.headers else 0.0
+        except ValueError:
+            give_up = 0.0
+        give_up = give_up or time.time() + 60.0
+        replay = False
+        while True:
+            claim = await asyncio.to_thread(journal.claim, key, self.instance)
+            if claim.reply is not None:
+                return claim.reply, 0
+            if not claim.runner:
+                break
+            if claim.runner != self.instance and await self._alive(claim.runner):
+                # another live instance runs it: its answer is ours
+                while time.time() < give_up:
+                    await asyncio.sleep(0.05)
+                    reply = await asyncio.to_thread(journal.reply, key)
+                    if reply is not None:
+                        return reply, 0
+                raise_ = DeadlineExceeded(f"{key}: still running elsewhere: context deadline exceeded")
+                return pack({"e": raise_.to_wire()}), raise_.code
+            if await asyncio.to_thread(journal.take_over, key, claim.runner, self.instance):
+                replay = True  # its instance died, maybe after the work: say so to the handler
+                break
+        token = _REPLAYING.set(replay)
+        try:
+            reply, code = await answer(msg)
+        finally:
+            _REPLAYING.reset(token)
+        if code in _TRANSIENT:
+            await asyncio.to_thread(journal.release, key)
+        else:
+            await asyncio.to_thread(journal.record, key, reply)
+        return reply, code
+
+def _instance_ping(base: str, instance: str) -> str:
+    return f"{base}.i.{instance}.ping"
 
 
 def decode_reply(data: bytes) -> Any:

@@ -15,19 +15,37 @@ from . import log as log_mod
 from . import metrics
 from .bus import Bus
 from .config import Config
+from .journal import Journal
 from .subjects import local, shared
 
 Cleanup = Callable[[], Awaitable[None]]
 Setup = Callable[[Bus, Config], Awaitable[Cleanup | None]]
 
 
+def service_stem(cfg: Config, name: str, host_local: bool) -> str:
+    """The first tokens of every subject of service ``name`` (``<prefix>.<name>[.<host>]``)."""
+    return (local(cfg.prefix, name, cfg.host, "ping") if host_local else shared(cfg.prefix, name, "ping"))[:-5]
+
+
 def ping_subject(cfg: Config, name: str, host_local: bool) -> str:
-    return local(cfg.prefix, name, cfg.host, "ping") if host_local else shared(cfg.prefix, name, "ping")
+    return service_stem(cfg, name, host_local) + ".ping"
+
+
+def journal_for(cfg: Config, name: str) -> Journal:
+    """Where service ``name`` records its non-idempotent calls: a SQLite file its instances
+    on this host share (under the state directory: it need not outlive a reboot, as no call
+    does), or, for a service on a shared PostgreSQL database, that database."""
+    url = cfg.database_url(name) if name == "metadata" else ""
+    if url.startswith("postgresql"):
+        return Journal.at(url)
+    return Journal.sqlite(cfg.state / "requests" / f"{name}.db")
 
 
 async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     logger = logging.getLogger(f"flotilla.{name}")
     bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}", credentials=cfg.nats_credentials)
+    bus.journal = await asyncio.to_thread(journal_for, cfg, name)
+    await bus.follow_restarts(cfg.prefix)  # its calls to other services survive their restarts
     cleanup = await setup(bus, cfg)
 
     async def ping(_req: object) -> dict[str, object]:
@@ -35,6 +53,8 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
 
     # every instance answers its own ping (no queue group) so a caller can count them
     await bus.serve(ping_subject(cfg, name, host_local), ping, queue="", method="ping")
+    # callers whose calls this instance's predecessor had send them again now
+    await bus.announce(cfg.prefix, name, service_stem(cfg, name, host_local))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,6 +65,7 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     if cleanup is not None:
         await cleanup()
     await bus.close()
+    bus.journal.close()
 
 
 # glibc's mallopt parameters

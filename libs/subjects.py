@@ -2,7 +2,7 @@
 
 ``<prefix>.<service>.<method>`` for shared services (content, metadata);
 ``<prefix>.<service>.<host>.<method>`` for host-local ones (snapshots, runtime);
-``<prefix>.events`` carries every event.
+``<prefix>.events`` carries every event; ``<prefix>.hello`` says an instance (re)started.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ def local(prefix: str, service: str, host: str, method: str) -> str:
 
 def events(prefix: str) -> str:
     return f"{prefix}.events"
+
+
+def hello(prefix: str) -> str:
+    """Where a service instance says it (re)started, so callers send lost calls again."""
+    return f"{prefix}.hello"
 
 
 def inbox(user: str) -> str:

@@ -9,19 +9,22 @@ from flotilla.libs.config import Config
 from flotilla.libs.service import Cleanup, run
 
 from . import ttrpc
-from .server import build, listen, listen_ttrpc
+from .server import build, listen
+
+# seconds a stopping gateway gives the calls it runs; new calls already go to another
+# gateway (or wait in the socket's backlog for the next one), so this is what a graceful
+# restart costs no client (supervisord's stopwaitsecs is longer)
+DRAIN_GRACE = 20.0
 
 
 async def setup(bus: Bus, cfg: Config) -> Cleanup:
     ttrpc_server = ttrpc.Server()
     server = await build(bus, cfg, ttrpc_server)
-    # ttrpc first: whoever waits for the gRPC socket to answer (flotilla up, the tests) then
-    # finds the ttrpc one there too
-    await listen_ttrpc(ttrpc_server, cfg.socket_path)
-    await listen(server, cfg.socket_path)
+    stop_accepting = await listen(server, ttrpc_server, cfg.socket_path)
 
     async def stop() -> None:
-        await asyncio.gather(ttrpc_server.stop(grace=2), server.stop(grace=2))
+        await stop_accepting()
+        await asyncio.gather(ttrpc_server.stop(grace=DRAIN_GRACE), server.stop(grace=DRAIN_GRACE))
 
     return stop
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from grpc import aio
@@ -13,7 +14,7 @@ from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
-from . import h2grpc, health, pb, ttrpc
+from . import h2grpc, health, listener, pb, ttrpc
 from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
@@ -76,19 +77,20 @@ async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None)
     return server
 
 
-async def listen(server: aio.Server | h2grpc.Server, socket_path: str) -> None:
-    path = Path(socket_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_socket():
-        path.unlink()  # left by a killed gateway; we are its only owner
-    server.add_insecure_port(f"unix://{path}")
-    await server.start()
-    os.chmod(path, 0o660)
-    log.info("serving containerd API on %s", path)
+async def listen(server: aio.Server | h2grpc.Server, ttrpc_server: ttrpc.Server,
+                 socket_path: str) -> Callable[[], Awaitable[None]]:
+    """Serve both APIs on the socket a supervisor passed down, or on our own; returns what
+    stops taking connections (without closing a socket other gateways share)."""
+    if isinstance(server, aio.Server):  # grpcio's server binds its own path (bench only)
+        await ttrpc_server.start(socket_path + ".ttrpc", mode=0o660)
+        server.add_insecure_port(f"unix://{socket_path}")
+        await server.start()
+        return ttrpc_server.stop
+    sock = listener.inherited() or listener.bind(socket_path)
+    listener.link(socket_path, socket_path + ".ttrpc")  # containerd's ttrpc clients look there
+    accepting = await listener.serve(sock, server.protocol, ttrpc_server.protocol)
+    log.info("serving containerd's gRPC and ttrpc APIs on %s (and .ttrpc)", socket_path)
 
-
-async def listen_ttrpc(server: ttrpc.Server, socket_path: str) -> None:
-    """containerd's ttrpc endpoint beside the gRPC socket, where its clients look for it."""
-    path = socket_path + ".ttrpc"
-    await server.start(path, mode=0o660)
-    log.info("serving containerd ttrpc API on %s", path)
+    async def stop_accepting() -> None:
+        accepting.close()
+    return stop_accepting

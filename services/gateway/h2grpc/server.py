@@ -318,6 +318,10 @@ class Server:
                 handler = grpc.unary_unary_rpc_method_handler(_unimplemented)
         return handler
 
+    def protocol(self) -> asyncio.Protocol:
+        """A connection of this server, for a listener that is not the server's own."""
+        return _Connection(self)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for path in self._paths:

@@ -193,6 +193,10 @@ class Server:
             return Status(_UNIMPLEMENTED, f"method {name}")
         return method
 
+    def protocol(self) -> asyncio.Protocol:
+        """A connection of this server, for a listener that is not the server's own."""
+        return _Connection(self)
+
     async def start(self, path: str | Path, mode: int = 0o660) -> None:
         """Listen on ``path``, replacing a socket left there by a killed gateway (never a
         file of another kind). The mode is set between bind and listen, so no client can
