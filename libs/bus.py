@@ -54,6 +54,10 @@ _TRANSIENT = frozenset(cls.code for cls in (Unavailable, DeadlineExceeded, Abort
 _REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar("flotilla_replaying", default=False)
 
 
+class InstanceGone(Unavailable):
+    """A call to one instance's own subjects found nobody there: it stopped or died."""
+
+
 def replaying() -> bool:
     """True in a handler that runs a call again after the instance that had it died: its
     work may be done already (a create may find what it creates; a delete, nothing)."""
@@ -130,13 +134,15 @@ class Bus:
     # -- client side -------------------------------------------------------------------
 
     async def request(self, subject: str, payload: Any = None, *, timeout: float = 10.0,
-                      idempotent: bool = False) -> Any:
+                      idempotent: bool = False, instance_bound: bool = False) -> Any:
         """Call ``subject`` and return its result, raising the service's error.
 
         ``timeout`` is the whole call's deadline. Every call is sent again while no instance
         receives it, and at once when the callee's service or the bus restarts under it;
         idempotent calls are also sent again when an attempt takes long (an instance killed
         mid-call never answers). Calls that are not idempotent carry a request id.
+        ``instance_bound`` calls go to one instance's own subject: when nobody receives one,
+        that instance is gone, and ``InstanceGone`` says so at once.
         """
         data = pack(payload)
         deadline = time.monotonic() + timeout
@@ -170,6 +176,8 @@ class Bus:
                 metrics.BUS_RETRIES.labels(subject).inc()
                 continue
             except NoRespondersError:
+                if instance_bound:
+                    raise InstanceGone(f"{subject}: the instance that served it is gone: unavailable") from None
                 unheard = True  # nobody received it, so sending it again is safe for any call
             except NatsTimeout:
                 if not idempotent or deadline - time.monotonic() <= 0:

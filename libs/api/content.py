@@ -30,8 +30,8 @@ from typing import Any
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
-from ..bus import MAX_CHUNK, Bus
-from ..errors import AlreadyExists, FlotillaError, NotFound
+from ..bus import MAX_CHUNK, Bus, InstanceGone
+from ..errors import AlreadyExists, FlotillaError, NotFound, Unavailable
 from ..subjects import shared
 from ..wire import from_wire
 
@@ -235,8 +235,11 @@ class Writer:
     offsets cross the bus; otherwise they go as chunks over NATS.
     """
 
-    def __init__(self, client: "ContentClient", session: WriterSession, local: bool) -> None:
+    def __init__(self, client: "ContentClient", session: WriterSession, local: bool,
+                 opened: WriterOpen | None = None) -> None:
         self.client, self.session = client, session
+        self._opened = opened  # how the session was opened: the same opens it again
+        self._reopening: asyncio.Lock | None = None
         self.offset = session.offset
         self.local = local and same_file(session.file)
         self._file: Appender | None = None  # used on the disk thread only
@@ -272,9 +275,36 @@ class Writer:
     def _subject(self, method: str) -> str:
         return instance_subject(self.client.prefix, self.session.instance, method)
 
-    async def _call(self, method: str, payload: object, timeout: float | None = None) -> Any:
-        return await self.client.bus.request(self._subject(method), payload,
-                                             timeout=timeout or self.client.timeout)
+    async def _call(self, method: str, payload: Any, timeout: float | None = None) -> Any:
+        """A call to the session's instance. When that instance is gone (the content service
+        restarted), the ingest is opened again where its data file stands, on whichever
+        instance takes it, and the call goes there (issue 22)."""
+        for _ in range(3):
+            session = self.session
+            try:
+                return await self.client.bus.request(
+                    self._subject(method), dataclasses.replace(payload, session=session.session),
+                    timeout=timeout or self.client.timeout, instance_bound=True)
+            except InstanceGone:
+                if self._opened is None or self._committed:
+                    raise
+                await self._reopen(session)
+        raise Unavailable(f"ingest {self.session.ref}: content service keeps restarting: unavailable")
+
+    async def _reopen(self, lost: WriterSession) -> None:
+        """Open the ingest again (once, however many calls found the instance gone)."""
+        if self._reopening is None:
+            self._reopening = asyncio.Lock()
+        async with self._reopening:
+            if self.session is not lost:
+                return  # another call did it already
+            assert self._opened is not None
+            session = await self.client._open(self._opened)
+            if not self.local and session.offset != self.offset:
+                # chunks in flight to the lost instance are gone with it, and we keep no copy
+                raise Unavailable(f"ingest {lost.ref}: content service restarted with "
+                                  f"{self.offset - session.offset} bytes in flight: unavailable")
+            self.session = session
 
     async def status(self) -> WriterSession:
         if not self._changed:  # nothing happened since the service last said: no round trip
@@ -554,8 +584,13 @@ class ContentClient:
                      lease: str = "") -> Writer:
         """Open (or resume) the ingest ``ref``; raises Unavailable if another writer holds it
         and AlreadyExists if ``expected`` is already in ``namespace``."""
-        data = await self._call(WRITER_OPEN, WriterOpen(namespace, ref, total, expected, lease, self.local), False)
-        return Writer(self, from_wire(WriterSession, data), self.local)
+        opened = WriterOpen(namespace, ref, total, expected, lease, self.local)
+        return Writer(self, await self._open(opened), self.local, opened)
+
+    async def _open(self, opened: WriterOpen) -> WriterSession:
+        # safe to send again: a second open of the same ref by the same caller is refused
+        # while the first holds it, and a resend reaches the service only when the first did not
+        return from_wire(WriterSession, await self._call(WRITER_OPEN, opened, False))
 
     async def write_blob(self, namespace: str, ref: str, data: AsyncIterable[bytes] | bytes,
                          expected: str = "", total: int = 0, labels: dict[str, str] | None = None,
