@@ -294,6 +294,22 @@ stdout_logfile_backups=2
             return False
         return not any(p.init_err.code == grpc.StatusCode.UNAVAILABLE.value[0] for p in plugins)
 
+    def restart(self, name: str, timeout: float = 120.0) -> float:
+        """Restart program ``name`` gracefully, one instance at a time, each only once the
+        suite answers again (so a second gateway or metadata keeps serving meanwhile).
+        A stopping process drains: it takes no new call and answers those it runs. Returns
+        the seconds taken."""
+        started = time.monotonic()
+        procs = [proc for proc in self.status() if proc == name or proc.startswith(name + ":")]
+        if not procs:
+            raise ValueError(f"no component {name!r} in this suite (see `flotilla status`)")
+        for proc in procs:
+            out = self.ctl("restart", proc)
+            if "started" not in out.stdout:
+                raise RuntimeError(f"supervisorctl restart {proc}: {out.stdout.strip()} {out.stderr.strip()}")
+            self.wait_ready(timeout)
+        return time.monotonic() - started
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.python, "-m", "supervisor.supervisorctl", "-c", str(self.conf), *args],
                               capture_output=True, text=True)

@@ -17,6 +17,13 @@ def _suite_commands(args: argparse.Namespace) -> int:
     elif args.command == "down":
         suite.down()
         print("flotilla is down")
+    elif args.command == "restart":
+        try:
+            took = suite.restart(args.component)
+        except ValueError as exc:
+            print(f"flotilla: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.component} restarted; the suite answered again after {took:.2f}s")
     elif args.command == "status":
         if suite.pid() is None:
             print("flotilla is not running")
@@ -72,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the suite in the background")
     sub.add_parser("down", help="stop the suite (data is kept)")
     sub.add_parser("status", help="show the suite's processes")
+    restart = sub.add_parser("restart", help="restart one component gracefully, one instance at a time "
+                                             "(clients' calls are drained, not failed)")
+    restart.add_argument("component", help="nats, metadata, content, snapshots, runtime, transfer or gateway")
     logs = sub.add_parser("logs", help="show the suite's logs")
     logs.add_argument("-f", "--follow", action="store_true")
     content = sub.add_parser("content", help="content store tools")

@@ -20,9 +20,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -35,11 +35,13 @@ from .errors import (
     Unknown,
 )
 from .journal import Journal
+from .routes import Route
 from .subjects import hello, inbox
 from .wire import WireError, pack, unpack
 
 log = logging.getLogger("flotilla.bus")
 
+R = TypeVar("R")
 Handler = Callable[[Any], Awaitable[Any]]
 EventHandler = Callable[[Any], Awaitable[None]]
 
@@ -117,15 +119,21 @@ class Bus:
         bus = cls(nc, name)
         return bus
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Stop taking requests, let those in progress answer, then drain the connection."""
-        for sub in self._serving:
+    async def stop_serving(self, grace: float = 5.0) -> None:
+        """Take no more requests and give those in progress ``grace`` seconds to answer;
+        a caller whose call is cut off sends it again to the next instance (``announce``)."""
+        serving, self._serving = self._serving, []
+        for sub in serving:
             try:
                 await sub.unsubscribe()
             except Exception:  # already gone with a closed connection
                 pass
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop serving (as ``stop_serving``), then drain the connection."""
+        await self.stop_serving(grace)
         if not self.nc.is_closed:
             await self.nc.drain()
         for task in list(self._tasks):
@@ -196,6 +204,13 @@ class Bus:
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, _BACKOFF_MAX)
         return decode_reply(msg.data)
+
+    async def call(self, subject: str, route: "Route[Any, R]", request: Any = None, *,
+                   timeout: float | None = None) -> R:
+        """Call ``route`` on ``subject`` (its service's stem + the route's method) and
+        return its reply as the route's record."""
+        data = await self.request(subject, request, timeout=timeout or route.timeout, idempotent=route.idempotent)
+        return route.decode_reply(data)
 
     def _send_again(self, service: str | None) -> None:
         """Send the calls under way to ``service`` (None: every call) again."""
@@ -313,6 +328,16 @@ class Bus:
         await self.nc.flush()  # the server knows the subscription before we say we serve
         self._serving.append(sub)
         return sub
+
+    async def serve_routes(self, stem: str, routes: "Iterable[tuple[Route[Any, Any], Callable[[Any], Awaitable[Any]]]]",
+                           *, queue: str | None = None, label: str = "") -> None:
+        """Serve each route on ``<stem>.<method>``; each handler gets the route's request
+        record (a request that does not make one is InvalidArgument)."""
+        for route, handler in routes:
+            async def typed(payload: Any, route: Route[Any, Any] = route,
+                            handler: Callable[[Any], Awaitable[Any]] = handler) -> Any:
+                return await handler(route.decode_request(payload))
+            await self.serve(f"{stem}.{route.method}", typed, queue=queue, method=label + route.method)
 
     async def _once(self, key: str, msg: Msg, answer: Callable[[Msg], Awaitable[tuple[bytes, int]]]
                     ) -> tuple[bytes, int]:

@@ -31,10 +31,13 @@ def ping_subject(cfg: Config, name: str, host_local: bool) -> str:
     return service_stem(cfg, name, host_local) + ".ping"
 
 
-def journal_for(cfg: Config, name: str) -> Journal:
+def journal_for(cfg: Config, name: str) -> Journal | None:
     """Where service ``name`` records its non-idempotent calls: a SQLite file its instances
     on this host share (under the state directory: it need not outlive a reboot, as no call
-    does), or, for a service on a shared PostgreSQL database, that database."""
+    does), or, for a service on a shared PostgreSQL database, that database.
+    FLOTILLA_JOURNAL=off keeps none (the benchmark's "before", to measure what it costs)."""
+    if os.environ.get("FLOTILLA_JOURNAL", "on") == "off":
+        return None
     url = cfg.database_url(name) if name == "metadata" else ""
     if url.startswith("postgresql"):
         return Journal.at(url)
@@ -62,10 +65,13 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     logger.info("%s ready", name)
     await stop.wait()
     logger.info("%s stopping", name)
+    # in this order: no new requests, the running ones answered, then what they used goes
+    await bus.stop_serving()
     if cleanup is not None:
         await cleanup()
     await bus.close()
-    bus.journal.close()
+    if bus.journal is not None:
+        bus.journal.close()
 
 
 # glibc's mallopt parameters

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .peers import CTR
 
-Kill = Callable[[], None]  # ends one component; returns once it was killed (not restarted)
+Kill = Callable[[], None]  # ends one component; returns as soon as it was killed (not restarted)
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,9 @@ class Killer:
 
     def kill(self, name: str, timeout: float = 60.0) -> float:
         """Kill ``name`` and return the seconds until it answered again."""
+        self.components[name]()  # it may first look the process up: the kill is when it returns
         self.chaos.note_kill(name)
         killed = time.monotonic()
-        self.components[name]()
         deadline = killed + timeout
         while not self.ready(name):
             if time.monotonic() > deadline:

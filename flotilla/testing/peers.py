@@ -72,12 +72,13 @@ class PrivateSuite(Peer):
 
     TESTER = "tester"
 
-    def __init__(self, base: Path | None = None, *, auth: bool = True, **extra_env: str) -> None:
+    def __init__(self, base: Path | None = None, *, auth: bool = True, instances: dict[str, int] | None = None,
+                 **extra_env: str) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-suite-", dir=base))
         self.suite = Suite(root=self.base / "root", state=self.base / "state",
                            nats_port=free_port(), metrics_base=0,
                            prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True,
-                           auth=auth, cluster=None)
+                           auth=auth, cluster=None, instances=dict(instances or {}))
         if auth:
             self.suite.credentials.grant(self.TESTER, Permissions((">",), (">",)))
 

@@ -25,15 +25,22 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
 from ..bus import MAX_CHUNK, Bus, InstanceGone
 from ..errors import AlreadyExists, FlotillaError, NotFound, Unavailable
+from ..routes import Route
 from ..subjects import shared
 from ..wire import from_wire
+
+# the records live apart to keep this file short; they are part of this contract
+from ._content_records import (
+    ChunkWrite, CommitRequest, ContentChanged, DigestRequest, Info, LeaseRequest, ListRequest, LocalFile,
+    NamespaceRequest, ReadRequest, RefRequest, SessionRequest, Status, SyncRequest, UpdateRequest, WriterOpen,
+    WriterSession,
+)
 
 SERVICE = "content"
 CHUNK = MAX_CHUNK          # bytes per bus message
@@ -43,175 +50,66 @@ LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
 LAST_SYNC = 256 << 10      # unhashed bytes at a blob's end worth a sync before its commit
 HEARTBEAT = 30.0           # seconds between a writer's keep-alives (the service waits IDLE)
 
-# methods on the shared subject <prefix>.content.<method> (queue group)
-INFO = "info"                      # DigestRequest -> Info
-LIST = "list"                      # ListRequest -> list[Info]
-UPDATE = "update"                  # UpdateRequest -> Info
-DELETE = "delete"                  # DigestRequest -> None (publishes /content/delete)
-READ = "read"                      # ReadRequest -> bytes (at most CHUNK)
-LOCAL_PATH = "local_path"          # DigestRequest -> LocalFile (NotFound if not owned)
-STATUS = "status"                  # RefRequest -> Status
-LIST_STATUSES = "statuses"         # ListRequest -> list[Status]
-ABORT = "abort"                    # RefRequest -> None
-NAMESPACE_HELD = "namespace_held"  # NamespaceRequest -> bool
-RELEASE_LEASE = "release_lease"    # LeaseRequest -> int (records no longer held by it)
-NAMESPACES = "namespaces"          # None -> list[str] (namespaces owning a blob or an ingest)
-WRITER_OPEN = "writer.open"        # WriterOpen -> WriterSession
+R = TypeVar("R")
+
+# -- methods on the shared subject <prefix>.content.<method> (queue group): request record ->
+# reply record (None: plain data). Reads and label updates are idempotent (sent again as they
+# are); the others carry a request id. The client's own timeout (default 10 s) applies.
+INFO: Route[DigestRequest, Info] = Route("info", DigestRequest, Info, idempotent=True)
+LIST: Route[ListRequest, list[Info]] = Route("list", ListRequest, list[Info], idempotent=True)
+UPDATE: Route[UpdateRequest, Info] = Route("update", UpdateRequest, Info, idempotent=True)
+# publishes /content/delete
+DELETE: Route[DigestRequest, None] = Route("delete", DigestRequest, None)
+READ: Route[ReadRequest, bytes] = Route("read", ReadRequest, None, idempotent=True)  # at most CHUNK bytes
+# NotFound if not owned
+LOCAL_PATH: Route[DigestRequest, LocalFile] = Route("local_path", DigestRequest, LocalFile, idempotent=True)
+STATUS: Route[RefRequest, Status] = Route("status", RefRequest, Status, idempotent=True)
+LIST_STATUSES: Route[ListRequest, list[Status]] = Route("statuses", ListRequest, list[Status], idempotent=True)
+ABORT: Route[RefRequest, None] = Route("abort", RefRequest, None)
+NAMESPACE_HELD: Route[NamespaceRequest, bool] = Route("namespace_held", NamespaceRequest, None, idempotent=True)
+# -> how many records it no longer holds
+RELEASE_LEASE: Route[LeaseRequest, int] = Route("release_lease", LeaseRequest, None)
+# -> the namespaces owning a blob or an ingest
+NAMESPACES: Route[None, list[str]] = Route("namespaces", None, None, idempotent=True)
+WRITER_OPEN: Route[WriterOpen, WriterSession] = Route("writer.open", WriterOpen, WriterSession)
 
 # published (not served) on <prefix>.content.changed: a ContentChanged for a record changed
 # in place (labels), for callers that keep records; deletes are /content/delete events
 CHANGED = "changed"
 
-# methods on the session's instance subject <prefix>.content.i.<instance>.<method>
-W_STATUS = "w.status"      # SessionRequest -> WriterSession (offset, digest so far)
-W_WRITE = "w.write"        # ChunkWrite -> int (offset after the chunk)
-W_SYNC = "w.sync"          # SyncRequest -> int (local path: file written up to offset)
-W_TRUNCATE = "w.truncate"  # SessionRequest -> int (restart at offset 0)
-W_COMMIT = "w.commit"      # CommitRequest -> Info
-W_CLOSE = "w.close"        # SessionRequest -> None (releases the ref; the ingest stays)
+# -- methods on the session's instance subject <prefix>.content.i.<instance>.<method>
+# (no queue group: that instance alone holds the session). None is idempotent: each carries
+# a request id, so a call sent again is done once.
+W_STATUS: Route[SessionRequest, WriterSession] = Route("w.status", SessionRequest, WriterSession)  # digest so far
+W_WRITE: Route[ChunkWrite, int] = Route("w.write", ChunkWrite, None)  # -> the offset after the chunk
+# local path: the data file holds the ingest's bytes up to the request's offset -> that offset
+W_SYNC: Route[SyncRequest, int] = Route("w.sync", SyncRequest, None)
+W_TRUNCATE: Route[SessionRequest, int] = Route("w.truncate", SessionRequest, None)  # restart at offset 0
+W_COMMIT: Route[CommitRequest, Info] = Route("w.commit", CommitRequest, Info, timeout=600.0)  # hashes the rest
+# releases the ref (the ingest stays); briefly: the service's idle timeout ends the session anyway
+W_CLOSE: Route[SessionRequest, None] = Route("w.close", SessionRequest, None, timeout=5.0)
 
 
-def subject(prefix: str, method: str) -> str:
-    return shared(prefix, SERVICE, method)
+def _method(method: Route[Any, Any] | str) -> str:
+    return method.method if isinstance(method, Route) else method
 
 
-def instance_subject(prefix: str, instance: str, method: str) -> str:
-    return f"{prefix}.{SERVICE}.i.{instance}.{method}"
+def stem(prefix: str) -> str:
+    """Where the shared methods are served: ``<prefix>.content``."""
+    return f"{prefix}.{SERVICE}"
 
 
-# -- records -------------------------------------------------------------------------
+def instance_stem(prefix: str, instance: str) -> str:
+    """Where one instance serves the write sessions it holds: ``<prefix>.content.i.<instance>``."""
+    return f"{prefix}.{SERVICE}.i.{instance}"
 
 
-@dataclass
-class Info:
-    digest: str
-    size: int = 0
-    created_at: int = 0            # ns since the epoch
-    updated_at: int = 0
-    labels: dict[str, str] = field(default_factory=dict)
-    leases: list[str] = field(default_factory=list)  # lease ids holding it (GC roots)
+def subject(prefix: str, method: Route[Any, Any] | str) -> str:
+    return shared(prefix, SERVICE, _method(method))
 
 
-@dataclass
-class Status:
-    ref: str
-    offset: int = 0
-    total: int = 0
-    expected: str = ""
-    started_at: int = 0
-    updated_at: int = 0
-
-
-@dataclass
-class DigestRequest:
-    namespace: str
-    digest: str
-
-
-@dataclass
-class ContentChanged:
-    """The CHANGED notice: the record of ``digest`` in ``namespace`` changed at ``updated_at``."""
-    namespace: str
-    digest: str
-    updated_at: int = 0  # 0: not said (an older service): whatever a caller keeps is stale
-
-
-@dataclass
-class NamespaceRequest:
-    namespace: str
-
-
-@dataclass
-class LeaseRequest:
-    namespace: str
-    lease: str
-
-
-@dataclass
-class ListRequest:
-    namespace: str
-    filters: list[str] = field(default_factory=list)
-
-
-@dataclass
-class UpdateRequest:
-    namespace: str
-    info: Info
-    paths: list[str] = field(default_factory=list)  # field mask; empty replaces all labels
-
-
-@dataclass
-class ReadRequest:
-    namespace: str
-    digest: str
-    offset: int = 0
-    size: int = -1                 # at most CHUNK per call
-
-
-@dataclass
-class LocalFile:
-    path: str                      # the committed blob (or ingest data) file
-    dev: int = 0                   # st_dev and st_ino as the service sees them: a caller
-    ino: int = 0                   # that sees the same pair shares the filesystem
-    size: int = 0
-
-
-@dataclass
-class RefRequest:
-    namespace: str
-    ref: str
-
-
-@dataclass
-class WriterOpen:
-    namespace: str
-    ref: str
-    total: int = 0
-    expected: str = ""
-    lease: str = ""                # the containerd-lease of the caller, kept with the blob
-    local: bool = True             # the caller may use the data file directly
-
-
-@dataclass
-class WriterSession:
-    session: str
-    instance: str                  # where the session's w.* calls go
-    ref: str
-    offset: int = 0
-    total: int = 0
-    expected: str = ""
-    digest: str = ""               # digest of the bytes so far (w.status only)
-    started_at: int = 0
-    updated_at: int = 0
-    shared: bool = False           # expected blob already stored: commit needs no bytes
-    file: LocalFile | None = None  # the ingest's data file (when local was asked)
-
-
-@dataclass
-class SessionRequest:
-    session: str
-    updated_at: int = 0  # on w.close: when the writer last wrote (ns), kept with the ingest
-
-
-@dataclass
-class ChunkWrite:
-    session: str
-    offset: int
-    data: bytes
-
-
-@dataclass
-class SyncRequest:
-    session: str
-    offset: int                    # the data file holds the ingest's bytes up to here
-
-
-@dataclass
-class CommitRequest:
-    session: str
-    size: int = 0
-    expected: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
+def instance_subject(prefix: str, instance: str, method: Route[Any, Any] | str) -> str:
+    return f"{instance_stem(prefix, instance)}.{_method(method)}"
 
 
 # -- client ----------------------------------------------------------------------------
@@ -272,23 +170,25 @@ class Writer:
             except FlotillaError:
                 pass
 
-    def _subject(self, method: str) -> str:
-        return instance_subject(self.client.prefix, self.session.instance, method)
+    def _subject(self, route: Route[Any, Any]) -> str:
+        return f"{instance_stem(self.client.prefix, self.session.instance)}.{route.method}"
 
-    async def _call(self, method: str, payload: Any, timeout: float | None = None) -> Any:
+    async def _call(self, route: Route[Any, R], payload: Any, timeout: float | None = None) -> R:
         """A call to the session's instance. When that instance is gone (the content service
         restarted), the ingest is opened again where its data file stands, on whichever
         instance takes it, and the call goes there (issue 22)."""
         for _ in range(3):
             session = self.session
             try:
-                return await self.client.bus.request(
-                    self._subject(method), dataclasses.replace(payload, session=session.session),
-                    timeout=timeout or self.client.timeout, instance_bound=True)
+                data = await self.client.bus.request(
+                    self._subject(route), dataclasses.replace(payload, session=session.session),
+                    timeout=timeout or self.client.timeout, idempotent=route.idempotent, instance_bound=True)
             except InstanceGone:
                 if self._opened is None or self._committed:
                     raise
                 await self._reopen(session)
+                continue
+            return route.decode_reply(data)
         raise Unavailable(f"ingest {self.session.ref}: content service keeps restarting: unavailable")
 
     async def _reopen(self, lost: WriterSession) -> None:
@@ -310,7 +210,7 @@ class Writer:
         if not self._changed:  # nothing happened since the service last said: no round trip
             return self.session
         await self.flush()
-        session = from_wire(WriterSession, await self._call(W_STATUS, SessionRequest(self.session.session)))
+        session = await self._call(W_STATUS, SessionRequest(self.session.session))
         # our own last write is when it came (the file may be written behind our answer)
         self.session = dataclasses.replace(session, updated_at=self._wrote_ns or session.updated_at)
         self._changed = False
@@ -400,13 +300,13 @@ class Writer:
     async def commit(self, size: int = 0, expected: str = "", labels: dict[str, str] | None = None) -> Info:
         await self.flush()
         try:
-            data = await self._call(W_COMMIT, CommitRequest(self.session.session, size, expected, labels or {}),
-                                    timeout=max(self.client.timeout, 600.0))
+            info = await self._call(W_COMMIT, CommitRequest(self.session.session, size, expected, labels or {}),
+                                    timeout=max(self.client.timeout, W_COMMIT.timeout))
         except AlreadyExists:
             self._committed = True  # the service ended the session (and dropped the ingest)
             raise
         self._committed = True
-        return from_wire(Info, data)
+        return info
 
     def committed_file(self) -> int:
         """After a commit of bytes this writer wrote to the data file itself: a new read
@@ -449,7 +349,7 @@ class Writer:
         if self._committed:
             return
         try:
-            await self._call(W_CLOSE, SessionRequest(self.session.session, self._wrote_ns), timeout=5.0)
+            await self._call(W_CLOSE, SessionRequest(self.session.session, self._wrote_ns), timeout=W_CLOSE.timeout)
         except FlotillaError:
             pass  # the session ends on the service's idle timeout anyway
 
@@ -474,12 +374,12 @@ class ContentClient:
         self.bus, self.prefix, self.timeout = bus, prefix, timeout
         self.local = local  # False forces bytes over NATS even on the service's host
 
-    async def _call(self, method: str, payload: object, idempotent: bool, timeout: float | None = None) -> Any:
-        return await self.bus.request(subject(self.prefix, method), payload,
-                                      timeout=timeout or self.timeout, idempotent=idempotent)
+    async def _call(self, route: Route[Any, R], request: Any, timeout: float | None = None) -> R:
+        return await self.bus.call(shared(self.prefix, SERVICE, route.method), route, request,
+                                   timeout=timeout or self.timeout)
 
     async def info(self, namespace: str, digest: str) -> Info:
-        return from_wire(Info, await self._call(INFO, DigestRequest(namespace, digest), True))
+        return await self._call(INFO, DigestRequest(namespace, digest))
 
     async def exists(self, namespace: str, digest: str) -> bool:
         try:
@@ -489,27 +389,24 @@ class ContentClient:
             return False
 
     async def list(self, namespace: str, filters: list[str] | None = None) -> list[Info]:
-        data = await self._call(LIST, ListRequest(namespace, list(filters or [])), True)
-        return [from_wire(Info, d) for d in data]
+        return await self._call(LIST, ListRequest(namespace, list(filters or [])))
 
     async def update(self, namespace: str, info: Info, paths: list[str] | None = None) -> Info:
-        data = await self._call(UPDATE, UpdateRequest(namespace, info, list(paths or [])), True)
-        return from_wire(Info, data)
+        return await self._call(UPDATE, UpdateRequest(namespace, info, list(paths or [])))
 
     async def delete(self, namespace: str, digest: str) -> None:
-        await self._call(DELETE, DigestRequest(namespace, digest), False)
+        await self._call(DELETE, DigestRequest(namespace, digest))
 
     async def namespace_held(self, namespace: str) -> bool:
-        return bool(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace), True))
+        return bool(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace)))
 
     async def namespaces(self) -> list[str]:
         """Every namespace that owns a blob or has an ingest (containerd lists those too)."""
-        return list(await self._call(NAMESPACES, None, True))
+        return list(await self._call(NAMESPACES, None))
 
     async def release_lease(self, namespace: str, lease: str) -> int:
-        """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted). Not retried:
-        with no content service on the bus this fails at once with Unavailable."""
-        return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease), False))
+        """Forget ``lease`` on every blob of ``namespace`` (the lease was deleted)."""
+        return int(await self._call(RELEASE_LEASE, LeaseRequest(namespace, lease)))
 
     async def watch_changes(self, callback: Callable[[ContentChanged], None]) -> None:
         """``callback`` for every record changed in place from now on (see CHANGED)."""
@@ -519,7 +416,7 @@ class ContentClient:
 
     async def local_file(self, namespace: str, digest: str) -> LocalFile | None:
         """The committed blob's file when this process shares its filesystem, else None."""
-        f = from_wire(LocalFile, await self._call(LOCAL_PATH, DigestRequest(namespace, digest), True))
+        f = await self._call(LOCAL_PATH, DigestRequest(namespace, digest))
         return f if same_file(f) else None
 
     async def local_path(self, namespace: str, digest: str) -> str | None:
@@ -553,7 +450,7 @@ class ContentClient:
             if pos < end:
                 n = min(CHUNK, end - pos)
                 queue.append(asyncio.ensure_future(
-                    self._call(READ, ReadRequest(namespace, digest, pos, n), True)))
+                    self._call(READ, ReadRequest(namespace, digest, pos, n))))
                 pos += n
 
         try:
@@ -571,14 +468,13 @@ class ContentClient:
         return b"".join([piece async for piece in self.read(namespace, digest)])
 
     async def status(self, namespace: str, ref: str) -> Status:
-        return from_wire(Status, await self._call(STATUS, RefRequest(namespace, ref), True))
+        return await self._call(STATUS, RefRequest(namespace, ref))
 
     async def list_statuses(self, namespace: str, filters: list[str] | None = None) -> list[Status]:
-        data = await self._call(LIST_STATUSES, ListRequest(namespace, list(filters or [])), True)
-        return [from_wire(Status, d) for d in data]
+        return await self._call(LIST_STATUSES, ListRequest(namespace, list(filters or [])))
 
     async def abort(self, namespace: str, ref: str) -> None:
-        await self._call(ABORT, RefRequest(namespace, ref), False)
+        await self._call(ABORT, RefRequest(namespace, ref))
 
     async def writer(self, namespace: str, ref: str, total: int = 0, expected: str = "",
                      lease: str = "") -> Writer:
@@ -590,7 +486,7 @@ class ContentClient:
     async def _open(self, opened: WriterOpen) -> WriterSession:
         # safe to send again: a second open of the same ref by the same caller is refused
         # while the first holds it, and a resend reaches the service only when the first did not
-        return from_wire(WriterSession, await self._call(WRITER_OPEN, opened, False))
+        return await self._call(WRITER_OPEN, opened)
 
     async def write_blob(self, namespace: str, ref: str, data: AsyncIterable[bytes] | bytes,
                          expected: str = "", total: int = 0, labels: dict[str, str] | None = None,

@@ -1,47 +1,28 @@
-"""The metadata service's contract: subjects, records, and its client over the bus."""
+"""The metadata service's contract: its records, its routes (libs/routes.py) and its client
+over the bus."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..bus import Bus
+from ..routes import Route
 from ..subjects import shared
 from ..wire import from_wire
 
 SERVICE = "metadata"
-
-# methods; each request is the msgpack map of the record named beside it
-NAMESPACE_GET = "namespaces.get"        # NamespaceName -> Namespace
-NAMESPACE_LIST = "namespaces.list"      # None -> list[Namespace]
-NAMESPACE_CREATE = "namespaces.create"  # NamespaceCreate -> Namespace
-NAMESPACE_UPDATE = "namespaces.update"  # NamespaceUpdate -> Namespace
-NAMESPACE_DELETE = "namespaces.delete"  # NamespaceName -> None
-
-CONTAINER_GET = "containers.get"        # ContainerRef -> Container
-CONTAINER_LIST = "containers.list"      # ListRequest -> list[Container]
-CONTAINER_CREATE = "containers.create"  # ContainerCreate -> Container
-CONTAINER_UPDATE = "containers.update"  # ContainerUpdate -> Container
-CONTAINER_DELETE = "containers.delete"  # ContainerRef -> None
-
-IMAGE_GET = "images.get"                # ImageRef -> Image
-IMAGE_LIST = "images.list"              # ListRequest -> list[Image]
-IMAGE_CREATE = "images.create"          # ImageCreate -> Image
-IMAGE_UPDATE = "images.update"          # ImageUpdate -> Image
-IMAGE_DELETE = "images.delete"          # ImageDelete -> None
-
-LEASE_CREATE = "leases.create"          # LeaseCreate -> Lease
-LEASE_DELETE = "leases.delete"          # LeaseDelete -> None
-LEASE_LIST = "leases.list"              # ListRequest -> list[Lease]
-LEASE_ADD_RESOURCE = "leases.add_resource"        # LeaseResourceRequest -> None
-LEASE_DELETE_RESOURCE = "leases.delete_resource"  # LeaseResourceRequest -> None
-LEASE_LIST_RESOURCES = "leases.list_resources"    # LeaseRef -> list[Resource]
-
-GC_RUN = "gc.run"                       # GCRequest -> GCStats (a collection, waited for)
+R = TypeVar("R")
 
 
-def subject(prefix: str, method: str) -> str:
-    return shared(prefix, SERVICE, method)
+def stem(prefix: str) -> str:
+    """Where the service's routes live: ``<prefix>.metadata``, each at ``<stem>.<method>``."""
+    return f"{prefix}.{SERVICE}"
+
+
+def subject(prefix: str, method: Route[Any, Any] | str) -> str:
+    """A route's subject; a plain method name (e.g. "ping") names one outside the table."""
+    return shared(prefix, SERVICE, method.method if isinstance(method, Route) else method)
 
 
 @dataclass
@@ -228,139 +209,166 @@ class GCStats:
     skipped: list[str] = field(default_factory=list)  # stores that did not answer
 
 
+
+# -- routes: request record -> reply record ------------------------------------------------
+# Writes not marked idempotent are sent again with a request id, so they are done once
+# (libs/journal.py).
+
+NAMESPACE_GET: Route[NamespaceName, Namespace] = Route("namespaces.get", NamespaceName, Namespace, True)
+NAMESPACE_LIST: Route[None, list[Namespace]] = Route("namespaces.list", None, list[Namespace], True)
+NAMESPACE_CREATE: Route[NamespaceCreate, Namespace] = Route("namespaces.create", NamespaceCreate, Namespace)
+# setting labels to given values is idempotent
+NAMESPACE_UPDATE: Route[NamespaceUpdate, Namespace] = Route("namespaces.update", NamespaceUpdate, Namespace, True)
+NAMESPACE_DELETE: Route[NamespaceName, None] = Route("namespaces.delete", NamespaceName)
+
+CONTAINER_GET: Route[ContainerRef, Container] = Route("containers.get", ContainerRef, Container, True)
+# paged lists answer a ListPage (or with budget 0, a list) of plain maps: converting
+# thousands of items field by field costs more than the call itself, so the client reads
+# them as maps (reply None) and converts only where a caller wants records
+CONTAINER_LIST: Route[ListRequest, Any] = Route("containers.list", ListRequest, None, True)
+CONTAINER_CREATE: Route[ContainerCreate, Container] = Route("containers.create", ContainerCreate, Container)
+CONTAINER_UPDATE: Route[ContainerUpdate, Container] = Route("containers.update", ContainerUpdate, Container)
+CONTAINER_DELETE: Route[ContainerRef, None] = Route("containers.delete", ContainerRef)
+
+IMAGE_GET: Route[ImageRef, Image] = Route("images.get", ImageRef, Image, True)
+IMAGE_LIST: Route[ListRequest, Any] = Route("images.list", ListRequest, None, True)  # paged: as containers
+IMAGE_CREATE: Route[ImageCreate, Image] = Route("images.create", ImageCreate, Image)
+IMAGE_UPDATE: Route[ImageUpdate, Image] = Route("images.update", ImageUpdate, Image)
+IMAGE_DELETE: Route[ImageDelete, None] = Route("images.delete", ImageDelete)
+
+LEASE_CREATE: Route[LeaseCreate, Lease] = Route("leases.create", LeaseCreate, Lease)
+LEASE_DELETE: Route[LeaseDelete, None] = Route("leases.delete", LeaseDelete)
+LEASE_LIST: Route[ListRequest, list[Lease]] = Route("leases.list", ListRequest, list[Lease], True)
+# adding the same reference twice is harmless: idempotent (and so is removing it)
+LEASE_ADD_RESOURCE: Route[LeaseResourceRequest, None] = Route("leases.add_resource", LeaseResourceRequest,
+                                                              None, True)
+LEASE_DELETE_RESOURCE: Route[LeaseResourceRequest, None] = Route("leases.delete_resource", LeaseResourceRequest,
+                                                                 None, True)
+LEASE_LIST_RESOURCES: Route[LeaseRef, list[Resource]] = Route("leases.list_resources", LeaseRef,
+                                                              list[Resource], True)
+
+# a collection, waited for. Not idempotent for retries: a resend after a slow first attempt
+# would queue a second whole collection behind the first
+GC_RUN: Route[GCRequest, GCStats] = Route("gc.run", GCRequest, GCStats, False, timeout=60.0)
+
+
 class MetadataClient:
-    """Calls the metadata service; reads are idempotent and retried until the deadline."""
+    """Calls the metadata service; reads are idempotent and retried until the deadline.
+    A ``timeout`` of None is the route's default (libs/routes.py)."""
 
     def __init__(self, bus: Bus, prefix: str) -> None:
         self.bus, self.prefix = bus, prefix
 
-    async def _call(self, method: str, payload: object, timeout: float, idempotent: bool) -> object:
-        return await self.bus.request(subject(self.prefix, method), payload,
-                                      timeout=timeout, idempotent=idempotent)
+    async def _call(self, route: Route[Any, R], request: Any, timeout: float | None) -> R:
+        return await self.bus.call(subject(self.prefix, route), route, request, timeout=timeout)
 
-    async def get_namespace(self, name: str, timeout: float = 10.0) -> Namespace:
-        data = await self._call(NAMESPACE_GET, NamespaceName(name), timeout, True)
-        return from_wire(Namespace, data)  # type: ignore[arg-type]
+    async def get_namespace(self, name: str, timeout: float | None = None) -> Namespace:
+        return await self._call(NAMESPACE_GET, NamespaceName(name), timeout)
 
-    async def list_namespaces(self, timeout: float = 10.0) -> list[Namespace]:
-        data = await self._call(NAMESPACE_LIST, None, timeout, True)
-        return [from_wire(Namespace, d) for d in data]  # type: ignore[union-attr]
+    async def list_namespaces(self, timeout: float | None = None) -> list[Namespace]:
+        return await self._call(NAMESPACE_LIST, None, timeout)
 
-    async def create_namespace(self, ns: Namespace, caller: str = "", timeout: float = 10.0) -> Namespace:
-        data = await self._call(NAMESPACE_CREATE, NamespaceCreate(ns, caller), timeout, False)
-        return from_wire(Namespace, data)  # type: ignore[arg-type]
+    async def create_namespace(self, ns: Namespace, caller: str = "", timeout: float | None = None) -> Namespace:
+        return await self._call(NAMESPACE_CREATE, NamespaceCreate(ns, caller), timeout)
 
     async def update_namespace(self, ns: Namespace, paths: list[str], caller: str = "",
-                               timeout: float = 10.0) -> Namespace:
-        # setting labels to given values is idempotent
-        data = await self._call(NAMESPACE_UPDATE, NamespaceUpdate(ns, paths, caller), timeout, True)
-        return from_wire(Namespace, data)  # type: ignore[arg-type]
+                               timeout: float | None = None) -> Namespace:
+        return await self._call(NAMESPACE_UPDATE, NamespaceUpdate(ns, paths, caller), timeout)
 
-    async def delete_namespace(self, name: str, timeout: float = 10.0) -> None:
-        await self._call(NAMESPACE_DELETE, NamespaceName(name), timeout, False)
+    async def delete_namespace(self, name: str, timeout: float | None = None) -> None:
+        await self._call(NAMESPACE_DELETE, NamespaceName(name), timeout)
 
     # -- containers ----------------------------------------------------------------------
 
-    async def get_container(self, namespace: str, id: str, timeout: float = 10.0) -> Container:
-        data = await self._call(CONTAINER_GET, ContainerRef(namespace, id), timeout, True)
-        return from_wire(Container, data)  # type: ignore[arg-type]
+    async def get_container(self, namespace: str, id: str, timeout: float | None = None) -> Container:
+        return await self._call(CONTAINER_GET, ContainerRef(namespace, id), timeout)
 
-    async def _pages(self, method: str, namespace: str, filters: list[str] | None, timeout: float) -> list[Any]:
+    async def _pages(self, route: Route[ListRequest, Any], namespace: str, filters: list[str] | None,
+                     timeout: float | None) -> list[Any]:
         items: list[Any] = []
         after = ""
         while True:
-            data = await self._call(method, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET),
-                                    timeout, True)
+            data = await self._call(route, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET), timeout)
             # read as a plain map: converting thousands of items field by field costs more
             # than the call itself
-            items += data["items"]  # type: ignore[index]
-            after = data.get("next", "")  # type: ignore[union-attr]
+            items += data["items"]
+            after = data.get("next", "")
             if not after:
                 return items
 
     async def list_containers(self, namespace: str, filters: list[str] | None = None,
-                              timeout: float = 10.0) -> list[Container]:
+                              timeout: float | None = None) -> list[Container]:
         data = await self._pages(CONTAINER_LIST, namespace, filters, timeout)
         return [from_wire(Container, d) for d in data]
 
     async def list_containers_wire(self, namespace: str, filters: list[str] | None = None,
-                                   timeout: float = 10.0) -> list[dict[str, Any]]:
+                                   timeout: float | None = None) -> list[dict[str, Any]]:
         """The containers as wire maps (the fields of Container): for callers that convert
         thousands of them into another shape anyway."""
         return await self._pages(CONTAINER_LIST, namespace, filters, timeout)
 
     async def list_images_wire(self, namespace: str, filters: list[str] | None = None,
-                               timeout: float = 10.0) -> list[dict[str, Any]]:
+                               timeout: float | None = None) -> list[dict[str, Any]]:
         """The images as wire maps (the fields of Image)."""
         return await self._pages(IMAGE_LIST, namespace, filters, timeout)
 
-    async def create_container(self, namespace: str, container: Container, timeout: float = 10.0) -> Container:
-        data = await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container), timeout, False)
-        return from_wire(Container, data)  # type: ignore[arg-type]
+    async def create_container(self, namespace: str, container: Container,
+                               timeout: float | None = None) -> Container:
+        return await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container), timeout)
 
     async def update_container(self, namespace: str, container: Container, paths: list[str] | None = None,
-                               timeout: float = 10.0) -> Container:
-        data = await self._call(CONTAINER_UPDATE, ContainerUpdate(namespace, container, list(paths or [])),
-                                timeout, False)
-        return from_wire(Container, data)  # type: ignore[arg-type]
+                               timeout: float | None = None) -> Container:
+        return await self._call(CONTAINER_UPDATE, ContainerUpdate(namespace, container, list(paths or [])),
+                                timeout)
 
-    async def delete_container(self, namespace: str, id: str, timeout: float = 10.0) -> None:
-        await self._call(CONTAINER_DELETE, ContainerRef(namespace, id), timeout, False)
+    async def delete_container(self, namespace: str, id: str, timeout: float | None = None) -> None:
+        await self._call(CONTAINER_DELETE, ContainerRef(namespace, id), timeout)
 
     # -- images --------------------------------------------------------------------------
 
-    async def get_image(self, namespace: str, name: str, timeout: float = 10.0) -> Image:
-        data = await self._call(IMAGE_GET, ImageRef(namespace, name), timeout, True)
-        return from_wire(Image, data)  # type: ignore[arg-type]
+    async def get_image(self, namespace: str, name: str, timeout: float | None = None) -> Image:
+        return await self._call(IMAGE_GET, ImageRef(namespace, name), timeout)
 
     async def list_images(self, namespace: str, filters: list[str] | None = None,
-                          timeout: float = 10.0) -> list[Image]:
+                          timeout: float | None = None) -> list[Image]:
         data = await self._pages(IMAGE_LIST, namespace, filters, timeout)
         return [from_wire(Image, d) for d in data]
 
-    async def create_image(self, namespace: str, image: Image, timeout: float = 10.0) -> Image:
-        data = await self._call(IMAGE_CREATE, ImageCreate(namespace, image), timeout, False)
-        return from_wire(Image, data)  # type: ignore[arg-type]
+    async def create_image(self, namespace: str, image: Image, timeout: float | None = None) -> Image:
+        return await self._call(IMAGE_CREATE, ImageCreate(namespace, image), timeout)
 
     async def update_image(self, namespace: str, image: Image, paths: list[str] | None = None,
-                           timeout: float = 10.0) -> Image:
-        data = await self._call(IMAGE_UPDATE, ImageUpdate(namespace, image, list(paths or [])), timeout, False)
-        return from_wire(Image, data)  # type: ignore[arg-type]
+                           timeout: float | None = None) -> Image:
+        return await self._call(IMAGE_UPDATE, ImageUpdate(namespace, image, list(paths or [])), timeout)
 
-    async def delete_image(self, namespace: str, name: str, sync: bool = False, timeout: float = 10.0) -> None:
-        await self._call(IMAGE_DELETE, ImageDelete(namespace, name, sync), timeout, False)
+    async def delete_image(self, namespace: str, name: str, sync: bool = False,
+                           timeout: float | None = None) -> None:
+        await self._call(IMAGE_DELETE, ImageDelete(namespace, name, sync), timeout)
 
     # -- leases --------------------------------------------------------------------------
 
-    async def create_lease(self, namespace: str, lease: Lease, timeout: float = 10.0) -> Lease:
-        data = await self._call(LEASE_CREATE, LeaseCreate(namespace, lease), timeout, False)
-        return from_wire(Lease, data)  # type: ignore[arg-type]
+    async def create_lease(self, namespace: str, lease: Lease, timeout: float | None = None) -> Lease:
+        return await self._call(LEASE_CREATE, LeaseCreate(namespace, lease), timeout)
 
-    async def delete_lease(self, namespace: str, id: str, sync: bool = False, timeout: float = 10.0) -> None:
-        await self._call(LEASE_DELETE, LeaseDelete(namespace, id, sync), timeout, False)
+    async def delete_lease(self, namespace: str, id: str, sync: bool = False, timeout: float | None = None) -> None:
+        await self._call(LEASE_DELETE, LeaseDelete(namespace, id, sync), timeout)
 
     async def list_leases(self, namespace: str, filters: list[str] | None = None,
-                          timeout: float = 10.0) -> list[Lease]:
-        data = await self._call(LEASE_LIST, ListRequest(namespace, list(filters or [])), timeout, True)
-        return [from_wire(Lease, d) for d in data]  # type: ignore[union-attr]
+                          timeout: float | None = None) -> list[Lease]:
+        return await self._call(LEASE_LIST, ListRequest(namespace, list(filters or [])), timeout)
 
     async def add_lease_resource(self, namespace: str, lease: str, resource: Resource,
-                                 timeout: float = 10.0) -> None:
-        # adding the same reference twice is harmless: idempotent
-        await self._call(LEASE_ADD_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout, True)
+                                 timeout: float | None = None) -> None:
+        await self._call(LEASE_ADD_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout)
 
     async def delete_lease_resource(self, namespace: str, lease: str, resource: Resource,
-                                    timeout: float = 10.0) -> None:
-        await self._call(LEASE_DELETE_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout, True)
+                                    timeout: float | None = None) -> None:
+        await self._call(LEASE_DELETE_RESOURCE, LeaseResourceRequest(namespace, lease, resource), timeout)
 
-    async def list_lease_resources(self, namespace: str, lease: str, timeout: float = 10.0) -> list[Resource]:
-        data = await self._call(LEASE_LIST_RESOURCES, LeaseRef(namespace, lease), timeout, True)
-        return [from_wire(Resource, d) for d in data]  # type: ignore[union-attr]
+    async def list_lease_resources(self, namespace: str, lease: str, timeout: float | None = None) -> list[Resource]:
+        return await self._call(LEASE_LIST_RESOURCES, LeaseRef(namespace, lease), timeout)
 
     # -- garbage collection --------------------------------------------------------------
 
-    async def collect_garbage(self, timeout: float = 60.0) -> GCStats:
-        # not idempotent for retries: a resend after a slow first attempt would queue a
-        # second whole collection behind the first
-        data = await self._call(GC_RUN, GCRequest(), timeout, False)
-        return from_wire(GCStats, data)  # type: ignore[arg-type]
+    async def collect_garbage(self, timeout: float | None = None) -> GCStats:
+        return await self._call(GC_RUN, GCRequest(), timeout)

@@ -8,37 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..bus import Bus
 from ..errors import DeadlineExceeded, NotFound, Unavailable
-from ..subjects import local
-from ..wire import from_wire
+from ..routes import Route
+from ..subjects import token
 from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "runtime"
+R = TypeVar("R")
 
 # containerd's runtime names: the runc v2 shim (the default) and the deprecated v1 linux runtime's prefix
 RUNC_V2 = "io.containerd.runc.v2"
 RUNTIME_V1 = "io.containerd.runtime.v1."
-
-# methods; each request is the msgpack map of the record named beside it
-CREATE = "tasks.create"          # CreateTask -> ProcessInfo
-START = "tasks.start"            # ProcessRef -> ProcessInfo
-DELETE = "tasks.delete"          # ProcessRef -> Exit
-GET = "tasks.get"                # ProcessRef -> ProcessInfo
-LIST = "tasks.list"              # TaskList -> list[ProcessInfo]
-KILL = "tasks.kill"              # Kill -> None
-EXEC = "tasks.exec"              # Exec -> None
-RESIZE = "tasks.resize"          # Resize -> None
-CLOSE_IO = "tasks.closeio"       # ProcessRef -> None
-PAUSE = "tasks.pause"            # ProcessRef -> None
-RESUME = "tasks.resume"          # ProcessRef -> None
-PIDS = "tasks.pids"              # ProcessRef -> list[PidInfo]
-CHECKPOINT = "tasks.checkpoint"  # Checkpoint -> CheckpointResult
-UPDATE = "tasks.update"          # Update -> None
-METRICS = "tasks.metrics"        # MetricsQuery -> list[TaskMetrics]
-WAIT = "tasks.wait"              # WaitFor -> Exit (exited False while still running)
 
 # task and process states, as containerd names them
 CREATED, RUNNING, STOPPED, PAUSED, PAUSING, UNKNOWN = "created", "running", "stopped", "paused", "pausing", "unknown"
@@ -54,8 +37,13 @@ def is_task_not_found(exc: NotFound, id: str) -> bool:
     return exc.message == task_not_found(id).message
 
 
-def subject(prefix: str, host: str, method: str) -> str:
-    return local(prefix, SERVICE, host, method)
+def stem(prefix: str, host: str) -> str:
+    """Where one host's runtime serves its routes: ``<prefix>.runtime.<host>``."""
+    return f"{prefix}.{SERVICE}.{token(host)}"
+
+
+def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
+    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
 
 
 @dataclass
@@ -200,69 +188,94 @@ class WaitFor:
     max_wait: float = 20.0                 # answer ``exited=False`` after this long; call again
 
 
+# the contract's routes: method, request record -> reply record. Idempotent ones are sent again
+# as they are; the others carry a request id, so a task is created, started or killed once.
+# Timeouts are the client's defaults: create, start and delete may wait on a shim and runc.
+CREATE: Route[CreateTask, ProcessInfo] = Route("tasks.create", CreateTask, ProcessInfo, timeout=60.0)
+START: Route[ProcessRef, ProcessInfo] = Route("tasks.start", ProcessRef, ProcessInfo, timeout=60.0)
+DELETE: Route[ProcessRef, Exit] = Route("tasks.delete", ProcessRef, Exit, timeout=60.0)
+GET: Route[ProcessRef, ProcessInfo] = Route("tasks.get", ProcessRef, ProcessInfo, idempotent=True)
+LIST: Route[TaskList, list[ProcessInfo]] = Route("tasks.list", TaskList, list[ProcessInfo], idempotent=True)
+KILL: Route[Kill, None] = Route("tasks.kill", Kill, None)
+EXEC: Route[Exec, None] = Route("tasks.exec", Exec, None)
+RESIZE: Route[Resize, None] = Route("tasks.resize", Resize, None, idempotent=True)
+CLOSE_IO: Route[CloseIO, None] = Route("tasks.closeio", CloseIO, None, idempotent=True)
+PAUSE: Route[ProcessRef, None] = Route("tasks.pause", ProcessRef, None, timeout=30.0)
+RESUME: Route[ProcessRef, None] = Route("tasks.resume", ProcessRef, None, timeout=30.0)
+PIDS: Route[ProcessRef, list[PidInfo]] = Route("tasks.pids", ProcessRef, list[PidInfo], idempotent=True)
+CHECKPOINT: Route[Checkpoint, CheckpointResult] = Route("tasks.checkpoint", Checkpoint, CheckpointResult,
+                                                       timeout=120.0)
+UPDATE: Route[Update, None] = Route("tasks.update", Update, None, timeout=30.0)
+METRICS: Route[MetricsQuery, list[TaskMetrics]] = Route("tasks.metrics", MetricsQuery, list[TaskMetrics],
+                                                        idempotent=True)
+# answers ``exited=False`` after the request's max_wait (20s by default): a little longer here
+WAIT: Route[WaitFor, Exit] = Route("tasks.wait", WaitFor, Exit, timeout=25.0)
+
+ROUTES: tuple[Route[Any, Any], ...] = (CREATE, START, DELETE, GET, LIST, KILL, EXEC, RESIZE, CLOSE_IO, PAUSE,
+                                       RESUME, PIDS, CHECKPOINT, UPDATE, METRICS, WAIT)
+
+
 class RuntimeClient:
     """Calls one host's runtime service. Reads are retried while it restarts; Wait long-polls."""
 
     def __init__(self, bus: Bus, prefix: str, host: str) -> None:
         self.bus, self.prefix, self.host = bus, prefix, host
 
-    async def _call(self, method: str, payload: object, timeout: float, idempotent: bool = False) -> Any:
-        return await self.bus.request(subject(self.prefix, self.host, method), payload,
-                                      timeout=timeout, idempotent=idempotent)
+    async def _call(self, route: Route[Any, R], request: object, timeout: float) -> R:
+        return await self.bus.call(subject(self.prefix, self.host, route), route, request, timeout=timeout)
 
-    async def create(self, req: CreateTask, timeout: float = 60.0) -> ProcessInfo:
-        return from_wire(ProcessInfo, await self._call(CREATE, req, timeout))
+    async def create(self, req: CreateTask, timeout: float = CREATE.timeout) -> ProcessInfo:
+        return await self._call(CREATE, req, timeout)
 
-    async def start(self, ref: ProcessRef, timeout: float = 60.0) -> ProcessInfo:
-        return from_wire(ProcessInfo, await self._call(START, ref, timeout))
+    async def start(self, ref: ProcessRef, timeout: float = START.timeout) -> ProcessInfo:
+        return await self._call(START, ref, timeout)
 
-    async def delete(self, ref: ProcessRef, timeout: float = 60.0) -> Exit:
-        return from_wire(Exit, await self._call(DELETE, ref, timeout))
+    async def delete(self, ref: ProcessRef, timeout: float = DELETE.timeout) -> Exit:
+        return await self._call(DELETE, ref, timeout)
 
-    async def get(self, ref: ProcessRef, timeout: float = 10.0) -> ProcessInfo:
-        return from_wire(ProcessInfo, await self._call(GET, ref, timeout, True))
+    async def get(self, ref: ProcessRef, timeout: float = GET.timeout) -> ProcessInfo:
+        return await self._call(GET, ref, timeout)
 
-    async def list(self, namespace: str, timeout: float = 10.0) -> list[ProcessInfo]:
-        return [from_wire(ProcessInfo, d) for d in await self._call(LIST, TaskList(namespace), timeout, True)]
+    async def list(self, namespace: str, timeout: float = LIST.timeout) -> list[ProcessInfo]:
+        return await self._call(LIST, TaskList(namespace), timeout)
 
-    async def kill(self, req: Kill, timeout: float = 10.0) -> None:
+    async def kill(self, req: Kill, timeout: float = KILL.timeout) -> None:
         await self._call(KILL, req, timeout)
 
-    async def exec(self, req: Exec, timeout: float = 10.0) -> None:
+    async def exec(self, req: Exec, timeout: float = EXEC.timeout) -> None:
         await self._call(EXEC, req, timeout)
 
-    async def resize(self, req: Resize, timeout: float = 10.0) -> None:
-        await self._call(RESIZE, req, timeout, True)
+    async def resize(self, req: Resize, timeout: float = RESIZE.timeout) -> None:
+        await self._call(RESIZE, req, timeout)
 
-    async def close_io(self, req: CloseIO, timeout: float = 10.0) -> None:
-        await self._call(CLOSE_IO, req, timeout, True)
+    async def close_io(self, req: CloseIO, timeout: float = CLOSE_IO.timeout) -> None:
+        await self._call(CLOSE_IO, req, timeout)
 
-    async def pause(self, ref: ProcessRef, timeout: float = 30.0) -> None:
+    async def pause(self, ref: ProcessRef, timeout: float = PAUSE.timeout) -> None:
         await self._call(PAUSE, ref, timeout)
 
-    async def resume(self, ref: ProcessRef, timeout: float = 30.0) -> None:
+    async def resume(self, ref: ProcessRef, timeout: float = RESUME.timeout) -> None:
         await self._call(RESUME, ref, timeout)
 
-    async def pids(self, ref: ProcessRef, timeout: float = 10.0) -> list[PidInfo]:
-        return [from_wire(PidInfo, d) for d in await self._call(PIDS, ref, timeout, True)]
+    async def pids(self, ref: ProcessRef, timeout: float = PIDS.timeout) -> list[PidInfo]:
+        return await self._call(PIDS, ref, timeout)
 
-    async def checkpoint(self, req: Checkpoint, timeout: float = 120.0) -> CheckpointResult:
-        return from_wire(CheckpointResult, await self._call(CHECKPOINT, req, timeout))
+    async def checkpoint(self, req: Checkpoint, timeout: float = CHECKPOINT.timeout) -> CheckpointResult:
+        return await self._call(CHECKPOINT, req, timeout)
 
-    async def update(self, req: Update, timeout: float = 30.0) -> None:
+    async def update(self, req: Update, timeout: float = UPDATE.timeout) -> None:
         await self._call(UPDATE, req, timeout)
 
-    async def metrics(self, query: MetricsQuery, timeout: float = 10.0) -> list[TaskMetrics]:
-        return [from_wire(TaskMetrics, d) for d in await self._call(METRICS, query, timeout, True)]
+    async def metrics(self, query: MetricsQuery, timeout: float = METRICS.timeout) -> list[TaskMetrics]:
+        return await self._call(METRICS, query, timeout)
 
     async def wait(self, ref: ProcessRef, poll: float = 20.0) -> Exit:
         """Block until the process exits, across restarts of the runtime service."""
         while True:
             try:
-                data = await self._call(WAIT, WaitFor(ref.namespace, ref.id, ref.exec_id, poll), poll + 5.0)
+                exit_ = await self._call(WAIT, WaitFor(ref.namespace, ref.id, ref.exec_id, poll), poll + 5.0)
             except (DeadlineExceeded, Unavailable):
                 await asyncio.sleep(0.2)  # the service is restarting: ask again
                 continue
-            exit_ = from_wire(Exit, data)
             if exit_.exited:
                 return exit_

@@ -13,28 +13,14 @@ from the longest common directory, the mount made with that directory as working
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..bus import Bus
-from ..subjects import local
-from ..wire import from_wire
+from ..routes import Route
+from ..subjects import token
 from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "snapshots"
-
-# methods; each request is the msgpack map of the record named beside it
-PREPARE = "prepare"        # PrepareRequest -> list[Mount]
-VIEW = "view"              # PrepareRequest -> list[Mount]
-MOUNTS = "mounts"          # KeyRequest -> list[Mount]
-COMMIT = "commit"          # CommitRequest -> None
-REMOVE = "remove"          # KeyRequest -> None
-STAT = "stat"              # KeyRequest -> Info
-UPDATE = "update"          # UpdateRequest -> Info
-LIST = "list"              # ListRequest -> list[Info]
-USAGE = "usage"            # KeyRequest -> Usage
-CLEANUP = "cleanup"        # SnapshotterRequest -> None
-NAMESPACE_HELD = "namespace_held"  # NamespaceRequest -> list[str] (snapshotter names)
-APPLY = "diff.apply"       # ApplyRequest -> Descriptor (the applied, uncompressed layer)
-DIFF = "diff.diff"         # DiffRequest -> Descriptor (the written layer)
 
 SNAPSHOTTERS = ("overlayfs", "native")
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -45,9 +31,16 @@ KIND_VIEW, KIND_ACTIVE, KIND_COMMITTED = "view", "active", "committed"
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
 LABEL_GC_ROOT = "containerd.io/gc.root"
 
+R = TypeVar("R")
 
-def subject(prefix: str, host: str, method: str) -> str:
-    return local(prefix, SERVICE, host, method)
+
+def stem(prefix: str, host: str) -> str:
+    """Where this host's service is served: ``<prefix>.snapshots.<host>``."""
+    return f"{prefix}.{SERVICE}.{token(host)}"
+
+
+def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
+    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
 
 
 @dataclass
@@ -151,77 +144,88 @@ class DiffRequest:
     lease: str = ""                 # the written blob is held by this lease
 
 
+# -- methods on <prefix>.snapshots.<host>.<method>: request record -> reply record. Reads
+# and cleanup are idempotent (sent again as they are); the others carry a request id
+PREPARE: Route[PrepareRequest, list[Mount]] = Route("prepare", PrepareRequest, list[Mount], timeout=30.0)
+VIEW: Route[PrepareRequest, list[Mount]] = Route("view", PrepareRequest, list[Mount], timeout=30.0)
+MOUNTS: Route[KeyRequest, list[Mount]] = Route("mounts", KeyRequest, list[Mount], idempotent=True)
+COMMIT: Route[CommitRequest, None] = Route("commit", CommitRequest, None, timeout=60.0)
+REMOVE: Route[KeyRequest, None] = Route("remove", KeyRequest, None, timeout=60.0)
+STAT: Route[KeyRequest, Info] = Route("stat", KeyRequest, Info, idempotent=True)
+UPDATE: Route[UpdateRequest, Info] = Route("update", UpdateRequest, Info, idempotent=True)
+LIST: Route[ListRequest, list[Info]] = Route("list", ListRequest, list[Info], idempotent=True, timeout=30.0)
+USAGE: Route[KeyRequest, Usage] = Route("usage", KeyRequest, Usage, idempotent=True, timeout=60.0)
+CLEANUP: Route[SnapshotterRequest, None] = Route("cleanup", SnapshotterRequest, None, idempotent=True,
+                                                 timeout=120.0)
+# -> the names of the snapshotters that hold snapshots in the namespace (plain data)
+NAMESPACE_HELD: Route[NamespaceRequest, list[str]] = Route("namespace_held", NamespaceRequest, None,
+                                                           idempotent=True)
+# -> the applied layer, uncompressed
+APPLY: Route[ApplyRequest, Descriptor] = Route("diff.apply", ApplyRequest, Descriptor, timeout=600.0)
+# -> the written layer
+DIFF: Route[DiffRequest, Descriptor] = Route("diff.diff", DiffRequest, Descriptor, timeout=600.0)
+
+
 class SnapshotsClient:
     """Calls the snapshots/diff service of one host. Reads are idempotent and retried."""
 
     def __init__(self, bus: Bus, prefix: str, host: str) -> None:
         self.bus, self.prefix, self.host = bus, prefix, host
 
-    async def _call(self, method: str, payload: object, timeout: float, idempotent: bool) -> object:
-        return await self.bus.request(subject(self.prefix, self.host, method), payload,
-                                      timeout=timeout, idempotent=idempotent)
+    async def _call(self, route: Route[Any, R], request: object, timeout: float) -> R:
+        return await self.bus.call(subject(self.prefix, self.host, route), route, request, timeout=timeout)
 
     async def prepare(self, namespace: str, snapshotter: str, key: str, parent: str = "",
                       labels: dict[str, str] | None = None, lease: str = "",
-                      timeout: float = 30.0) -> list[Mount]:
-        data = await self._call(PREPARE, PrepareRequest(namespace, snapshotter, key, parent, labels or {}, lease),
-                                timeout, False)
-        return [from_wire(Mount, m) for m in data]  # type: ignore[union-attr]
+                      timeout: float = PREPARE.timeout) -> list[Mount]:
+        return await self._call(PREPARE, PrepareRequest(namespace, snapshotter, key, parent, labels or {}, lease),
+                                timeout)
 
     async def view(self, namespace: str, snapshotter: str, key: str, parent: str = "",
                    labels: dict[str, str] | None = None, lease: str = "",
-                   timeout: float = 30.0) -> list[Mount]:
-        data = await self._call(VIEW, PrepareRequest(namespace, snapshotter, key, parent, labels or {}, lease),
-                                timeout, False)
-        return [from_wire(Mount, m) for m in data]  # type: ignore[union-attr]
+                   timeout: float = VIEW.timeout) -> list[Mount]:
+        return await self._call(VIEW, PrepareRequest(namespace, snapshotter, key, parent, labels or {}, lease),
+                                timeout)
 
-    async def mounts(self, namespace: str, snapshotter: str, key: str, timeout: float = 10.0) -> list[Mount]:
-        data = await self._call(MOUNTS, KeyRequest(namespace, snapshotter, key), timeout, True)
-        return [from_wire(Mount, m) for m in data]  # type: ignore[union-attr]
+    async def mounts(self, namespace: str, snapshotter: str, key: str, timeout: float = MOUNTS.timeout) -> list[Mount]:
+        return await self._call(MOUNTS, KeyRequest(namespace, snapshotter, key), timeout)
 
     async def commit(self, namespace: str, snapshotter: str, name: str, key: str,
                      labels: dict[str, str] | None = None, lease: str = "",
-                     timeout: float = 60.0, parent: str = "") -> None:
+                     timeout: float = COMMIT.timeout, parent: str = "") -> None:
         await self._call(COMMIT, CommitRequest(namespace, snapshotter, name, key, labels or {}, lease, parent),
-                         timeout, False)
+                         timeout)
 
-    async def remove(self, namespace: str, snapshotter: str, key: str, timeout: float = 60.0) -> None:
-        await self._call(REMOVE, KeyRequest(namespace, snapshotter, key), timeout, False)
+    async def remove(self, namespace: str, snapshotter: str, key: str, timeout: float = REMOVE.timeout) -> None:
+        await self._call(REMOVE, KeyRequest(namespace, snapshotter, key), timeout)
 
-    async def stat(self, namespace: str, snapshotter: str, key: str, timeout: float = 10.0) -> Info:
-        data = await self._call(STAT, KeyRequest(namespace, snapshotter, key), timeout, True)
-        return from_wire(Info, data)  # type: ignore[arg-type]
+    async def stat(self, namespace: str, snapshotter: str, key: str, timeout: float = STAT.timeout) -> Info:
+        return await self._call(STAT, KeyRequest(namespace, snapshotter, key), timeout)
 
     async def update(self, namespace: str, snapshotter: str, info: Info, paths: list[str] | None = None,
-                     timeout: float = 10.0) -> Info:
-        data = await self._call(UPDATE, UpdateRequest(namespace, snapshotter, info, paths or []), timeout, True)
-        return from_wire(Info, data)  # type: ignore[arg-type]
+                     timeout: float = UPDATE.timeout) -> Info:
+        return await self._call(UPDATE, UpdateRequest(namespace, snapshotter, info, paths or []), timeout)
 
     async def list(self, namespace: str, snapshotter: str, filters: list[str] | None = None,
-                   timeout: float = 30.0) -> list[Info]:
-        data = await self._call(LIST, ListRequest(namespace, snapshotter, filters or []), timeout, True)
-        return [from_wire(Info, d) for d in data]  # type: ignore[union-attr]
+                   timeout: float = LIST.timeout) -> list[Info]:
+        return await self._call(LIST, ListRequest(namespace, snapshotter, filters or []), timeout)
 
-    async def usage(self, namespace: str, snapshotter: str, key: str, timeout: float = 60.0) -> Usage:
-        data = await self._call(USAGE, KeyRequest(namespace, snapshotter, key), timeout, True)
-        return from_wire(Usage, data)  # type: ignore[arg-type]
+    async def usage(self, namespace: str, snapshotter: str, key: str, timeout: float = USAGE.timeout) -> Usage:
+        return await self._call(USAGE, KeyRequest(namespace, snapshotter, key), timeout)
 
-    async def cleanup(self, snapshotter: str, timeout: float = 120.0) -> None:
-        await self._call(CLEANUP, SnapshotterRequest(snapshotter), timeout, True)
+    async def cleanup(self, snapshotter: str, timeout: float = CLEANUP.timeout) -> None:
+        await self._call(CLEANUP, SnapshotterRequest(snapshotter), timeout)
 
-    async def namespace_held(self, namespace: str, timeout: float = 10.0) -> list[str]:
+    async def namespace_held(self, namespace: str, timeout: float = NAMESPACE_HELD.timeout) -> list[str]:
         """Names of the snapshotters that still hold snapshots in ``namespace``."""
-        data = await self._call(NAMESPACE_HELD, NamespaceRequest(namespace), timeout, True)
-        return list(data or [])  # type: ignore[call-overload]
+        return list(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace), timeout) or [])
 
     async def apply(self, namespace: str, diff: Descriptor, mounts: list[Mount],
-                    timeout: float = 600.0, detached: bool = False) -> Descriptor:
-        data = await self._call(APPLY, ApplyRequest(namespace, diff, mounts, detached), timeout, False)
-        return from_wire(Descriptor, data)  # type: ignore[arg-type]
+                    timeout: float = APPLY.timeout, detached: bool = False) -> Descriptor:
+        return await self._call(APPLY, ApplyRequest(namespace, diff, mounts, detached), timeout)
 
     async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str = "",
-                   ref: str = "", labels: dict[str, str] | None = None, timeout: float = 600.0,
+                   ref: str = "", labels: dict[str, str] | None = None, timeout: float = DIFF.timeout,
                    lease: str = "") -> Descriptor:
-        data = await self._call(DIFF, DiffRequest(namespace, left, right, media_type, ref, labels or {}, lease),
-                                timeout, False)
-        return from_wire(Descriptor, data)  # type: ignore[arg-type]
+        return await self._call(DIFF, DiffRequest(namespace, left, right, media_type, ref, labels or {}, lease),
+                                timeout)

@@ -13,19 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from flotilla.libs.bus import Bus
-from flotilla.libs.subjects import local
+from flotilla.libs.routes import Route
+from flotilla.libs.subjects import token
 from flotilla.libs.wire import from_wire
 
 SERVICE = "transfer"
-PULL = "pull"
-PUSH = "push"
 PULL_TIMEOUT = 3600.0
+R = TypeVar("R")
 
 
-def subject(prefix: str, host: str, method: str) -> str:
-    return local(prefix, SERVICE, host, method)
+def stem(prefix: str, host: str) -> str:
+    """Where one host's transfer service serves its routes: ``<prefix>.transfer.<host>``."""
+    return f"{prefix}.{SERVICE}.{token(host)}"
+
+
+def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
+    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
 
 
 @dataclass
@@ -84,6 +90,12 @@ class PushResult:
     sent: int = 0                   # bytes uploaded by this push
 
 
+# not idempotent: a pull or push sent again carries its request id and runs once
+PULL: Route[PullRequest, PullResult] = Route("pull", PullRequest, PullResult, timeout=PULL_TIMEOUT)
+PUSH: Route[PushRequest, PushResult] = Route("push", PushRequest, PushResult, timeout=PULL_TIMEOUT)
+ROUTES: tuple[Route[Any, Any], ...] = (PULL, PUSH)
+
+
 @dataclass
 class TransferClient:
     bus: Bus
@@ -92,14 +104,14 @@ class TransferClient:
 
     async def pull(self, req: PullRequest, progress: Callable[[PullProgress], Awaitable[None] | None] | None = None,
                    timeout: float = PULL_TIMEOUT) -> PullResult:
-        return from_wire(PullResult, await self._call(PULL, req, progress, timeout))  # type: ignore[arg-type]
+        return await self._call(PULL, req, progress, timeout)
 
     async def push(self, req: PushRequest, progress: Callable[[PullProgress], Awaitable[None] | None] | None = None,
                    timeout: float = PULL_TIMEOUT) -> PushResult:
-        return from_wire(PushResult, await self._call(PUSH, req, progress, timeout))  # type: ignore[arg-type]
+        return await self._call(PUSH, req, progress, timeout)
 
-    async def _call(self, method: str, req: PullRequest | PushRequest,
-                    progress: Callable[[PullProgress], Awaitable[None] | None] | None, timeout: float) -> object:
+    async def _call(self, route: Route[Any, R], req: PullRequest | PushRequest,
+                    progress: Callable[[PullProgress], Awaitable[None] | None] | None, timeout: float) -> R:
         sub = None
         if progress is not None:
             # an inbox of this connection's: the only subjects its credential may read
@@ -112,7 +124,7 @@ class TransferClient:
 
             sub = await self.bus.subscribe(req.progress, on_progress)
         try:
-            return await self.bus.request(subject(self.prefix, self.host, method), req, timeout=timeout)
+            return await self.bus.call(subject(self.prefix, self.host, route), route, req, timeout=timeout)
         finally:
             if sub is not None:
                 await sub.unsubscribe()

@@ -6,5 +6,5 @@ services can use it without importing this service.
 
 from flotilla.libs.api.content import *  # noqa: F401,F403
 from flotilla.libs.api.content import (  # noqa: F401  (named for type checkers)
-    ContentClient, Info, LocalFile, Status, WriterSession, subject, instance_subject,
+    ContentClient, Info, LocalFile, Status, WriterSession, instance_stem, instance_subject, stem, subject,
 )

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from flotilla.libs import events
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.wire import from_wire
 
 from . import api
 from .store import ContentStore
@@ -29,70 +27,56 @@ class ContentServer:
 
     # -- shared methods ----------------------------------------------------------------
 
-    async def info(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.DigestRequest, req)
+    async def info(self, r: api.DigestRequest) -> api.Info:
         return await asyncio.to_thread(self.store.info, r.namespace, r.digest)
 
-    async def list(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ListRequest, req)
+    async def list(self, r: api.ListRequest) -> list[api.Info]:
         return await asyncio.to_thread(self.store.list, r.namespace, r.filters)
 
-    async def update(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.UpdateRequest, req)
+    async def update(self, r: api.UpdateRequest) -> api.Info:
         info = await asyncio.to_thread(self.store.update, r.namespace, r.info, r.paths)
         await self.bus.publish(api.subject(self.cfg.prefix, api.CHANGED),
                                api.ContentChanged(r.namespace, info.digest, info.updated_at))
         return info
 
-    async def delete(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.DigestRequest, req)
+    async def delete(self, r: api.DigestRequest) -> None:
         await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
         await events.publish(self.bus, self.cfg.prefix, "/content/delete", r.namespace,
                              "containerd.events.ContentDelete", digest=r.digest)
-        return None
 
-    async def read(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ReadRequest, req)
+    async def read(self, r: api.ReadRequest) -> bytes:
         return await asyncio.to_thread(self.store.read, r.namespace, r.digest, r.offset, r.size)
 
-    async def local_path(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.DigestRequest, req)
+    async def local_path(self, r: api.DigestRequest) -> api.LocalFile:
         return await asyncio.to_thread(self.store.local_file, r.namespace, r.digest)
 
-    async def status(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.RefRequest, req)
+    async def status(self, r: api.RefRequest) -> api.Status:
         return await asyncio.to_thread(self.store.status, r.namespace, r.ref)
 
-    async def list_statuses(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ListRequest, req)
+    async def list_statuses(self, r: api.ListRequest) -> list[api.Status]:
         return await asyncio.to_thread(self.store.list_statuses, r.namespace, r.filters)
 
-    async def abort(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.RefRequest, req)
+    async def abort(self, r: api.RefRequest) -> None:
         await asyncio.to_thread(self.store.abort, r.namespace, r.ref)
-        return None
 
-    async def namespace_held(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.NamespaceRequest, req)
+    async def namespace_held(self, r: api.NamespaceRequest) -> bool:
         return await asyncio.to_thread(self.store.namespace_held, r.namespace)
 
-    async def namespaces(self, _req: Any) -> Any:
+    async def namespaces(self, _r: None) -> list[str]:
         return await asyncio.to_thread(self.store.namespaces)
 
-    async def release_lease(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.LeaseRequest, req)
+    async def release_lease(self, r: api.LeaseRequest) -> int:
         return await asyncio.to_thread(self.store.release_lease, r.namespace, r.lease)
 
-    async def writer_open(self, req: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self.store.open_writer, from_wire(api.WriterOpen, req))
+    async def writer_open(self, r: api.WriterOpen) -> api.WriterSession:
+        return await asyncio.to_thread(self.store.open_writer, r)
 
     # -- session methods (this instance only) ------------------------------------------
 
-    async def w_status(self, req: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self.store.w_status, from_wire(api.SessionRequest, req).session)
+    async def w_status(self, r: api.SessionRequest) -> api.WriterSession:
+        return await asyncio.to_thread(self.store.w_status, r.session)
 
-    async def w_write(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ChunkWrite, req)
+    async def w_write(self, r: api.ChunkWrite) -> int:
         session = self.store.session(r.session)
         # chunks arrive several at a time; each waits for the one before it
         cond = self.order.setdefault(r.session, asyncio.Condition())
@@ -108,25 +92,20 @@ class ContentServer:
             async with cond:
                 cond.notify_all()
 
-    async def w_sync(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.SyncRequest, req)
+    async def w_sync(self, r: api.SyncRequest) -> int:
         return await asyncio.to_thread(self.store.w_sync, r.session, r.offset)
 
-    async def w_truncate(self, req: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self.store.w_truncate, from_wire(api.SessionRequest, req).session)
+    async def w_truncate(self, r: api.SessionRequest) -> int:
+        return await asyncio.to_thread(self.store.w_truncate, r.session)
 
-    async def w_commit(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.CommitRequest, req)
+    async def w_commit(self, r: api.CommitRequest) -> api.Info:
         info = await asyncio.to_thread(self.store.w_commit, r.session, r.size, r.expected, r.labels)
         await self._forget(r.session)
         return info
 
-    async def w_close(self, req: dict[str, Any]) -> Any:
-        close = from_wire(api.SessionRequest, req)
-        sid = close.session
-        await asyncio.to_thread(self.store.w_close, sid, close.updated_at)
-        await self._forget(sid)
-        return None
+    async def w_close(self, r: api.SessionRequest) -> None:
+        await asyncio.to_thread(self.store.w_close, r.session, r.updated_at)
+        await self._forget(r.session)
 
     async def _forget(self, sid: str) -> None:
         """The session is over: chunks still waiting for their turn fail now, not later."""
@@ -143,23 +122,18 @@ class ContentServer:
                 log.info("closed idle write session %s", sid)
 
     async def start(self) -> None:
-        shared = {
-            api.INFO: self.info, api.LIST: self.list, api.UPDATE: self.update, api.DELETE: self.delete,
-            api.READ: self.read, api.LOCAL_PATH: self.local_path, api.STATUS: self.status,
-            api.LIST_STATUSES: self.list_statuses, api.ABORT: self.abort,
-            api.NAMESPACE_HELD: self.namespace_held, api.RELEASE_LEASE: self.release_lease,
-            api.NAMESPACES: self.namespaces,
-            api.WRITER_OPEN: self.writer_open,
-        }
-        for method, handler in shared.items():
-            await self.bus.serve(api.subject(self.cfg.prefix, method), handler, method=f"content.{method}")
-        mine = {
-            api.W_STATUS: self.w_status, api.W_WRITE: self.w_write, api.W_SYNC: self.w_sync,
-            api.W_TRUNCATE: self.w_truncate, api.W_COMMIT: self.w_commit, api.W_CLOSE: self.w_close,
-        }
-        for method, handler in mine.items():
-            await self.bus.serve(api.instance_subject(self.cfg.prefix, self.store.instance, method), handler,
-                                 queue="", method=f"content.{method}")
+        await self.bus.serve_routes(api.stem(self.cfg.prefix), [
+            (api.INFO, self.info), (api.LIST, self.list), (api.UPDATE, self.update), (api.DELETE, self.delete),
+            (api.READ, self.read), (api.LOCAL_PATH, self.local_path), (api.STATUS, self.status),
+            (api.LIST_STATUSES, self.list_statuses), (api.ABORT, self.abort),
+            (api.NAMESPACE_HELD, self.namespace_held), (api.RELEASE_LEASE, self.release_lease),
+            (api.NAMESPACES, self.namespaces), (api.WRITER_OPEN, self.writer_open),
+        ], label="content.")
+        # no queue group: every instance gets its own sessions' calls
+        await self.bus.serve_routes(api.instance_stem(self.cfg.prefix, self.store.instance), [
+            (api.W_STATUS, self.w_status), (api.W_WRITE, self.w_write), (api.W_SYNC, self.w_sync),
+            (api.W_TRUNCATE, self.w_truncate), (api.W_COMMIT, self.w_commit), (api.W_CLOSE, self.w_close),
+        ], queue="", label="content.")
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""The metadata service's subjects and message schemas.
+"""The metadata service's routes and message schemas.
 
 The contract itself lives in ``flotilla.libs.api.metadata`` so the gateway and other
 services can use it without importing this service.
@@ -10,5 +10,5 @@ from flotilla.libs.api.metadata import (  # noqa: F401  (named for type checkers
     AnyValue, Container, ContainerCreate, ContainerRef, ContainerUpdate, Descriptor, GCRequest, GCStats,
     Image, ImageCreate, ImageDelete, ImageRef, ImageUpdate, Lease, LeaseCreate, LeaseDelete, LeaseRef,
     LeaseResourceRequest, ListRequest, Namespace, NamespaceCreate, NamespaceName, NamespaceUpdate,
-    ListPage, Resource, Runtime, subject,
+    ListPage, Resource, Route, Runtime, stem, subject,
 )

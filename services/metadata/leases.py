@@ -82,6 +82,13 @@ class LeasesMixin(StoreBase):
             if conn.execute(_DELETE, {"namespace": namespace, "id": id}).rowcount == 0:
                 raise NotFound(f'lease "{id}": not found')
 
+    def get_lease(self, namespace: str, id: str) -> Lease:
+        with self._read() as conn:
+            r = conn.execute(select(_L).where((_L.c.namespace == namespace) & (_L.c.id == id))).first()
+        if r is None:
+            raise NotFound(f'lease "{id}": not found')
+        return Lease(r.id, load_map(r.labels), r.created_at)
+
     def list_leases(self, namespace: str, fs: list[str] | None = None) -> list[Lease]:
         wanted = parse_filters(fs)
         with self._read() as conn:

@@ -4,22 +4,23 @@ publishes containerd's events, and runs garbage collection after deletes."""
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from flotilla.libs import events
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.snapshots import SNAPSHOTTERS, SnapshotsClient
-from flotilla.libs.bus import Bus
+from flotilla.libs.bus import Bus, replaying
 from flotilla.libs.config import Config
-from flotilla.libs.errors import FlotillaError
-from flotilla.libs.wire import from_wire
+from flotilla.libs.errors import AlreadyExists, FlotillaError, NotFound
 
 from . import api
 from .collector import Collector
 from .store import MetadataStore
 
 _HELD_TIMEOUT = 5.0
+T = TypeVar("T")
 
 
 def _any(value: api.AnyValue | None) -> dict[str, Any] | None:
@@ -41,26 +42,40 @@ class MetadataServer:
         async with self.gc.gate.write():
             return await asyncio.to_thread(fn, *args)
 
+    async def _replayed(self, work: Awaitable[T], existing: Callable[[], T] | None = None) -> T:
+        """A create (``existing`` reads what it makes) or, without it, a delete."""
+        # replayed, its first run may have done it before its instance died: not an error
+        try:
+            return await work
+        except AlreadyExists:
+            if existing is None or not replaying():
+                raise
+            return await asyncio.to_thread(existing)
+        except NotFound:
+            if existing is not None or not replaying():
+                raise
+            return cast(T, None)
+
     # -- namespaces ----------------------------------------------------------------------
 
-    async def ns_get(self, req: dict[str, Any]) -> Any:
-        return await asyncio.to_thread(self.store.get_namespace, from_wire(api.NamespaceName, req).name)
+    async def ns_get(self, req: api.NamespaceName) -> api.Namespace:
+        return await asyncio.to_thread(self.store.get_namespace, req.name)
 
-    async def ns_list(self, _req: Any) -> Any:
+    async def ns_list(self, _req: None) -> list[api.Namespace]:
         return await asyncio.to_thread(self.store.list_namespaces)
 
-    async def ns_create(self, req: dict[str, Any]) -> Any:
-        create = from_wire(api.NamespaceCreate, req)
-        ns = await asyncio.to_thread(self.store.create_namespace, create.namespace)
-        await self._event("/namespaces/create", create.caller or ns.name, "containerd.events.NamespaceCreate",
+    async def ns_create(self, req: api.NamespaceCreate) -> api.Namespace:
+        name = req.namespace.name
+        ns = await self._replayed(asyncio.to_thread(self.store.create_namespace, req.namespace),
+                                  lambda: self.store.get_namespace(name))
+        await self._event("/namespaces/create", req.caller or ns.name, "containerd.events.NamespaceCreate",
                           name=ns.name, labels=ns.labels)
         return ns
 
-    async def ns_update(self, req: dict[str, Any]) -> Any:
-        upd = from_wire(api.NamespaceUpdate, req)
-        ns = await asyncio.to_thread(self.store.update_namespace, upd.namespace, upd.paths)
-        await self._event("/namespaces/update", upd.caller or ns.name, "containerd.events.NamespaceUpdate",
-                          name=ns.name, labels=upd.namespace.labels)
+    async def ns_update(self, req: api.NamespaceUpdate) -> api.Namespace:
+        ns = await asyncio.to_thread(self.store.update_namespace, req.namespace, req.paths)
+        await self._event("/namespaces/update", req.caller or ns.name, "containerd.events.NamespaceUpdate",
+                          name=ns.name, labels=req.namespace.labels)
         return ns
 
     async def _held_elsewhere(self, name: str) -> tuple[bool, list[str]]:
@@ -75,80 +90,71 @@ class MetadataServer:
             snapshotters = await snaps.namespace_held(name, timeout=_HELD_TIMEOUT)
         return blobs, snapshotters
 
-    async def ns_delete(self, req: dict[str, Any]) -> Any:
-        name = from_wire(api.NamespaceName, req).name
-        blobs, snapshotters = await self._held_elsewhere(name)
-        async with self.gc.gate.write():
-            await asyncio.to_thread(lambda: self.store.delete_namespace(name, blobs=blobs, snapshotters=snapshotters))
-        await self._event("/namespaces/delete", name, "containerd.events.NamespaceDelete", name=name)
-        return None
+    async def ns_delete(self, req: api.NamespaceName) -> None:
+        blobs, snapshotters = await self._held_elsewhere(req.name)
+        await self._replayed(self._write(functools.partial(
+            self.store.delete_namespace, req.name, blobs=blobs, snapshotters=snapshotters)))
+        await self._event("/namespaces/delete", req.name, "containerd.events.NamespaceDelete", name=req.name)
 
     # -- containers ----------------------------------------------------------------------
 
-    async def c_get(self, req: dict[str, Any]) -> Any:
-        ref = from_wire(api.ContainerRef, req)
-        return await asyncio.to_thread(self.store.get_container, ref.namespace, ref.id)
+    async def c_get(self, req: api.ContainerRef) -> api.Container:
+        return await asyncio.to_thread(self.store.get_container, req.namespace, req.id)
 
-    async def c_list(self, req: dict[str, Any]) -> Any:
-        lr = from_wire(api.ListRequest, req)
-        items, after = await asyncio.to_thread(self.store.list_containers_page, lr.namespace, lr.filters,
-                                               lr.after, lr.budget)
-        return api.ListPage(items, after) if lr.budget else items  # type: ignore[arg-type]
+    async def c_list(self, req: api.ListRequest) -> api.ListPage | list[dict[str, Any]]:
+        items, after = await asyncio.to_thread(self.store.list_containers_page, req.namespace, req.filters,
+                                               req.after, req.budget)
+        return api.ListPage(items, after) if req.budget else items
 
-    async def c_create(self, req: dict[str, Any]) -> Any:
-        cr = from_wire(api.ContainerCreate, req)
-        c = await self._write(self.store.create_container, cr.namespace, cr.container)
-        await self._event("/containers/create", cr.namespace, "containerd.events.ContainerCreate",
+    async def c_create(self, req: api.ContainerCreate) -> api.Container:
+        ns, id = req.namespace, req.container.id
+        c = await self._replayed(self._write(self.store.create_container, ns, req.container),
+                                 lambda: self.store.get_container(ns, id))
+        await self._event("/containers/create", ns, "containerd.events.ContainerCreate",
                           id=c.id, image=c.image,
                           runtime={"name": c.runtime.name, "options": _any(c.runtime.options)})
         return c
 
-    async def c_update(self, req: dict[str, Any]) -> Any:
-        up = from_wire(api.ContainerUpdate, req)
-        c = await self._write(self.store.update_container, up.namespace, up.container, up.paths)
-        await self._event("/containers/update", up.namespace, "containerd.events.ContainerUpdate",
+    async def c_update(self, req: api.ContainerUpdate) -> api.Container:
+        c = await self._write(self.store.update_container, req.namespace, req.container, req.paths)
+        await self._event("/containers/update", req.namespace, "containerd.events.ContainerUpdate",
                           id=c.id, image=c.image, labels=c.labels, snapshot_key=c.snapshot_key)
         return c
 
-    async def c_delete(self, req: dict[str, Any]) -> Any:
-        ref = from_wire(api.ContainerRef, req)
-        await self._write(self.store.delete_container, ref.namespace, ref.id)
+    async def c_delete(self, req: api.ContainerRef) -> None:
+        await self._replayed(self._write(self.store.delete_container, req.namespace, req.id))
         self.gc.schedule()
-        await self._event("/containers/delete", ref.namespace, "containerd.events.ContainerDelete", id=ref.id)
-        return None
+        await self._event("/containers/delete", req.namespace, "containerd.events.ContainerDelete", id=req.id)
 
     # -- images --------------------------------------------------------------------------
 
-    async def i_get(self, req: dict[str, Any]) -> Any:
-        ref = from_wire(api.ImageRef, req)
-        return await asyncio.to_thread(self.store.get_image, ref.namespace, ref.name)
+    async def i_get(self, req: api.ImageRef) -> api.Image:
+        return await asyncio.to_thread(self.store.get_image, req.namespace, req.name)
 
-    async def i_list(self, req: dict[str, Any]) -> Any:
-        lr = from_wire(api.ListRequest, req)
-        items, after = await asyncio.to_thread(self.store.list_images_page, lr.namespace, lr.filters,
-                                               lr.after, lr.budget)
-        return api.ListPage(items, after) if lr.budget else items  # type: ignore[arg-type]
+    async def i_list(self, req: api.ListRequest) -> api.ListPage | list[dict[str, Any]]:
+        items, after = await asyncio.to_thread(self.store.list_images_page, req.namespace, req.filters,
+                                               req.after, req.budget)
+        return api.ListPage(items, after) if req.budget else items
 
-    async def i_create(self, req: dict[str, Any]) -> Any:
-        cr = from_wire(api.ImageCreate, req)
-        i = await self._write(self.store.create_image, cr.namespace, cr.image)
-        await self._event("/images/create", cr.namespace, "containerd.services.images.v1.ImageCreate",
+    async def i_create(self, req: api.ImageCreate) -> api.Image:
+        ns, name = req.namespace, req.image.name
+        i = await self._replayed(self._write(self.store.create_image, ns, req.image),
+                                 lambda: self.store.get_image(ns, name))
+        await self._event("/images/create", ns, "containerd.services.images.v1.ImageCreate",
                           name=i.name, labels=i.labels)
         return i
 
-    async def i_update(self, req: dict[str, Any]) -> Any:
-        up = from_wire(api.ImageUpdate, req)
-        i = await self._write(self.store.update_image, up.namespace, up.image, up.paths)
-        await self._event("/images/update", up.namespace, "containerd.services.images.v1.ImageUpdate",
+    async def i_update(self, req: api.ImageUpdate) -> api.Image:
+        i = await self._write(self.store.update_image, req.namespace, req.image, req.paths)
+        await self._event("/images/update", req.namespace, "containerd.services.images.v1.ImageUpdate",
                           name=i.name, labels=i.labels)
         return i
 
-    async def i_delete(self, req: dict[str, Any]) -> Any:
-        d = from_wire(api.ImageDelete, req)
-        await self._write(self.store.delete_image, d.namespace, d.name)
-        await self._event("/images/delete", d.namespace, "containerd.services.images.v1.ImageDelete", name=d.name)
-        await self._after_delete(d.sync)
-        return None
+    async def i_delete(self, req: api.ImageDelete) -> None:
+        await self._replayed(self._write(self.store.delete_image, req.namespace, req.name))
+        await self._event("/images/delete", req.namespace, "containerd.services.images.v1.ImageDelete",
+                          name=req.name)
+        await self._after_delete(req.sync)
 
     async def _after_delete(self, sync: bool) -> None:
         if sync:
@@ -158,28 +164,27 @@ class MetadataServer:
 
     # -- leases --------------------------------------------------------------------------
 
-    async def l_create(self, req: dict[str, Any]) -> Any:
-        cr = from_wire(api.LeaseCreate, req)
-        pending = self._releases.get((cr.namespace, cr.lease.id))
+    async def l_create(self, req: api.LeaseCreate) -> api.Lease:
+        ns, id = req.namespace, req.lease.id
+        pending = self._releases.get((ns, id))
         if pending is not None:
             # the old lease's release must not strip the new one's id from its blobs
             await asyncio.shield(pending)
-        return await self._write(self.store.create_lease, cr.namespace, cr.lease)
+        return await self._replayed(self._write(self.store.create_lease, ns, req.lease),
+                                    lambda: self.store.get_lease(ns, id))
 
-    async def l_delete(self, req: dict[str, Any]) -> Any:
-        d = from_wire(api.LeaseDelete, req)
-        await self._write(self.store.delete_lease, d.namespace, d.id)
+    async def l_delete(self, req: api.LeaseDelete) -> None:
+        await self._replayed(self._write(self.store.delete_lease, req.namespace, req.id))
         # The content service's copy of the id goes after the answer: a collection ignores
         # ids of leases the database no longer has, so until then it only holds nothing.
-        key = (d.namespace, d.id)
-        task = self._releases[key] = asyncio.create_task(self._release(d.namespace, d.id))
+        key = (req.namespace, req.id)
+        task = self._releases[key] = asyncio.create_task(self._release(req.namespace, req.id))
 
         def forget(done: "asyncio.Task[None]") -> None:
             if self._releases.get(key) is done:
                 del self._releases[key]
         task.add_done_callback(forget)
-        await self._after_delete(d.sync)
-        return None
+        await self._after_delete(req.sync)
 
     async def stop(self) -> None:
         await self.gc.stop()
@@ -187,35 +192,30 @@ class MetadataServer:
             await asyncio.wait(list(self._releases.values()), timeout=_HELD_TIMEOUT)
 
     async def _release(self, namespace: str, lease: str) -> None:
-        """Tell the content service the lease is gone (it keeps lease ids on blobs). With no
-        content service on the bus, NATS says so at once (Unavailable): nothing to release."""
+        """Tell the content service the lease is gone (it keeps lease ids on blobs). While no
+        content service answers (one restarting) it is asked again within _HELD_TIMEOUT; with
+        none deployed there is nothing to release."""
         try:
             await ContentClient(self.bus, self.cfg.prefix, timeout=_HELD_TIMEOUT).release_lease(namespace, lease)
         except FlotillaError:
             pass
 
-    async def l_list(self, req: dict[str, Any]) -> Any:
-        lr = from_wire(api.ListRequest, req)
-        return await asyncio.to_thread(self.store.list_leases, lr.namespace, lr.filters)
+    async def l_list(self, req: api.ListRequest) -> list[api.Lease]:
+        return await asyncio.to_thread(self.store.list_leases, req.namespace, req.filters)
 
-    async def l_add(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.LeaseResourceRequest, req)
-        await self._write(self.store.add_lease_resource, r.namespace, r.lease, r.resource)
-        return None
+    async def l_add(self, req: api.LeaseResourceRequest) -> None:
+        await self._write(self.store.add_lease_resource, req.namespace, req.lease, req.resource)
 
-    async def l_del_resource(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.LeaseResourceRequest, req)
-        await self._write(self.store.delete_lease_resource, r.namespace, r.lease, r.resource)
+    async def l_del_resource(self, req: api.LeaseResourceRequest) -> None:
+        await self._write(self.store.delete_lease_resource, req.namespace, req.lease, req.resource)
         self.gc.schedule()
-        return None
 
-    async def l_resources(self, req: dict[str, Any]) -> Any:
-        ref = from_wire(api.LeaseRef, req)
-        added = await asyncio.to_thread(self.store.list_lease_resources, ref.namespace, ref.id)
+    async def l_resources(self, req: api.LeaseRef) -> list[api.Resource]:
+        added = await asyncio.to_thread(self.store.list_lease_resources, req.namespace, req.id)
         # what was written under the lease is recorded with it by its store (the content
         # service keeps a blob's leases, the snapshots service a snapshot's), not here
         known = {(r.type, r.id) for r in added}
-        held = [r for r in await self._held_by_lease(ref.namespace, ref.id) if (r.type, r.id) not in known]
+        held = [r for r in await self._held_by_lease(req.namespace, req.id) if (r.type, r.id) not in known]
         # containerd lists content, then ingests, then snapshots by snapshotter
         order = {"content": 0, "ingests": 1}
         return sorted(added + held, key=lambda r: (order.get(r.type, 2), r.type, r.id))
@@ -234,34 +234,33 @@ class MetadataServer:
         found = await asyncio.gather(blobs(), *(snapshots(sn) for sn in (SNAPSHOTTERS if snaps_up else ())))
         return [r for per in found for r in per]
 
-    async def gc_run(self, _req: Any) -> Any:
+    async def gc_run(self, _req: api.GCRequest) -> api.GCStats:
         return await self.gc.collect()
 
     async def start(self) -> None:
-        routes: dict[str, Callable[[Any], Awaitable[Any]]] = {
-            api.NAMESPACE_GET: self.ns_get,
-            api.NAMESPACE_LIST: self.ns_list,
-            api.NAMESPACE_CREATE: self.ns_create,
-            api.NAMESPACE_UPDATE: self.ns_update,
-            api.NAMESPACE_DELETE: self.ns_delete,
-            api.CONTAINER_GET: self.c_get,
-            api.CONTAINER_LIST: self.c_list,
-            api.CONTAINER_CREATE: self.c_create,
-            api.CONTAINER_UPDATE: self.c_update,
-            api.CONTAINER_DELETE: self.c_delete,
-            api.IMAGE_GET: self.i_get,
-            api.IMAGE_LIST: self.i_list,
-            api.IMAGE_CREATE: self.i_create,
-            api.IMAGE_UPDATE: self.i_update,
-            api.IMAGE_DELETE: self.i_delete,
-            api.LEASE_CREATE: self.l_create,
-            api.LEASE_DELETE: self.l_delete,
-            api.LEASE_LIST: self.l_list,
-            api.LEASE_ADD_RESOURCE: self.l_add,
-            api.LEASE_DELETE_RESOURCE: self.l_del_resource,
-            api.LEASE_LIST_RESOURCES: self.l_resources,
-            api.GC_RUN: self.gc_run,
-        }
-        for method, handler in routes.items():
-            await self.bus.serve(api.subject(self.cfg.prefix, method), handler, method=method)
+        routes: list[tuple[api.Route[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
+            (api.NAMESPACE_GET, self.ns_get),
+            (api.NAMESPACE_LIST, self.ns_list),
+            (api.NAMESPACE_CREATE, self.ns_create),
+            (api.NAMESPACE_UPDATE, self.ns_update),
+            (api.NAMESPACE_DELETE, self.ns_delete),
+            (api.CONTAINER_GET, self.c_get),
+            (api.CONTAINER_LIST, self.c_list),
+            (api.CONTAINER_CREATE, self.c_create),
+            (api.CONTAINER_UPDATE, self.c_update),
+            (api.CONTAINER_DELETE, self.c_delete),
+            (api.IMAGE_GET, self.i_get),
+            (api.IMAGE_LIST, self.i_list),
+            (api.IMAGE_CREATE, self.i_create),
+            (api.IMAGE_UPDATE, self.i_update),
+            (api.IMAGE_DELETE, self.i_delete),
+            (api.LEASE_CREATE, self.l_create),
+            (api.LEASE_DELETE, self.l_delete),
+            (api.LEASE_LIST, self.l_list),
+            (api.LEASE_ADD_RESOURCE, self.l_add),
+            (api.LEASE_DELETE_RESOURCE, self.l_del_resource),
+            (api.LEASE_LIST_RESOURCES, self.l_resources),
+            (api.GC_RUN, self.gc_run),
+        ]
+        await self.bus.serve_routes(api.stem(self.cfg.prefix), routes)
         self.gc.start()

@@ -7,6 +7,6 @@ importing this service.
 from flotilla.libs.api.runtime import *  # noqa: F401,F403
 from flotilla.libs.api.runtime import (  # noqa: F401  (named for type checkers)
     CHECKPOINT, CLOSE_IO, CREATE, DELETE, EXEC, GET, KILL, LIST, METRICS, PAUSE, PIDS, RESIZE, RESUME, START,
-    UPDATE, WAIT, Checkpoint, CloseIO, CreateTask, Exec, Kill, MetricsQuery, ProcessRef, Resize, RuntimeClient,
-    TaskList, Update, WaitFor, subject,
+    UPDATE, WAIT, Checkpoint, CheckpointResult, CloseIO, CreateTask, Exec, Exit, Kill, MetricsQuery, PidInfo,
+    ProcessInfo, ProcessRef, Resize, RuntimeClient, TaskList, TaskMetrics, Update, WaitFor, stem, subject,
 )

@@ -2,97 +2,95 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flotilla.libs import events
-from flotilla.libs.bus import Bus
+from flotilla.libs.bus import Bus, replaying
+from flotilla.libs.errors import NotFound
 from flotilla.libs.config import Config
-from flotilla.libs.wire import from_wire
+from flotilla.libs.routes import Route
 
 from . import api
 from .engine import Engine, Publish
+
+
+UNKNOWN_EXIT_STATUS = 255
 
 
 class RuntimeServer:
     def __init__(self, bus: Bus, cfg: Config, engine: Engine) -> None:
         self.bus, self.cfg, self.engine = bus, cfg, engine
 
-    async def create(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.CreateTask, req)
+    async def create(self, r: api.CreateTask) -> api.ProcessInfo:
         return await self.engine.create(r.namespace, r.id, r.spec, r.runtime, r.binary, r.rootfs, r.stdio,
                                         r.checkpoint, root=r.root, systemd_cgroup=r.systemd_cgroup,
                                         shim_cgroup=r.shim_cgroup)
 
-    async def start(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
+    async def start(self, r: api.ProcessRef) -> api.ProcessInfo:
         return await self.engine.start(r.namespace, r.id, r.exec_id)
 
-    async def delete(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
-        return await self.engine.delete(r.namespace, r.id, r.exec_id)
+    async def delete(self, r: api.ProcessRef) -> api.Exit:
+        try:
+            return await self.engine.delete(r.namespace, r.id, r.exec_id)
+        except NotFound:
+            if not replaying():
+                raise
+            # the instance that had this call died after deleting: the task is gone as asked,
+            # and its exit status with it (containerd's UnknownExitStatus)
+            return api.Exit(exited=True, exit_status=UNKNOWN_EXIT_STATUS)
 
-    async def get(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
+    async def get(self, r: api.ProcessRef) -> api.ProcessInfo:
         return self.engine.get(r.namespace, r.id, r.exec_id)
 
-    async def list(self, req: dict[str, Any]) -> Any:
-        return self.engine.list(from_wire(api.TaskList, req).namespace)
+    async def list(self, r: api.TaskList) -> list[api.ProcessInfo]:
+        return self.engine.list(r.namespace)
 
-    async def kill(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.Kill, req)
+    async def kill(self, r: api.Kill) -> None:
         await self.engine.kill(r.namespace, r.id, r.exec_id, r.signal, r.all)
 
-    async def exec(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.Exec, req)
+    async def exec(self, r: api.Exec) -> None:
         await self.engine.exec(r.namespace, r.id, r.exec_id, r.spec, r.stdio)
 
-    async def resize(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.Resize, req)
+    async def resize(self, r: api.Resize) -> None:
         await self.engine.resize(r.namespace, r.id, r.exec_id, r.width, r.height)
 
-    async def close_io(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.CloseIO, req)
+    async def close_io(self, r: api.CloseIO) -> None:
         if r.stdin:
             await self.engine.close_io(r.namespace, r.id, r.exec_id)
 
-    async def pause(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
+    async def pause(self, r: api.ProcessRef) -> None:
         await self.engine.pause(r.namespace, r.id)
 
-    async def resume(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
+    async def resume(self, r: api.ProcessRef) -> None:
         await self.engine.resume(r.namespace, r.id)
 
-    async def pids(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ProcessRef, req)
+    async def pids(self, r: api.ProcessRef) -> list[api.PidInfo]:
         return await self.engine.pids(r.namespace, r.id)
 
-    async def checkpoint(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.Checkpoint, req)
+    async def checkpoint(self, r: api.Checkpoint) -> api.CheckpointResult:
         return await self.engine.checkpoint(r.namespace, r.id, r.path, r.exit, r.work_path)
 
-    async def update(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.Update, req)
+    async def update(self, r: api.Update) -> None:
         await self.engine.update(r.namespace, r.id, r.resources)
 
-    async def metrics(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.MetricsQuery, req)
+    async def metrics(self, r: api.MetricsQuery) -> list[api.TaskMetrics]:
         return await self.engine.metrics(r.namespace, r.ids)
 
-    async def wait(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.WaitFor, req)
+    async def wait(self, r: api.WaitFor) -> api.Exit:
         return await self.engine.wait(r.namespace, r.id, r.exec_id, min(max(r.max_wait, 0.0), 60.0))
 
+    def routes(self) -> list[tuple[Route[Any, Any], Callable[[Any], Awaitable[Any]]]]:
+        return [
+            (api.CREATE, self.create), (api.START, self.start), (api.DELETE, self.delete), (api.GET, self.get),
+            (api.LIST, self.list), (api.KILL, self.kill), (api.EXEC, self.exec), (api.RESIZE, self.resize),
+            (api.CLOSE_IO, self.close_io), (api.PAUSE, self.pause), (api.RESUME, self.resume),
+            (api.PIDS, self.pids), (api.CHECKPOINT, self.checkpoint), (api.UPDATE, self.update),
+            (api.METRICS, self.metrics), (api.WAIT, self.wait),
+        ]
+
     async def start_serving(self) -> None:
-        routes = {
-            api.CREATE: self.create, api.START: self.start, api.DELETE: self.delete, api.GET: self.get,
-            api.LIST: self.list, api.KILL: self.kill, api.EXEC: self.exec, api.RESIZE: self.resize,
-            api.CLOSE_IO: self.close_io, api.PAUSE: self.pause, api.RESUME: self.resume, api.PIDS: self.pids,
-            api.CHECKPOINT: self.checkpoint, api.UPDATE: self.update, api.METRICS: self.metrics,
-            api.WAIT: self.wait,
-        }
-        for method, handler in routes.items():
-            await self.bus.serve(api.subject(self.cfg.prefix, self.cfg.host, method), handler, method=method)
+        await self.bus.serve_routes(api.stem(self.cfg.prefix, self.cfg.host), self.routes())
 
 
 def publisher(bus: Bus, cfg: Config) -> Publish:

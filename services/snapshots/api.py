@@ -9,5 +9,5 @@ from flotilla.libs.api.snapshots import (  # noqa: F401  (named for type checker
     APPLY, CLEANUP, COMMIT, DIFF, LIST, MOUNTS, NAMESPACE_HELD, PREPARE, REMOVE, STAT, UPDATE,
     USAGE, VIEW, ApplyRequest, CommitRequest, Descriptor, DiffRequest, Info, KeyRequest,
     ListRequest, Mount, NamespaceRequest, PrepareRequest, SnapshotterRequest, UpdateRequest,
-    Usage, subject,
+    Usage, stem, subject,
 )

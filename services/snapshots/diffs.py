@@ -78,6 +78,10 @@ def _worker_init(parent: int) -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:     # it died before the line above
         os._exit(1)
+    # a graceful stop signals the whole process group (supervisord's stopasgroup): the
+    # service finishes the layers under way and then ends its workers itself
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     keep_freed_memory()
 
 

@@ -8,7 +8,6 @@ from typing import Any
 from flotilla.libs import events
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.wire import from_wire
 
 from . import api
 from .diffs import Differ
@@ -22,78 +21,59 @@ class SnapshotsServer:
     async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
         await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, **fields)
 
-    async def prepare(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.PrepareRequest, req)
+    async def prepare(self, r: api.PrepareRequest) -> list[api.Mount]:
         mounts = await asyncio.to_thread(self.store.prepare, r.namespace, r.snapshotter, r.key, r.parent,
                                          r.labels, r.lease)
         await self._event("/snapshot/prepare", r.namespace, "containerd.events.SnapshotPrepare",
                           key=r.key, parent=r.parent)
         return mounts
 
-    async def view(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.PrepareRequest, req)
+    async def view(self, r: api.PrepareRequest) -> list[api.Mount]:
         return await asyncio.to_thread(self.store.view, r.namespace, r.snapshotter, r.key, r.parent,
                                        r.labels, r.lease)
 
-    async def mounts(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.KeyRequest, req)
+    async def mounts(self, r: api.KeyRequest) -> list[api.Mount]:
         return await asyncio.to_thread(self.store.mounts, r.namespace, r.snapshotter, r.key)
 
-    async def commit(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.CommitRequest, req)
+    async def commit(self, r: api.CommitRequest) -> None:
         await asyncio.to_thread(self.store.commit, r.namespace, r.snapshotter, r.name, r.key, r.labels, r.lease,
                                 r.parent)
         await self._event("/snapshot/commit", r.namespace, "containerd.events.SnapshotCommit",
                           key=r.key, name=r.name)
-        return None
 
-    async def remove(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.KeyRequest, req)
+    async def remove(self, r: api.KeyRequest) -> None:
         await asyncio.to_thread(self.store.remove, r.namespace, r.snapshotter, r.key)
         await self._event("/snapshot/remove", r.namespace, "containerd.events.SnapshotRemove", key=r.key)
-        return None
 
-    async def stat(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.KeyRequest, req)
+    async def stat(self, r: api.KeyRequest) -> api.Info:
         return await asyncio.to_thread(self.store.stat, r.namespace, r.snapshotter, r.key)
 
-    async def update(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.UpdateRequest, req)
+    async def update(self, r: api.UpdateRequest) -> api.Info:
         return await asyncio.to_thread(self.store.update, r.namespace, r.snapshotter, r.info, r.paths)
 
-    async def list(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ListRequest, req)
+    async def list(self, r: api.ListRequest) -> list[api.Info]:
         return await asyncio.to_thread(self.store.list, r.namespace, r.snapshotter, r.filters)
 
-    async def usage(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.KeyRequest, req)
+    async def usage(self, r: api.KeyRequest) -> api.Usage:
         return await asyncio.to_thread(self.store.usage, r.namespace, r.snapshotter, r.key)
 
-    async def cleanup(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.SnapshotterRequest, req)
+    async def cleanup(self, r: api.SnapshotterRequest) -> None:
         await asyncio.to_thread(self.store.cleanup, r.snapshotter)
-        return None
 
-    async def namespace_held(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.NamespaceRequest, req)
+    async def namespace_held(self, r: api.NamespaceRequest) -> list[str]:
         return await asyncio.to_thread(self.store.namespace_held, r.namespace)
 
-    async def apply(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.ApplyRequest, req)
+    async def apply(self, r: api.ApplyRequest) -> api.Descriptor:
         return await self.differ.apply(r.namespace, r.diff, r.mounts, r.detached)
 
-    async def diff(self, req: dict[str, Any]) -> Any:
-        r = from_wire(api.DiffRequest, req)
+    async def diff(self, r: api.DiffRequest) -> api.Descriptor:
         return await self.differ.diff(r.namespace, r.left, r.right, r.media_type, r.ref, r.labels, r.lease)
 
     async def start(self) -> None:
-        routes = {
-            api.PREPARE: self.prepare, api.VIEW: self.view, api.MOUNTS: self.mounts,
-            api.COMMIT: self.commit, api.REMOVE: self.remove, api.STAT: self.stat,
-            api.UPDATE: self.update, api.LIST: self.list, api.USAGE: self.usage,
-            api.CLEANUP: self.cleanup, api.NAMESPACE_HELD: self.namespace_held,
-            api.APPLY: self.apply, api.DIFF: self.diff,
-        }
-        for method, handler in routes.items():
-            await self.bus.serve(api.subject(self.cfg.prefix, self.cfg.host, method), handler,
-                                 method=f"snapshots.{method}")
+        await self.bus.serve_routes(api.stem(self.cfg.prefix, self.cfg.host), [
+            (api.PREPARE, self.prepare), (api.VIEW, self.view), (api.MOUNTS, self.mounts),
+            (api.COMMIT, self.commit), (api.REMOVE, self.remove), (api.STAT, self.stat),
+            (api.UPDATE, self.update), (api.LIST, self.list), (api.USAGE, self.usage),
+            (api.CLEANUP, self.cleanup), (api.NAMESPACE_HELD, self.namespace_held),
+            (api.APPLY, self.apply), (api.DIFF, self.diff),
+        ], label="snapshots.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -12,13 +13,16 @@ from google.protobuf import struct_pb2
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.api.snapshots import SnapshotsClient
-from flotilla.libs.api.transfer import PULL, PUSH, PullProgress, PullRequest, PushRequest, subject
+from flotilla.libs.api.transfer import (
+    PULL, PUSH, PullProgress, PullRequest, PullResult, PushRequest, PushResult, stem,
+)
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.events import Event
 from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.routes import Route
 from flotilla.libs.subjects import events as events_subject, valid_subject
-from flotilla.libs.wire import from_wire, to_wire
+from flotilla.libs.wire import to_wire
 
 from .puller import Puller
 from .pusher import Pusher
@@ -37,8 +41,9 @@ class TransferServer:
         self.snapshots = SnapshotsClient(bus, cfg.prefix, cfg.host)
 
     async def start(self) -> None:
-        await self.bus.serve(subject(self.cfg.prefix, self.cfg.host, PULL), self.pull, method=PULL)
-        await self.bus.serve(subject(self.cfg.prefix, self.cfg.host, PUSH), self.push, method=PUSH)
+        routes: list[tuple[Route[Any, Any], Callable[[Any], Awaitable[Any]]]] = [
+            (PULL, self.pull), (PUSH, self.push)]
+        await self.bus.serve_routes(stem(self.cfg.prefix, self.cfg.host), routes)
 
     async def stop(self) -> None:
         return None
@@ -74,16 +79,14 @@ class TransferServer:
             loop.create_task(self.bus.publish(progress, to_wire(p)))
         return report
 
-    async def pull(self, data: Any) -> Any:
-        req = from_wire(PullRequest, data)
+    async def pull(self, req: PullRequest) -> PullResult:
         report = self._reporter(req.namespace, req.ref, req.progress)
         result = await Puller(self.content, self.metadata, self.snapshots, req, report).run()
         log.info("pulled %s into %s (%d bytes fetched)", result.name, req.namespace, result.fetched)
-        return to_wire(result)
+        return result
 
-    async def push(self, data: Any) -> Any:
-        req = from_wire(PushRequest, data)
+    async def push(self, req: PushRequest) -> PushResult:
         report = self._reporter(req.namespace, req.ref or req.name, req.progress)
         result = await Pusher(self.content, self.metadata, req, report).run()
         log.info("pushed %s from %s as %s (%d bytes sent)", req.name, req.namespace, result.ref, result.sent)
-        return to_wire(result)
+        return result

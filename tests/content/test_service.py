@@ -168,6 +168,24 @@ async def test_documented_subjects_with_plain_msgpack(bus: Bus, content_service:
     assert err == {"code": 5, "message": f"content digest {sha(b'none')}: not found"}
     assert (await call("namespace_held", {"namespace": "raw"}))["r"] is True
     assert (await call("delete", {"namespace": "raw", "digest": sha(data)}))["r"] is None
+    # a body that does not make the route's request record reaches no handler
+    assert (await call("info", {"namespace": 1, "digest": sha(data)}))["e"]["code"] == InvalidArgument.code
+    assert (await scall("w.sync", {"session": sid}))["e"]["code"] == InvalidArgument.code
+
+
+def test_the_contract_names_its_subjects_by_route_or_by_name() -> None:
+    """deploy/credentials.py grants by ``subject(prefix, c.INFO)``, ``"ping"`` and
+    ``instance_subject(prefix, "*", ">")``; the service serves the routes on the same."""
+    from flotilla.libs.api import content as c
+    assert c.subject("p", c.INFO) == "p.content.info" == c.subject("p", "info")
+    assert c.subject("p", c.WRITER_OPEN) == f"{c.stem('p')}.writer.open"
+    assert c.instance_subject("p", "*", ">") == "p.content.i.*.>"
+    assert c.instance_subject("p", "i1", c.W_WRITE) == f"{c.instance_stem('p', 'i1')}.w.write"
+    reads = {c.INFO, c.LIST, c.UPDATE, c.READ, c.LOCAL_PATH, c.STATUS, c.LIST_STATUSES, c.NAMESPACE_HELD,
+             c.NAMESPACES}
+    changes = {c.DELETE, c.ABORT, c.RELEASE_LEASE, c.WRITER_OPEN,
+               c.W_STATUS, c.W_WRITE, c.W_SYNC, c.W_TRUNCATE, c.W_COMMIT, c.W_CLOSE}
+    assert all(r.idempotent for r in reads) and not any(r.idempotent for r in changes)
 
 
 async def test_several_instances_on_one_store(bus: Bus, content_procs: ContentProcs) -> None:

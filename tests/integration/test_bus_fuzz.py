@@ -15,7 +15,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import inspect
 import io
 import json
 import os
@@ -33,6 +32,7 @@ import nats
 from flotilla.libs.api import content, metadata, runtime, snapshots, transfer
 from flotilla.libs.api.snapshots import SNAPSHOTTERS
 from flotilla.libs.bus import Bus
+from flotilla.libs.routes import Route
 from flotilla.testing import PrivateSuite
 from flotilla.testing.images import Entry, build_image
 
@@ -44,8 +44,8 @@ OK_CODES = {1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16}  # never 2 Unknown, 13 
 # ...but for the Unknowns containerd 1.6 itself answers such bodies with (checked against it): a
 # task whose spec is no OCI spec fails in its shim's start (tests/runtime/test_engine.py pins it);
 # a mount the kernel refuses fails a diff or an apply
-CONTAINERD_UNKNOWN = {runtime.CREATE: "failed to start shim: invalid OCI spec: ",
-                      snapshots.DIFF: "failed to mount ", snapshots.APPLY: "failed to mount "}
+CONTAINERD_UNKNOWN = {runtime.CREATE.method: "failed to start shim: invalid OCI spec: ",
+                      snapshots.DIFF.method: "failed to mount ", snapshots.APPLY.method: "failed to mount "}
 # methods that change no record (by the last word of their name): they may name records exactly
 READS = {"get", "list", "list_resources", "info", "read", "local_path", "status", "statuses", "namespace_held",
          "mounts", "stat", "usage", "pids", "metrics", "wait"}
@@ -67,17 +67,15 @@ def decode(data: bytes) -> Any:
 
 
 def methods(module: types.ModuleType) -> dict[str, type | None]:
-    """Method -> request record, from the comments beside the contract's constants."""
-    found = re.findall(r'^\w+ = "([\w.]+)"\s*#\s*(\w+) ->', inspect.getsource(module), re.MULTILINE)
-    return {m: None if rec == "None" else getattr(module, rec) for m, rec in found}
+    """Method -> request record, from the contract's route table (libs/routes.py)."""
+    return {r.method: r.request for r in vars(module).values() if isinstance(r, Route)}
 
 
 def subjects(prefix: str, host: str) -> dict[str, tuple[str, type | None]]:
     out = {mod.subject(prefix, m): (m, r) for mod in (metadata, content) for m, r in methods(mod).items()
            if not m.startswith("w.")}  # a write session's methods are on its instance's subjects
-    out |= {mod.subject(prefix, host, m): (m, r) for mod in (snapshots, runtime) for m, r in methods(mod).items()}
-    return out | {transfer.subject(prefix, host, m): (m, r) for m, r in
-                  ((transfer.PULL, transfer.PullRequest), (transfer.PUSH, transfer.PushRequest))}
+    return out | {mod.subject(prefix, host, m): (m, r) for mod in (snapshots, runtime, transfer)
+                  for m, r in methods(mod).items()}
 
 
 class Gen:
@@ -180,17 +178,17 @@ def safe(method: str, data: bytes, session: str) -> bytes:
     body = decode(data)
     if not isinstance(body, dict):
         return data  # refused before (or ignored by) any handler
-    if method in (transfer.PULL, transfer.PUSH) and type(body.get("ref", "")) is str:
+    if method in (transfer.PULL.method, transfer.PUSH.method) and type(body.get("ref", "")) is str:
         # never a parseable image reference: a pull or push would reach the network. A map
         # whose ref is not a string is refused by from_wire before anything runs
         body["ref"] = 0
-    elif method in (snapshots.DIFF, snapshots.APPLY) and any(
+    elif method in (snapshots.DIFF.method, snapshots.APPLY.method) and any(
             isinstance(m, dict) and type(m.get("type")) is str and m["type"] not in NOT_FS
             for k in ("left", "right", "mounts") for m in (body.get(k) if isinstance(body.get(k), list) else [])):
         return b"\xc1"  # a mutation made a mount that could mount something: not sent
-    elif method == runtime.WAIT and isinstance(body.get("max_wait"), (int, float)) and not body["max_wait"] <= MAX_WAIT:
+    elif method == runtime.WAIT.method and isinstance(body.get("max_wait"), (int, float)) and not body["max_wait"] <= MAX_WAIT:
         body["max_wait"] = MAX_WAIT
-    elif method == content.W_WRITE and body.get("session") == session and type(body.get("offset")) is int \
+    elif method == content.W_WRITE.method and body.get("session") == session and type(body.get("offset")) is int \
             and body["offset"] > 0:
         body["offset"] = 0  # a chunk ahead waits (by design) up to 60 s for the ones before it
     else:
@@ -208,7 +206,7 @@ def check(method: str, data: bytes) -> tuple[int, str]:
             or type(err["message"]) is not str:
         return -1, f"malformed reply {reply!r:.200}"
     code, message = err["code"], err["message"]
-    if code in OK_CODES or (code == 4 and method == runtime.WAIT) or \
+    if code in OK_CODES or (code == 4 and method == runtime.WAIT.method) or \
             (code == 2 and method in CONTAINERD_UNKNOWN and message.startswith(CONTAINERD_UNKNOWN[method])):
         return code, ""
     return code, f"code {code}: {message:.300}"
@@ -300,7 +298,7 @@ async def test_bus_fuzz(suite: PrivateSuite, stress: int) -> None:
                 try:
                     msg = await bus.nc.request(subject, data, timeout=TIMEOUT)
                     code, problem = check(method, msg.data)
-                    if method == content.WRITER_OPEN and code == 0:
+                    if method == content.WRITER_OPEN.method and code == 0:
                         sessions.append((decode(msg.data)["r"]["instance"], decode(msg.data)["r"]["session"]))
                 except (TimeoutError, nats.errors.Error) as exc:  # no reply in time, or nobody serves
                     code, problem = -1, f"no reply: {type(exc).__name__} {exc}"
@@ -320,7 +318,7 @@ async def test_bus_fuzz(suite: PrivateSuite, stress: int) -> None:
                 [(mine + m, m, rec) for m, rec in methods(content).items() if m.startswith("w.")]
             rng.shuffle(work)
             await asyncio.gather(*(call(subj, m, safe(m, gen.body(m, rec), gen.session)) for subj, m, rec in work))
-            await bus.request(mine + content.W_CLOSE, content.SessionRequest(gen.session), timeout=TIMEOUT)
+            await bus.request(mine + content.W_CLOSE.method, content.SessionRequest(gen.session), timeout=TIMEOUT)
         print(f"fuzz: {sum(sent.values())} requests in {time.monotonic() - started:.1f} s, by service "
               f"{sorted(sent.items())}, replies by code (0: a result) {sorted(codes.items())}, seed {seed}")
         assert not failures, f"seed {seed}: {len(failures)} replies broke the contract:\n" + "\n".join(failures[:30])

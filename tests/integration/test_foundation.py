@@ -18,6 +18,7 @@ from flotilla._api.containerd.api.services.events.v1 import events_pb2, events_p
 from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2 as ns_pb2
 from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as ns_grpc
 from flotilla.testing import CTR, ContainerdPeer, PrivateSuite, ctr
+from flotilla.testing.peers import terminate
 from google.protobuf import any_pb2
 
 
@@ -188,8 +189,7 @@ def test_ctr_events_sees_namespace_events_and_published_ones(suite: PrivateSuite
         assert " pubns /flotilla/test " in line and '"by":"client"' in line
         suite.ctr("namespaces", "rm", probe)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        terminate(proc, 10)  # SIGTERM: a test started as a background job has SIGINT ignored
 
 
 def test_subscribe_filters_select_events(suite: PrivateSuite) -> None:

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from flotilla.libs.bus import Bus, decode_reply
-from flotilla.libs.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
+from flotilla.libs.errors import InvalidArgument, NotFound, Unavailable
 
 
 async def test_request_reply_and_errors_cross_intact(bus: Bus) -> None:

@@ -81,3 +81,13 @@ async def test_another_hosts_subjects_are_not_answered(service: tuple[SnapshotsC
         await other.prepare("ns", "overlayfs", "k", timeout=1)
     assert getattr(err.value, "code", None) in (14, 4)  # Unavailable / DeadlineExceeded
     assert await client.list("ns", "overlayfs") == []
+
+
+async def test_a_body_that_makes_no_request_record_is_refused(service: tuple[SnapshotsClient, Config],
+                                                              bus: Bus) -> None:
+    from flotilla.libs.api import snapshots as s
+    _, cfg = service
+    with pytest.raises(InvalidArgument, match="KeyRequest"):
+        await bus.request(s.subject(cfg.prefix, "hostA", s.STAT), {"namespace": "ns1", "key": 3}, idempotent=True)
+    assert s.subject(cfg.prefix, "hostA", s.APPLY) == s.subject(cfg.prefix, "hostA", "diff.apply") \
+        == f"{s.stem(cfg.prefix, 'hostA')}.diff.apply"
