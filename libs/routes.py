@@ -33,6 +33,11 @@ class Route(Generic[Req, Rep]):
         return None if payload is None else _decode(self.reply, payload)
 
 
+def method_name(method: "Route[Any, Any] | str") -> str:
+    """A route's method, or a plain method name outside the table (e.g. "ping")."""
+    return method.method if isinstance(method, Route) else method
+
+
 def _decode(tp: Any, payload: Any) -> Any:
     if tp is None:
         return payload

@@ -16,7 +16,7 @@ from . import metrics
 from .bus import Bus
 from .config import Config
 from .journal import Journal
-from .subjects import local, shared
+from .subjects import stem
 
 Cleanup = Callable[[], Awaitable[None]]
 Setup = Callable[[Bus, Config], Awaitable[Cleanup | None]]
@@ -24,7 +24,7 @@ Setup = Callable[[Bus, Config], Awaitable[Cleanup | None]]
 
 def service_stem(cfg: Config, name: str, host_local: bool) -> str:
     """The first tokens of every subject of service ``name`` (``<prefix>.<name>[.<host>]``)."""
-    return (local(cfg.prefix, name, cfg.host, "ping") if host_local else shared(cfg.prefix, name, "ping"))[:-5]
+    return stem(cfg.prefix, name, cfg.host if host_local else None)
 
 
 def ping_subject(cfg: Config, name: str, host_local: bool) -> str:

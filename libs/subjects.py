@@ -17,12 +17,18 @@ def token(value: str) -> str:
     return _TOKEN.sub("_", value) or "_"
 
 
+def stem(prefix: str, service: str, host: str | None = None) -> str:
+    """The first tokens of every subject of a service: ``<prefix>.<service>``, then the
+    host's token for a host-local one."""
+    return f"{prefix}.{service}" if host is None else f"{prefix}.{service}.{token(host)}"
+
+
 def shared(prefix: str, service: str, method: str) -> str:
-    return f"{prefix}.{service}.{method}"
+    return f"{stem(prefix, service)}.{method}"
 
 
 def local(prefix: str, service: str, host: str, method: str) -> str:
-    return f"{prefix}.{service}.{token(host)}.{method}"
+    return f"{stem(prefix, service, host)}.{method}"
 
 
 def events(prefix: str) -> str:

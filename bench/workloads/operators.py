@@ -85,7 +85,9 @@ def _one_kill(t: Target, component: str) -> dict[str, float]:
     back = time.monotonic() - killed
     time.sleep(_AFTER)
     chaos.finish()
-    return {f"failed calls per kill/{component}": float(len(chaos.record.failed())),
+    failed = len(chaos.record.failed())
+    chaos.clean()  # what failed calls left must not outlive the peer (its shims would)
+    return {f"failed calls per kill/{component}": float(failed),
             f"seconds until it answers again/{component}": back}
 
 

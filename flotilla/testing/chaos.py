@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .peers import CTR
+from .peers import CTR, ctr
 
 Kill = Callable[[], None]  # ends one component; returns as soon as it was killed (not restarted)
 
@@ -160,6 +160,13 @@ class Chaos:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+
+    def clean(self) -> None:
+        """Remove the containers (and their tasks) that failed calls left in the loops'
+        namespace: a run whose connection died with the gateway, or with containerd."""
+        for cid in ctr(self.address, "containers", "ls", "-q", namespace=self.namespace).stdout.split():
+            ctr(self.address, "task", "rm", "-f", cid, namespace=self.namespace)
+            ctr(self.address, "containers", "rm", cid, namespace=self.namespace)
 
     def note_kill(self, component: str) -> None:
         with self.record.lock:

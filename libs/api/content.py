@@ -31,7 +31,8 @@ from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contr
 from ..directio import Appender
 from ..bus import MAX_CHUNK, Bus, InstanceGone
 from ..errors import AlreadyExists, FlotillaError, NotFound, Unavailable
-from ..routes import Route
+from .. import subjects
+from ..routes import Route, method_name
 from ..subjects import shared
 from ..wire import from_wire
 
@@ -90,26 +91,22 @@ W_COMMIT: Route[CommitRequest, Info] = Route("w.commit", CommitRequest, Info, ti
 W_CLOSE: Route[SessionRequest, None] = Route("w.close", SessionRequest, None, timeout=5.0)
 
 
-def _method(method: Route[Any, Any] | str) -> str:
-    return method.method if isinstance(method, Route) else method
-
-
 def stem(prefix: str) -> str:
     """Where the shared methods are served: ``<prefix>.content``."""
-    return f"{prefix}.{SERVICE}"
+    return subjects.stem(prefix, SERVICE)
 
 
 def instance_stem(prefix: str, instance: str) -> str:
     """Where one instance serves the write sessions it holds: ``<prefix>.content.i.<instance>``."""
-    return f"{prefix}.{SERVICE}.i.{instance}"
+    return f"{stem(prefix)}.i.{instance}"
 
 
 def subject(prefix: str, method: Route[Any, Any] | str) -> str:
-    return shared(prefix, SERVICE, _method(method))
+    return shared(prefix, SERVICE, method_name(method))
 
 
 def instance_subject(prefix: str, instance: str, method: Route[Any, Any] | str) -> str:
-    return f"{instance_stem(prefix, instance)}.{_method(method)}"
+    return f"{instance_stem(prefix, instance)}.{method_name(method)}"
 
 
 # -- client ----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..bus import Bus
-from ..routes import Route
+from .. import subjects
+from ..routes import Route, method_name
 from ..subjects import shared
 from ..wire import from_wire
 
@@ -17,12 +18,12 @@ R = TypeVar("R")
 
 def stem(prefix: str) -> str:
     """Where the service's routes live: ``<prefix>.metadata``, each at ``<stem>.<method>``."""
-    return f"{prefix}.{SERVICE}"
+    return subjects.stem(prefix, SERVICE)
 
 
 def subject(prefix: str, method: Route[Any, Any] | str) -> str:
     """A route's subject; a plain method name (e.g. "ping") names one outside the table."""
-    return shared(prefix, SERVICE, method.method if isinstance(method, Route) else method)
+    return shared(prefix, SERVICE, method_name(method))
 
 
 @dataclass

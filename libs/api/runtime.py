@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from ..bus import Bus
 from ..errors import DeadlineExceeded, NotFound, Unavailable
-from ..routes import Route
-from ..subjects import token
+from .. import subjects
+from ..routes import Route, method_name
 from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "runtime"
@@ -39,11 +39,11 @@ def is_task_not_found(exc: NotFound, id: str) -> bool:
 
 def stem(prefix: str, host: str) -> str:
     """Where one host's runtime serves its routes: ``<prefix>.runtime.<host>``."""
-    return f"{prefix}.{SERVICE}.{token(host)}"
+    return subjects.stem(prefix, SERVICE, host)
 
 
 def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
-    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
+    return f"{stem(prefix, host)}.{method_name(method)}"
 
 
 @dataclass

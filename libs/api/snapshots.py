@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..bus import Bus
-from ..routes import Route
-from ..subjects import token
+from .. import subjects
+from ..routes import Route, method_name
 from .types import Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "snapshots"
@@ -36,11 +36,11 @@ R = TypeVar("R")
 
 def stem(prefix: str, host: str) -> str:
     """Where this host's service is served: ``<prefix>.snapshots.<host>``."""
-    return f"{prefix}.{SERVICE}.{token(host)}"
+    return subjects.stem(prefix, SERVICE, host)
 
 
 def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
-    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
+    return f"{stem(prefix, host)}.{method_name(method)}"
 
 
 @dataclass

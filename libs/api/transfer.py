@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flotilla.libs.bus import Bus
-from flotilla.libs.routes import Route
-from flotilla.libs.subjects import token
+from flotilla.libs import subjects
+from flotilla.libs.routes import Route, method_name
 from flotilla.libs.wire import from_wire
 
 SERVICE = "transfer"
@@ -27,11 +27,11 @@ R = TypeVar("R")
 
 def stem(prefix: str, host: str) -> str:
     """Where one host's transfer service serves its routes: ``<prefix>.transfer.<host>``."""
-    return f"{prefix}.{SERVICE}.{token(host)}"
+    return subjects.stem(prefix, SERVICE, host)
 
 
 def subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:
-    return f"{stem(prefix, host)}.{method.method if isinstance(method, Route) else method}"
+    return f"{stem(prefix, host)}.{method_name(method)}"
 
 
 @dataclass

@@ -42,7 +42,7 @@ def inherited(env: dict[str, str] | None = None) -> socket.socket | None:
     return sock
 
 
-def bind(path: str | Path, mode: int = 0o660) -> socket.socket:
+def bind(path: str | Path, mode: int = 0o660, backlog: int = 1024) -> socket.socket:
     """Our own listening socket, for a gateway run alone: a socket left by a killed gateway
     is replaced, never a file of another kind. The mode is set before listen(), so no
     client connects while it still has the umask's."""
@@ -54,7 +54,7 @@ def bind(path: str | Path, mode: int = 0o660) -> socket.socket:
     try:
         sock.bind(str(path))
         os.chmod(path, mode)
-        sock.listen(1024)
+        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise

@@ -99,13 +99,6 @@ def _run(suite: PrivateSuite, registry: Registry, stress: int, act: "Killer.kill
     return chaos, killer
 
 
-def _clean(suite: PrivateSuite, chaos: Chaos) -> None:
-    """Remove what failed calls left (a task created by a run whose gateway died)."""
-    for cid in suite.ctr("containers", "ls", "-q", namespace=chaos.namespace).stdout.split():
-        suite.ctr("task", "rm", "-f", cid, namespace=chaos.namespace)
-        suite.ctr("containers", "rm", cid, namespace=chaos.namespace)
-
-
 @pytest.mark.slow
 def test_sigkill_of_any_component_fails_no_call_but_a_killed_gateways(registry: Registry, stress: int) -> None:
     with PrivateSuite() as suite:
@@ -120,7 +113,7 @@ def test_sigkill_of_any_component_fails_no_call_but_a_killed_gateways(registry: 
             assert _left_over(suite, chaos) == []
             assert len(chaos.record.calls) > 100  # the loops did run
         finally:
-            _clean(suite, chaos)
+            chaos.clean()
 
 
 @pytest.mark.slow
@@ -132,7 +125,7 @@ def test_graceful_restart_of_every_component_fails_no_call(registry: Registry, s
             assert [f"{c.loop} {' '.join(c.args[:4])}: {c.stderr[-300:]}" for c in chaos.record.failed()] == []
             assert _left_over(suite, chaos) == []
         finally:
-            _clean(suite, chaos)
+            chaos.clean()
 
 
 @pytest.mark.slow
@@ -152,4 +145,4 @@ def test_two_instances_cover_each_others_death(registry: Registry, stress: int) 
             assert unexpected == []
             assert _left_over(suite, chaos) == []
         finally:
-            _clean(suite, chaos)
+            chaos.clean()

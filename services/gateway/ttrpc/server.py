@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from ..h2grpc import ServicerContext
+from ..listener import bind
 from .protocol import MAX_MESSAGE, RequestReceived, RequestRefused, Response, ServerConnection, Status
 
 log = logging.getLogger("flotilla.gateway.ttrpc")
@@ -202,14 +203,8 @@ class Server:
         file of another kind). The mode is set between bind and listen, so no client can
         connect while the socket still has the umask's mode."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_socket():
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = bind(path, mode, backlog=128)
         try:
-            sock.bind(str(path))
-            os.chmod(path, mode)
-            sock.listen(128)
             sock.setblocking(False)
             self._listener = await asyncio.get_running_loop().create_unix_server(lambda: _Connection(self), sock=sock)
         except BaseException:
