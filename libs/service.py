@@ -97,7 +97,10 @@ def run(name: str, setup: Setup, *, host_local: bool = False) -> None:
     keep_freed_memory()
     cfg = config_mod.load()
     log_mod.setup(name, cfg.log_level)
-    metrics.serve(cfg.metrics_port)
+    # instances of one program share its configured port: the Nth (FLOTILLA_INSTANCE, set by
+    # deploy for numprocs > 1) takes port + 100 * N, so a second one does not die on a bound port
+    instance = int(os.environ.get("FLOTILLA_INSTANCE", "0") or 0)
+    metrics.serve(cfg.metrics_port + 100 * instance if cfg.metrics_port else 0)
     run_loop(_main(name, setup, cfg, host_local))
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from flotilla.deploy import Suite, free_port
+from flotilla.deploy import DEFAULT_INSTANCES, Suite, free_port, parse_instances
 from flotilla.deploy.credentials import Permissions
 from flotilla.libs.bus import Bus
 
@@ -78,7 +78,8 @@ class PrivateSuite(Peer):
         self.suite = Suite(root=self.base / "root", state=self.base / "state",
                            nats_port=free_port(), metrics_base=0,
                            prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True,
-                           auth=auth, cluster=None, instances=dict(instances or {}))
+                           auth=auth, cluster=None,
+                           instances=parse_instances(DEFAULT_INSTANCES) if instances is None else dict(instances))
         if auth:
             self.suite.credentials.grant(self.TESTER, Permissions((">",), (">",)))
 

@@ -174,19 +174,20 @@ class Writer:
         """A call to the session's instance. When that instance is gone (the content service
         restarted), the ingest is opened again where its data file stands, on whichever
         instance takes it, and the call goes there (issue 22)."""
-        for _ in range(3):
+        deadline = time.monotonic() + (timeout or self.client.timeout)
+        while True:
             session = self.session
             try:
                 data = await self.client.bus.request(
                     self._subject(route), dataclasses.replace(payload, session=session.session),
-                    timeout=timeout or self.client.timeout, idempotent=route.idempotent, instance_bound=True)
+                    timeout=max(0.1, deadline - time.monotonic()), idempotent=route.idempotent,
+                    instance_bound=True)
             except InstanceGone:
-                if self._opened is None or self._committed:
+                if self._opened is None or self._committed or time.monotonic() >= deadline:
                     raise
                 await self._reopen(session)
                 continue
             return route.decode_reply(data)
-        raise Unavailable(f"ingest {self.session.ref}: content service keeps restarting: unavailable")
 
     async def _reopen(self, lost: WriterSession) -> None:
         """Open the ingest again (once, however many calls found the instance gone)."""
@@ -196,7 +197,13 @@ class Writer:
             if self.session is not lost:
                 return  # another call did it already
             assert self._opened is not None
-            session = await self.client._open(self._opened)
+            try:
+                session = await self.client._open(self._opened)
+            except Unavailable:
+                # the ref is still locked: its instance lives and was only cut off from NATS
+                # a moment (a nats-server restart), so the next call goes to it again
+                await asyncio.sleep(0.1)
+                return
             if not self.local and session.offset != self.offset:
                 # chunks in flight to the lost instance are gone with it, and we keep no copy
                 raise Unavailable(f"ingest {lost.ref}: content service restarted with "

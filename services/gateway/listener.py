@@ -78,19 +78,21 @@ def link(target: str | Path, alias: str | Path) -> None:
 class _FirstBytes(asyncio.Protocol):
     """Reads a connection's first bytes, then hands it to the protocol they name."""
 
-    def __init__(self, h2: ProtocolFactory, ttrpc: ProtocolFactory) -> None:
-        self.h2, self.ttrpc = h2, ttrpc
+    def __init__(self, h2: ProtocolFactory, ttrpc: ProtocolFactory, waiting: set["_FirstBytes"]) -> None:
+        self.h2, self.ttrpc, self.waiting = h2, ttrpc, waiting
         self.transport: asyncio.Transport | None = None
         self.seen = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.waiting.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.seen += data
         if len(self.seen) < len(_H2_PREFACE) and _H2_PREFACE.startswith(self.seen):
             return  # too few bytes to tell yet
         assert self.transport is not None
+        self.waiting.discard(self)
         proto = (self.h2 if self.seen.startswith(_H2_PREFACE) else self.ttrpc)()
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
@@ -100,10 +102,33 @@ class _FirstBytes(asyncio.Protocol):
         return None  # closed before saying anything: nothing to hand over
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        self.waiting.discard(self)
 
 
-async def serve(sock: socket.socket, h2: ProtocolFactory, ttrpc: ProtocolFactory) -> asyncio.AbstractServer:
-    """Accept on ``sock`` (ours or shared with other gateways) for both protocols."""
+class Accepting:
+    """Connections being taken on ``sock`` (ours or shared with other gateways)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.AbstractServer | None = None
+        self.waiting: set[_FirstBytes] = set()  # accepted, their client's first bytes not yet read
+
+    async def close(self, grace: float = 2.0) -> None:
+        """Take no more connections. Those accepted whose client has not spoken yet are
+        given ``grace`` seconds to: then they go to their server, which sends a stopping
+        gateway's GOAWAY, and their client goes to another gateway; closed unanswered,
+        a gRPC client fails its call ("timed out waiting for server handshake")."""
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.waiting and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+
+async def serve(sock: socket.socket, h2: ProtocolFactory, ttrpc: ProtocolFactory) -> Accepting:
+    """Accept on ``sock`` for both protocols."""
     sock.setblocking(False)
-    return await asyncio.get_running_loop().create_unix_server(lambda: _FirstBytes(h2, ttrpc), sock=sock)
+    accepting = Accepting()
+    accepting.server = await asyncio.get_running_loop().create_unix_server(
+        lambda: _FirstBytes(h2, ttrpc, accepting.waiting), sock=sock)
+    return accepting

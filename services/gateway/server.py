@@ -90,7 +90,4 @@ async def listen(server: aio.Server | h2grpc.Server, ttrpc_server: ttrpc.Server,
     listener.link(socket_path, socket_path + ".ttrpc")  # containerd's ttrpc clients look there
     accepting = await listener.serve(sock, server.protocol, ttrpc_server.protocol)
     log.info("serving containerd's gRPC and ttrpc APIs on %s (and .ttrpc)", socket_path)
-
-    async def stop_accepting() -> None:
-        accepting.close()
-    return stop_accepting
+    return accepting.close

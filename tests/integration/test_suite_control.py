@@ -28,12 +28,12 @@ def _env(base: Path, metrics_base: int) -> dict[str, str]:
 
 
 def _metrics_base() -> int:
-    """A run of free ports, one per process of the suite."""
+    """A run of free ports, one per program of the suite, and the second gateway's (+100)."""
     for _ in range(50):
         base = random.randrange(20000, 60000)
         try:
             socks = []
-            for port in range(base, base + 8):
+            for port in (*range(base, base + 8), base + 100):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", port))
@@ -60,12 +60,15 @@ def test_up_down_keeps_data_and_serves_metrics() -> None:
             res = ctr(sock, *args)
             assert res.returncode == 0, (args, res.stderr)
         status = subprocess.run([FLOTILLA, "status"], env=env, capture_output=True, text=True, timeout=30)
-        assert all(f"{p} " in status.stdout for p in ("nats", "metadata", "gateway")), status.stdout
+        assert all(f"{p} " in status.stdout for p in ("nats", "metadata", "gateway:gateway-0", "gateway:gateway-1")), \
+            status.stdout
         assert status.stdout.count("RUNNING") == len(status.stdout.strip().splitlines())
         ctr(sock, "namespaces", "create", "kept", "a=b", check=True)
 
-        # every process serves its own /metrics; the gateway's counts requests by method and code
-        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10).read().decode()
+        # every process serves its own /metrics; the gateways' count requests by method and code
+        # (two gateways, the second on the program's port + 100: either took ctr's call)
+        body = "".join(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+                       for port in (metrics, metrics + 100))
         assert 'flotilla_requests_total{code="0",method="Namespaces.Create"}' in body
         assert "flotilla_request_seconds_bucket" in body and "flotilla_nats_reconnects_total" in body
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics + 1}/metrics", timeout=10).read().decode()

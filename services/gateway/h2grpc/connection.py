@@ -17,7 +17,7 @@ import hpack
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
-NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, CANCEL = 0x0, 0x1, 0x3, 0x6, 0x8
+NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 0x0, 0x1, 0x3, 0x6, 0x7, 0x8
 _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE = 0x4, 0x5
 _DEFAULT_WINDOW, _DEFAULT_FRAME = 65535, 16384
 _MAX_WINDOW = (1 << 31) - 1
@@ -110,6 +110,7 @@ class H2Connection:
         self._unacked_connection = 0  # received and consumed, not yet given back
         self._unacked: dict[int, int] = {}
         self.highest_stream = 0
+        self.last_stream: int | None = None  # set by go_away: streams above it are refused
         self._out.append(PREFACE_REPLY)
 
     # -- output ------------------------------------------------------------------------
@@ -146,7 +147,16 @@ class H2Connection:
         self._close(stream_id)
 
     def go_away(self, code: int = NO_ERROR) -> None:
+        self.last_stream = self.highest_stream
         self._out.append(frame(GOAWAY, 0, 0, struct.pack(">II", self.highest_stream, code)))
+
+    def refused(self, stream_id: int) -> bool:
+        """A stream opened after our GOAWAY named a lower last stream: the client sends it
+        again on another connection, so it must not run here too (RFC 9113 6.8)."""
+        if self.last_stream is None or stream_id <= self.last_stream:
+            return False
+        self.reset(stream_id, REFUSED_STREAM)
+        return True
 
     def consumed(self, stream_id: int, n: int) -> None:
         """``n`` bytes of the stream's data were taken by the handler: reopen the windows

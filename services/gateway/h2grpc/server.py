@@ -66,6 +66,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        if self.server.stopping:  # handed over after stop() began: its client goes elsewhere
+            self.h2.go_away()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -125,6 +127,8 @@ class _Connection(asyncio.Protocol):
     # -- requests --------------------------------------------------------------------------
 
     def _request(self, ev: RequestReceived) -> None:
+        if self.h2.refused(ev.stream_id):
+            return
         path = next((v for k, v in ev.headers if k == ":path"), "")
         context = ServicerContext(ev.headers)
         handler = self.server.handler(path, context)
@@ -293,6 +297,7 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self.connections: set[_Connection] = set()
         self._stopped = asyncio.Event()
+        self.stopping = False
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)
@@ -331,6 +336,7 @@ class Server:
 
     async def stop(self, grace: float | None) -> None:
         """Stop taking connections; say GOAWAY; give running calls ``grace`` seconds."""
+        self.stopping = True
         for listener in self._listeners:
             listener.close()
         for conn in list(self.connections):
