@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -142,12 +143,48 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     def stop(self) -> None:
         terminate(self.proc, 15)
+        # its shims outlive it by design (a task whose client died with a killed containerd
+        # keeps one): they are ours, named by our socket, and so are their containers
+        for pid in _with_descendants(_pids_naming(self.address)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         # containerd may leave shims' and snapshotters' mounts under its root
         with open("/proc/mounts") as f:
             mounts = [line.split()[1] for line in f if str(self.base) in line]
         for m in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", m], check=False)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _pids_naming(text: str) -> list[int]:
+    """The processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                pass
+    return found
+
+
+def _with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the parent is the 2nd field after the command's closing parenthesis
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
 
 
 @contextlib.contextmanager
