@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STUBS := flotilla/_api/__init__.py
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: up down status logs test bench peer-suite install deps clean
+.PHONY: up down status logs test bench peer-suite farm farm-down install deps clean
 
 up: install
 	$(VENV)/bin/flotilla up
@@ -24,6 +24,14 @@ test: install
 
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# a farm of N hosts on this machine, in network namespaces (docs/farm.md)
+N ?= 3
+farm: install
+	$(PY) -m flotilla.testing.farm up $(N)
+
+farm-down:
+	@if [ -x $(PY) ]; then $(PY) -m flotilla.testing.farm down; fi
 
 # containerd's own client test suite against Flotilla and containerd (tools/peer_suite.py)
 peer-suite: install

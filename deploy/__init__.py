@@ -58,7 +58,30 @@ def free_port() -> int:
 
 
 def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+    """FLOTILLA_<NAME> from the environment, else ``<name>`` from the TOML file, as the
+    services read their configuration (libs/config.py)."""
+    if name in os.environ:
+        return os.environ[name]
+    value = config_mod.toml_values(os.environ).get(name.removeprefix("FLOTILLA_").lower())
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return default if value is None else str(value)
+
+
+def parse_services(text: str) -> tuple[str, ...]:
+    """``gateway,runtime`` -> the programs this host runs, in SERVICES order; "" = all. A farm
+    host may leave a shared service (content, metadata) to the other hosts (docs/farm.md)."""
+    names = {n for n, _ in SERVICES}
+    chosen = {part.strip() for part in text.split(",") if part.strip()}
+    if not chosen:
+        return tuple(n for n, _ in SERVICES)
+    unknown = chosen - names
+    if unknown:
+        raise ValueError(f"FLOTILLA_SERVICES: no service {', '.join(sorted(unknown))}: "
+                         f"expected some of {', '.join(n for n, _ in SERVICES)}")
+    if "gateway" not in chosen:
+        raise ValueError("FLOTILLA_SERVICES: every host runs a gateway")
+    return tuple(n for n, _ in SERVICES if n in chosen)
 
 
 def parse_instances(text: str) -> dict[str, int]:
@@ -94,6 +117,12 @@ class Suite:
     # FLOTILLA_INSTANCES="gateway=2,metadata=2" (docs/operations.md)
     instances: dict[str, int] = field(
         default_factory=lambda: parse_instances(_env("FLOTILLA_INSTANCES", DEFAULT_INSTANCES)))
+    # the programs this host runs (FLOTILLA_SERVICES, default all of SERVICES)
+    services: tuple[str, ...] = field(default_factory=lambda: parse_services(_env("FLOTILLA_SERVICES", "")))
+    # a network namespace (/run/netns/NAME) to run the whole suite in: a simulated farm host
+    # (flotilla/testing/farm.py). Only the network is entered, so the host's processes share
+    # one mount namespace with each other and with the containers they leave running
+    netns: str = ""
 
     @property
     def socket(self) -> Path:
@@ -155,6 +184,8 @@ class Suite:
                                           f"-c {self.state / 'nats.conf'}", {"GOMAXPROCS": NATS_THREADS},
                                   priority=1)]
         for i, (name, module) in enumerate(SERVICES):
+            if name not in self.services:
+                continue
             programs.append(self._program(name, f"{self.python} -m {module}", self.env(name),
                                           priority=10 + i, numprocs=self.instances.get(name, 1)))
         self.conf.write_text(f"""\
@@ -274,9 +305,14 @@ stdout_logfile_backups=2
         started = time.monotonic()
         if self.pid() is None:
             self.render()
-            subprocess.run([self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)], check=True)
+            subprocess.run([*self.enter(), self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+                           check=True)
         self.wait_ready(timeout)
         return time.monotonic() - started
+
+    def enter(self) -> list[str]:
+        """The command prefix that runs a program in this suite's network namespace."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

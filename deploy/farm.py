@@ -18,6 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from flotilla.libs.config import toml_values
+
 _DAYS = "3650"
 
 
@@ -32,8 +34,15 @@ class Cluster:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Cluster | None":
         """FLOTILLA_CLUSTER_LISTEN, FLOTILLA_CLUSTER_ROUTES (comma-separated),
-        FLOTILLA_FARM_TLS (a directory) and FLOTILLA_FARM_CERT (the certificate's name)."""
-        env = os.environ if env is None else env
+        FLOTILLA_FARM_TLS (a directory) and FLOTILLA_FARM_CERT (the certificate's name), or
+        the same names in lower case in the TOML file FLOTILLA_CONFIG names (libs/config.py);
+        the environment wins."""
+        env = dict(os.environ if env is None else env)
+        for key, value in toml_values(env).items():
+            if key in ("cluster_listen", "cluster_routes", "farm_tls", "farm_cert"):
+                if isinstance(value, list):  # routes may be a TOML array
+                    value = ",".join(map(str, value))
+                env.setdefault("FLOTILLA_" + key.upper(), str(value))
         listen = env.get("FLOTILLA_CLUSTER_LISTEN", "")
         if not listen:
             return None

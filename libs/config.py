@@ -11,6 +11,7 @@ import dataclasses
 import os
 import socket
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,15 @@ class Config:
         return self.db_url or f"sqlite:///{self.root / name / 'meta.db'}"
 
 
+def toml_values(env: Mapping[str, str]) -> dict[str, object]:
+    """The TOML file FLOTILLA_CONFIG names (default /etc/flotilla/flotilla.toml), {} if none."""
+    path = Path(env.get("FLOTILLA_CONFIG", "/etc/flotilla/flotilla.toml"))
+    return tomllib.loads(path.read_text()) if path.is_file() else {}
+
+
 def load(env: dict[str, str] | None = None) -> Config:
     env = dict(os.environ if env is None else env)
-    values: dict[str, object] = {}
-    path = Path(env.get("FLOTILLA_CONFIG", "/etc/flotilla/flotilla.toml"))
-    if path.is_file():
-        values.update(tomllib.loads(path.read_text()))
+    values: dict[str, object] = toml_values(env)
     for field in dataclasses.fields(Config):
         key = "FLOTILLA_" + field.name.upper()
         if key in env:

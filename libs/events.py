@@ -23,10 +23,13 @@ class Event:
     timestamp_ns: int = 0
     value: bytes = b""              # encoded payload (events published by clients)
     fields: dict[str, Any] = field(default_factory=dict)  # payload as data (events of services)
+    # the host whose host-local record (task, snapshot, container) it is about; "" for what
+    # the whole farm shares. A gateway passes on only its own host's and the farm's events
+    host: str = ""
 
 
-async def publish(bus: Bus, prefix: str, topic: str, namespace: str, type_url: str,
+async def publish(bus: Bus, prefix: str, topic: str, namespace: str, type_url: str, *, host: str = "",
                   **fields: Any) -> None:
     await bus.publish(events_subject(prefix), Event(
         topic=topic, namespace=namespace, type_url=type_url,
-        timestamp_ns=time.time_ns(), fields=fields))
+        timestamp_ns=time.time_ns(), fields=fields, host=host))

@@ -19,7 +19,7 @@ from pathlib import Path
 from flotilla.deploy import Suite
 from flotilla.deploy.farm import make_ca, make_cert
 from flotilla.testing.netns import NATS_PORT as PORT
-from flotilla.testing.netns import Farm, Host
+from flotilla.testing.netns import Host, Network
 from flotilla.testing.peers import terminate
 
 from ..harness import Target, Workload
@@ -58,7 +58,7 @@ class _Pairs:
         self.writers: dict[str, tuple[Host, Suite]] = {}
 
     def start(self) -> None:
-        farm = self.stack.enter_context(Farm(4))
+        farm = self.stack.enter_context(Network(4))
         ca = self.base / "ca"
         make_ca(ca)
         for variant, (store_host, writer_host) in (("TLS route", farm.hosts[:2]), ("plain route", farm.hosts[2:])):

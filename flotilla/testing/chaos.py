@@ -65,8 +65,13 @@ class Chaos:
 
     CALL_TIMEOUT = 120.0
 
-    def __init__(self, address: str, image: str, *, ingest_mib: int = 64, namespace: str = "") -> None:
+    LOOPS = ("pulls", "runs", "detached", "lists", "ingests")
+
+    def __init__(self, address: str, image: str, *, ingest_mib: int = 64, namespace: str = "",
+                 enter: list[str] | None = None) -> None:
+        """``enter``: a command prefix ctr runs under (a farm host's network namespace)."""
         self.address, self.image = address, image
+        self.enter = list(enter or [])
         self.ingest_mib = ingest_mib
         self.namespace = namespace or "chaos-" + uuid.uuid4().hex[:6]
         self.record = Record()
@@ -81,7 +86,7 @@ class Chaos:
         started = time.monotonic()
         stdin = open(input_path, "rb") if input_path else subprocess.DEVNULL
         try:
-            proc = subprocess.run([CTR, "--address", self.address, "--namespace", namespace or self.namespace,
+            proc = subprocess.run([*self.enter, CTR, "--address", self.address, "--namespace", namespace or self.namespace,
                                    *args], stdin=stdin, capture_output=True, timeout=self.CALL_TIMEOUT)
             code, err = proc.returncode, proc.stderr.decode(errors="replace").strip()
         except subprocess.TimeoutExpired:
@@ -149,9 +154,10 @@ class Chaos:
                 if self.ctr("ingest", "content", "ingest", ref, input_path=blob.name).ok:
                     self.ingested.append(ref)
 
-    def start(self) -> None:
-        for loop in (self._pulls, self._runs, self._detached, self._lists, self._ingests):
-            t = threading.Thread(target=loop, name=loop.__name__, daemon=True)
+    def start(self, loops: tuple[str, ...] = LOOPS) -> None:
+        for name in loops:
+            loop = getattr(self, "_" + name)
+            t = threading.Thread(target=loop, name=name, daemon=True)
             t.start()
             self._threads.append(t)
 

@@ -13,7 +13,7 @@ from flotilla.deploy import Suite
 from flotilla.deploy.credentials import Permissions
 from flotilla.deploy.farm import Cluster
 
-SUBNET = "10.231.7"  # addresses inside this farm's own namespaces only
+SUBNET = "10.231.7"  # addresses inside this farm's own namespaces only (a /24)
 NATS_PORT, ROUTE_PORT = 4222, 6222  # each host's own, inside its namespace
 
 
@@ -45,39 +45,55 @@ class Host:
 
 
 @dataclass
-class Farm:
+class Network:
+    """``size`` hosts' namespaces on one bridge, in a namespace of its own; ``extra`` names
+    more namespaces on the bridge (a database's), after the hosts' addresses."""
     size: int
+    extra: tuple[str, ...] = ()
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     hosts: list[Host] = field(default_factory=list)
+    others: dict[str, Host] = field(default_factory=dict)
 
     @property
     def bridge_ns(self) -> str:
         return f"flbr-{self.tag}"
 
-    def __enter__(self) -> "Farm":
+    def __enter__(self) -> "Network":
         try:
             ip("netns", "add", self.bridge_ns)
             ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
             ip("-n", self.bridge_ns, "link", "set", "br0", "up")
             for i in range(self.size):
-                host = Host(f"flh{i}-{self.tag}", f"{SUBNET}.{i + 1}")
-                ip("netns", "add", host.name)
-                self.hosts.append(host)
-                port = f"p{i}"  # the bridge's end, made in the bridge's namespace
-                ip("-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                   "netns", host.name)
-                ip("-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
-                ip("-n", host.name, "addr", "add", f"{host.address}/24", "dev", "eth0")
-                ip("-n", host.name, "link", "set", "eth0", "up")
-                ip("-n", host.name, "link", "set", "lo", "up")
+                self.hosts.append(self._attach(f"flh{i}-{self.tag}", i))
+            for j, name in enumerate(self.extra):
+                self.others[name] = self._attach(f"fl{name}-{self.tag}", self.size + j)
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def _attach(self, ns: str, index: int) -> Host:
+        host = Host(ns, f"{SUBNET}.{index + 1}")
+        ip("netns", "add", ns)
+        port = f"p{index}"  # the bridge's end, made in the bridge's namespace
+        ip("-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
+        ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", ns, "link", "set", "eth0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        return host
+
+    def namespaces(self) -> list[str]:
+        return [h.name for h in self.hosts] + [h.name for h in self.others.values()] + [self.bridge_ns]
+
     def __exit__(self, *exc: object) -> None:
-        for ns in [h.name for h in self.hosts] + [self.bridge_ns]:
-            left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in left:  # a test's processes are its to stop; these are strays
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth ends go with it
+        remove(self.namespaces())
+
+
+def remove(namespaces: list[str]) -> None:
+    """Delete network namespaces, ending the processes left in them first."""
+    for ns in namespaces:
+        left = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        for pid in left:  # a test's processes are its to stop; these are strays
+            subprocess.run(["kill", "-9", pid], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth ends go with it

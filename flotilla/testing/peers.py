@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -217,32 +218,14 @@ class Registry(Peer):
         self.port = free_port()
         self.auth = auth
         self.proc: subprocess.Popen[bytes] | None = None
+        self.others: list[subprocess.Popen[bytes]] = []
 
     @property
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
-        auth = ""
-        if self.auth:
-            line = subprocess.run(["htpasswd", "-Bbn", *self.auth], capture_output=True, text=True, check=True).stdout
-            (self.base / "htpasswd").write_text(line.strip() + "\n")
-            auth = f"auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {self.base / 'htpasswd'}\n"
-        conf = self.base / "config.yml"
-        conf.write_text(f"""version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: {self.base / 'data'}
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:{self.port}
-{auth}""")
-        with open(self.base / "registry.log", "wb") as log:
-            self.proc = subprocess.Popen([shutil.which("docker-registry") or "/usr/bin/docker-registry", "serve", str(conf)],
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = self._serve(f"127.0.0.1:{self.port}", "registry")
         import urllib.error
         import urllib.request
         deadline = time.monotonic() + timeout
@@ -256,6 +239,47 @@ http:
                 time.sleep(0.05)
         raise TimeoutError("docker-registry did not start; see " + str(self.base / "registry.log"))
 
+    def _serve(self, addr: str, name: str, enter: list[str] | None = None) -> subprocess.Popen[bytes]:
+        auth = ""
+        if self.auth:
+            if not (self.base / "htpasswd").exists():
+                line = subprocess.run(["htpasswd", "-Bbn", *self.auth], capture_output=True, text=True,
+                                      check=True).stdout
+                (self.base / "htpasswd").write_text(line.strip() + "\n")
+            auth = f"auth:\n  htpasswd:\n    realm: flotilla-test\n    path: {self.base / 'htpasswd'}\n"
+        conf = self.base / f"{name}.yml"
+        conf.write_text(f"""version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {self.base / 'data'}
+  delete:
+    enabled: true
+http:
+  addr: {addr}
+{auth}""")
+        with open(self.base / f"{name}.log", "wb") as log:
+            return subprocess.Popen([*(enter or []), shutil.which("docker-registry") or "/usr/bin/docker-registry",
+                                     "serve", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def serve_in(self, netns: str, address: str, port: int = 5000, timeout: float = 30) -> str:
+        """The same storage served by a second registry in network namespace ``netns`` too
+        (a simulated farm's hosts reach no loopback of this one); returns its host:port."""
+        enter = ["nsenter", f"--net=/run/netns/{netns}", "--"]
+        self.others.append(self._serve(f"{address}:{port}", f"registry-{netns}", enter))
+        probe = ("import socket, sys, time\n"
+                 f"end = time.monotonic() + {timeout}\n"
+                 "while time.monotonic() < end:\n"
+                 f"    try: socket.create_connection(({address!r}, {port}), 1).close(); sys.exit(0)\n"
+                 "    except OSError: time.sleep(0.05)\n"
+                 "sys.exit(1)\n")
+        if subprocess.run([*enter, sys.executable, "-c", probe], timeout=timeout + 10).returncode != 0:
+            raise TimeoutError(f"docker-registry did not start in {netns}; see {self.base}")
+        return f"{address}:{port}"
+
     def stop(self) -> None:
-        terminate(self.proc, 10)
+        for proc in (self.proc, *self.others):
+            terminate(proc, 10)
         shutil.rmtree(self.base, ignore_errors=True)

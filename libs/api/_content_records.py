@@ -77,6 +77,8 @@ class LocalFile:
     dev: int = 0                   # st_dev and st_ino as the service sees them: a caller
     ino: int = 0                   # that sees the same pair shares the filesystem
     size: int = 0
+    host: str = ""                 # the service's host id: another host never reads the file,
+                                   # even where both see one filesystem (a farm on one machine)
 
 
 @dataclass

@@ -112,9 +112,9 @@ def instance_subject(prefix: str, instance: str, method: Route[Any, Any] | str) 
 # -- client ----------------------------------------------------------------------------
 
 
-def same_file(f: LocalFile | None) -> bool:
+def same_file(f: LocalFile | None, host: str = "") -> bool:
     """True when ``f`` is the very file the service means (same host and filesystem)."""
-    if f is None or not f.path:
+    if f is None or not f.path or (f.host and host and f.host != host):
         return False
     try:
         st = os.stat(f.path)
@@ -136,7 +136,7 @@ class Writer:
         self._opened = opened  # how the session was opened: the same opens it again
         self._reopening: asyncio.Lock | None = None
         self.offset = session.offset
-        self.local = local and same_file(session.file)
+        self.local = local and same_file(session.file, client.host)
         self._file: Appender | None = None  # used on the disk thread only
         self._pending: list[asyncio.Task[Any]] = []
         self._synced = self.offset
@@ -374,9 +374,11 @@ class Writer:
 class ContentClient:
     """Calls the content service. Reads and label updates are idempotent and retried."""
 
-    def __init__(self, bus: Bus, prefix: str, *, timeout: float = 10.0, local: bool = True) -> None:
+    def __init__(self, bus: Bus, prefix: str, *, timeout: float = 10.0, local: bool = True,
+                 host: str = "") -> None:
         self.bus, self.prefix, self.timeout = bus, prefix, timeout
         self.local = local  # False forces bytes over NATS even on the service's host
+        self.host = host    # this process' host id: files of another host's service are not read
 
     async def _call(self, route: Route[Any, R], request: Any, timeout: float | None = None) -> R:
         return await self.bus.call(shared(self.prefix, SERVICE, route.method), route, request,
@@ -421,7 +423,7 @@ class ContentClient:
     async def local_file(self, namespace: str, digest: str) -> LocalFile | None:
         """The committed blob's file when this process shares its filesystem, else None."""
         f = await self._call(LOCAL_PATH, DigestRequest(namespace, digest))
-        return f if same_file(f) else None
+        return f if same_file(f, self.host) else None
 
     async def local_path(self, namespace: str, digest: str) -> str | None:
         f = await self.local_file(namespace, digest)

@@ -77,10 +77,13 @@ class Container:
     extensions: dict[str, AnyValue] = field(default_factory=dict)
 
 
+# A container is the host's whose gateway made it (its snapshot and task live there):
+# container requests name that host; "" is the metadata instance's own (single-host).
 @dataclass
 class ContainerRef:
     namespace: str
     id: str
+    host: str = ""
 
 
 @dataclass
@@ -91,6 +94,7 @@ class ListRequest:
     # that many bytes, continuing after the key ``after``; 0 answers one plain list
     after: str = ""
     budget: int = 0
+    host: str = ""  # containers: whose (see ContainerRef); images and leases are the farm's
 
 
 @dataclass
@@ -106,6 +110,7 @@ PAGE_BUDGET = 2 << 20  # bytes per page: well under NATS' message limit
 class ContainerCreate:
     namespace: str
     container: Container
+    host: str = ""
 
 
 @dataclass
@@ -113,6 +118,7 @@ class ContainerUpdate:
     namespace: str
     container: Container
     paths: list[str] = field(default_factory=list)  # field mask; empty = containerd's full replace
+    host: str = ""
 
 
 @dataclass
@@ -255,10 +261,11 @@ GC_RUN: Route[GCRequest, GCStats] = Route("gc.run", GCRequest, GCStats, False, t
 
 class MetadataClient:
     """Calls the metadata service; reads are idempotent and retried until the deadline.
-    A ``timeout`` of None is the route's default (libs/routes.py)."""
+    A ``timeout`` of None is the route's default (libs/routes.py). Container calls address
+    ``host``'s containers ("" the answering metadata instance's host: single-host set-ups)."""
 
-    def __init__(self, bus: Bus, prefix: str) -> None:
-        self.bus, self.prefix = bus, prefix
+    def __init__(self, bus: Bus, prefix: str, host: str = "") -> None:
+        self.bus, self.prefix, self.host = bus, prefix, host
 
     async def _call(self, route: Route[Any, R], request: Any, timeout: float | None) -> R:
         return await self.bus.call(subject(self.prefix, route), route, request, timeout=timeout)
@@ -282,14 +289,15 @@ class MetadataClient:
     # -- containers ----------------------------------------------------------------------
 
     async def get_container(self, namespace: str, id: str, timeout: float | None = None) -> Container:
-        return await self._call(CONTAINER_GET, ContainerRef(namespace, id), timeout)
+        return await self._call(CONTAINER_GET, ContainerRef(namespace, id, self.host), timeout)
 
     async def _pages(self, route: Route[ListRequest, Any], namespace: str, filters: list[str] | None,
-                     timeout: float | None) -> list[Any]:
+                     timeout: float | None, host: str = "") -> list[Any]:
         items: list[Any] = []
         after = ""
         while True:
-            data = await self._call(route, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET), timeout)
+            data = await self._call(route, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET, host),
+                                    timeout)
             # read as a plain map: converting thousands of items field by field costs more
             # than the call itself
             items += data["items"]
@@ -299,14 +307,14 @@ class MetadataClient:
 
     async def list_containers(self, namespace: str, filters: list[str] | None = None,
                               timeout: float | None = None) -> list[Container]:
-        data = await self._pages(CONTAINER_LIST, namespace, filters, timeout)
+        data = await self._pages(CONTAINER_LIST, namespace, filters, timeout, self.host)
         return [from_wire(Container, d) for d in data]
 
     async def list_containers_wire(self, namespace: str, filters: list[str] | None = None,
                                    timeout: float | None = None) -> list[dict[str, Any]]:
         """The containers as wire maps (the fields of Container): for callers that convert
         thousands of them into another shape anyway."""
-        return await self._pages(CONTAINER_LIST, namespace, filters, timeout)
+        return await self._pages(CONTAINER_LIST, namespace, filters, timeout, self.host)
 
     async def list_images_wire(self, namespace: str, filters: list[str] | None = None,
                                timeout: float | None = None) -> list[dict[str, Any]]:
@@ -315,15 +323,15 @@ class MetadataClient:
 
     async def create_container(self, namespace: str, container: Container,
                                timeout: float | None = None) -> Container:
-        return await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container), timeout)
+        return await self._call(CONTAINER_CREATE, ContainerCreate(namespace, container, self.host), timeout)
 
     async def update_container(self, namespace: str, container: Container, paths: list[str] | None = None,
                                timeout: float | None = None) -> Container:
-        return await self._call(CONTAINER_UPDATE, ContainerUpdate(namespace, container, list(paths or [])),
-                                timeout)
+        return await self._call(CONTAINER_UPDATE,
+                                ContainerUpdate(namespace, container, list(paths or []), self.host), timeout)
 
     async def delete_container(self, namespace: str, id: str, timeout: float | None = None) -> None:
-        await self._call(CONTAINER_DELETE, ContainerRef(namespace, id), timeout)
+        await self._call(CONTAINER_DELETE, ContainerRef(namespace, id, self.host), timeout)
 
     # -- images --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from .store import ContentStore
 
 
 async def setup(bus: Bus, cfg: Config) -> Cleanup:
-    store = await asyncio.to_thread(ContentStore, cfg.root)
+    store = await asyncio.to_thread(ContentStore, cfg.root, "", cfg.host)
     server = ContentServer(bus, cfg, store)
     await server.start()
     return server.stop

@@ -110,8 +110,9 @@ def _clear(trash: Path | None, lock_fd: int) -> None:
 
 
 class ContentStore:
-    def __init__(self, root: Path, instance: str = "") -> None:
+    def __init__(self, root: Path, instance: str = "", host: str = "") -> None:
         self.root = root / "content"
+        self.host = host  # tags the files it hands out: only its own host reads them directly
         self.blobs = self.root / "blobs"
         self.ingests = self.root / "ingest"
         # ended ingests wait here for the clearing thread (and a kill leaves them here)
@@ -261,7 +262,7 @@ class ContentStore:
             st = os.stat(path)
         except FileNotFoundError:
             raise NotFound(f"blob {digest} expected at {path}: not found") from None
-        return LocalFile(str(path), st.st_dev, st.st_ino, info.size)
+        return LocalFile(str(path), st.st_dev, st.st_ino, info.size, self.host)
 
     def read(self, namespace: str, digest: str, offset: int, size: int) -> bytes:
         info = self.info(namespace, digest)
@@ -372,7 +373,7 @@ class ContentStore:
         f = None
         if with_file and s.fd >= 0:
             st = os.fstat(s.fd)
-            f = LocalFile(str(s.path / "data"), st.st_dev, st.st_ino, st.st_size)
+            f = LocalFile(str(s.path / "data"), st.st_dev, st.st_ino, st.st_size, self.host)
         updated = s.updated_at or s.started_at
         if s.fd >= 0 and not s.updated_at:
             updated = os.fstat(s.fd).st_mtime_ns

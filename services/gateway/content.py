@@ -67,7 +67,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         self.bus, self.cfg = bus, cfg
         # FLOTILLA_CONTENT_LOCAL=0 sends bytes over NATS as from another host (tests, benchmarks)
         local = os.environ.get("FLOTILLA_CONTENT_LOCAL", "1") != "0"
-        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local)
+        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, local=local, host=cfg.host)
         self._files = BlobFiles(self._resolve)
         self._infos: RecordCache[Info] = RecordCache()
         # writes whose stream ended and whose ref is being released, by (namespace, ref): a

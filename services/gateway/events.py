@@ -109,8 +109,8 @@ def envelope_lookup(env: pb.events.Envelope) -> filters.Lookup:
 class EventHub:
     """One bus subscription fanned out to every Subscribe stream of this gateway."""
 
-    def __init__(self, bus: Bus, prefix: str) -> None:
-        self.bus, self.prefix = bus, prefix
+    def __init__(self, bus: Bus, prefix: str, host: str = "") -> None:
+        self.bus, self.prefix, self.host = bus, prefix, host
         self.queues: set[asyncio.Queue[pb.events.Envelope]] = set()
         self.watchers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
 
@@ -123,6 +123,8 @@ class EventHub:
         self.watchers.setdefault(topic, []).append(callback)
 
     async def _on_event(self, data: dict[str, Any]) -> None:
+        if isinstance(data, dict) and data.get("host", "") not in ("", self.host):
+            return  # another host's task or snapshot: never this host's
         for callback in self.watchers.get(data.get("topic", ""), ()) if isinstance(data, dict) else ():
             callback(data)
         if not self.queues:

@@ -53,9 +53,9 @@ def new_server() -> aio.Server | h2grpc.Server:
 
 async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None) -> aio.Server | h2grpc.Server:
     server = new_server()
-    hub = EventHub(bus, cfg.prefix)
+    hub = EventHub(bus, cfg.prefix, cfg.host)
     await hub.start()
-    metadata = MetadataClient(bus, cfg.prefix)
+    metadata = MetadataClient(bus, cfg.prefix, cfg.host)
     pb.version_grpc.add_VersionServicer_to_server(VersionServicer(_revision()), server)
     health.register(server)
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)

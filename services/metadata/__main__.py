@@ -13,7 +13,7 @@ from .store import MetadataStore
 
 
 async def setup(bus: Bus, cfg: Config) -> Cleanup:
-    store = await asyncio.to_thread(MetadataStore.open, cfg.database_url("metadata"))
+    store = await asyncio.to_thread(MetadataStore.open, cfg.database_url("metadata"), cfg.host)
     server = MetadataServer(bus, cfg, store)
     await server.start()
 

@@ -3,7 +3,12 @@ content and snapshots services.
 
 A store that does not answer its ping is not part of this deployment: it is skipped, never
 an error. Writes to the metadata store wait while a collection marks and sweeps (as
-containerd's GC holds its database lock), so nothing referenced mid-collection is swept.
+containerd's GC holds its database lock), so nothing referenced mid-collection is swept:
+in this process at the WriteGate, and with PostgreSQL on every host of the farm at the
+database's advisory lock (gcmark.Collecting), which also lets one collection run at a time.
+
+Snapshots are this host's (listed and swept through its own snapshots service); content is
+the farm's, so every host's containers hold content, only this host's hold snapshots.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from flotilla.libs.errors import FlotillaError, NotFound
 from flotilla.libs.subjects import local, shared
 
 from .api import GCStats
-from .gcmark import Blob, Snap, mark, removal_order
+from .gcmark import Blob, Collecting, Snap, mark, removal_order
 from .store import MetadataStore
 
 log = logging.getLogger("flotilla.metadata.gc")
@@ -65,6 +70,25 @@ class WriteGate:
             async with self._cond:
                 self._collecting = False
                 self._cond.notify_all()
+
+
+@asynccontextmanager
+async def farm_exclusive(store: MetadataStore) -> AsyncIterator[Collecting]:
+    """The farm's collection lock, waited for in a thread; given back even when the waiter
+    is cancelled after the thread got it."""
+    acquiring = asyncio.ensure_future(asyncio.to_thread(store.gc_acquire))
+    try:
+        held = await asyncio.shield(acquiring)
+    except asyncio.CancelledError:
+        def give_back(done: asyncio.Future[Collecting]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                store.gc_release(done.result())
+        acquiring.add_done_callback(give_back)
+        raise
+    try:
+        yield held
+    finally:
+        await asyncio.shield(asyncio.to_thread(store.gc_release, held))
 
 
 class Collector:
@@ -130,9 +154,10 @@ class Collector:
                 stats.skipped.append("content")
             if not snaps_up:
                 stats.skipped.append("snapshots")
-            async with self.gate.exclusive():
+            # this process' writers first (they wait here, not in threads), then the farm's
+            async with self.gate.exclusive(), farm_exclusive(self.store) as held:
                 for ns in await asyncio.to_thread(self.store.gc_namespaces):
-                    await self._collect_namespace(ns, content_up, snaps_up, stats)
+                    await self._collect_namespace(ns, content_up, snaps_up, stats, held)
             self._last_end = time.monotonic()
             self._last_took = self._last_end - started
             log.info("gc: %d blobs, %d snapshots, %d leases removed in %.3fs%s", stats.content_removed,
@@ -140,7 +165,8 @@ class Collector:
                      f" (skipped {', '.join(stats.skipped)})" if stats.skipped else "")
             return stats
 
-    async def _collect_namespace(self, ns: str, content_up: bool, snaps_up: bool, stats: GCStats) -> None:
+    async def _collect_namespace(self, ns: str, content_up: bool, snaps_up: bool, stats: GCStats,
+                                 held: Collecting) -> None:
         # a synchronous delete waits for this: ask the stores and the database at once
         async def blobs_of() -> list[Blob] | None:
             if not content_up:
@@ -162,13 +188,13 @@ class Collector:
             return [snap for snaps in per for snap in snaps]
 
         listed_blobs, snaps, records = await asyncio.gather(
-            blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns))
+            blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns, host=self.cfg.host))
         content_up = listed_blobs is not None
         blobs = listed_blobs or []
         keep_content, keep_snaps = mark(records, blobs, snaps)
         expired = [lease.id for lease in records.leases if lease.expired]
         if expired:
-            await asyncio.to_thread(self.store.remove_leases, ns, expired)
+            await asyncio.to_thread(self.store.remove_leases, ns, expired, held)
         stats.leases_expired += len(expired)
         if content_up:
             for blob in blobs:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgpack
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -64,17 +64,23 @@ _BATCH = 1000  # rows read per query while paging
 # SQL (a one-row insert transaction: ~690 us composed per call, ~360 us prebuilt)
 _NAMESPACE_EXISTS = select(db.namespaces.c.name).where(db.namespaces.c.name == bindparam("name"))
 _NAMESPACE_INSERT = insert(db.namespaces)
+# every PostgreSQL write transaction holds this (shared) first: a collection on any host of
+# the farm holds it exclusively, so writes wait for it and it waits for writes in progress
+_WRITE_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)").bindparams(key=db.GC_LOCK)
 
 
 def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, budget: int,
-         decode: Callable[[Any], T], keep: Callable[[T], bool], size: Callable[[Any], int]) -> tuple[list[T], str]:
-    """Records of ``namespace`` after key ``after``, in key order, until about ``budget``
-    bytes (0: all). Returns them and the key to continue after ("" when done): a list too
-    big for one bus message travels in pages."""
+         decode: Callable[[Any], T], keep: Callable[[T], bool], size: Callable[[Any], int],
+         scope: Any = None) -> tuple[list[T], str]:
+    """Records of ``namespace`` (and ``scope``, a further condition) after key ``after``, in
+    key order, until about ``budget`` bytes (0: all). Returns them and the key to continue
+    after ("" when done): a list too big for one bus message travels in pages."""
     out: list[T] = []
     used = 0
     while True:
         query = select(table).where(table.c.namespace == namespace)
+        if scope is not None:
+            query = query.where(scope)
         if after:
             query = query.where(key > after)
         rows = conn.execute(query.order_by(key).limit(_BATCH)).all()
@@ -97,11 +103,15 @@ class StoreBase:
     SQLite allows one writer: write transactions begin IMMEDIATE (libs/sqlite.py), which
     makes a read-then-write atomic across processes too, and this process' writers queue
     for the writer engine's one connection. Reads use an autocommit engine that never
-    waits for a writer. PostgreSQL takes row locks (``FOR UPDATE``) instead.
+    waits for a writer. PostgreSQL takes row locks (``FOR UPDATE``) instead, and the farm's
+    collection lock shared (``_WRITE_LOCK``).
+
+    ``host`` is the metadata instance's own: containers asked for with no host are its.
     """
 
-    def __init__(self, engines: tuple[Engine, Engine]) -> None:
+    def __init__(self, engines: tuple[Engine, Engine], host: str = "") -> None:
         self.engine, self.reader = engines
+        self.host = host
         self.sqlite = self.engine.dialect.name == "sqlite"
 
     def close(self) -> None:
@@ -109,8 +119,16 @@ class StoreBase:
         self.reader.dispose()  # the same engine for PostgreSQL: disposing twice is harmless
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, held: Connection | None = None) -> Iterator[Connection]:
+        """A write transaction; ``held`` is a collection's own connection (gcmark.Collecting),
+        whose session holds the collection lock: its writes must not wait for themselves."""
+        if held is not None:
+            with held.begin():
+                yield held
+            return
         with self.engine.begin() as conn:
+            if not self.sqlite:
+                conn.execute(_WRITE_LOCK)
             yield conn
 
     @contextmanager

@@ -20,9 +20,12 @@ from .common import StoreBase, page, parse_filters, check_labels, dump_map, kept
 
 _T = db.containers
 # built once: composing a statement per call costs more than the lookup
-_GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.id == bindparam("id")))
+_KEY = ((_T.c.namespace == bindparam("namespace")) & (_T.c.host == bindparam("host"))
+        & (_T.c.id == bindparam("id")))
+_GET = select(_T).where(_KEY)
+_GET_FOR_UPDATE = _GET.with_for_update()
 _INSERT = insert(_T)
-_DELETE = delete(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.id == bindparam("id")))
+_DELETE = delete(_T).where(_KEY)
 # the fields a full replace (no field mask) may change
 _REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
 
@@ -137,28 +140,32 @@ def map_lookup(m: dict[str, str], path: Sequence[str]) -> tuple[str, bool]:
 
 
 class ContainersMixin(StoreBase):
-    def get_container(self, namespace: str, id: str) -> Container:
+    """Containers are host-local: each method addresses those of ``host``, "" being the
+    store's own (callers of before hosts, and single-host set-ups)."""
+
+    def get_container(self, namespace: str, id: str, host: str = "") -> Container:
         with self._read() as conn:
-            row = conn.execute(_GET, {"namespace": namespace, "id": id}).first()
+            row = conn.execute(_GET, {"namespace": namespace, "host": host or self.host, "id": id}).first()
         if row is None:
             raise NotFound(f'container "{id}" in namespace "{namespace}": not found')
         return _row_to_container(row)
 
-    def list_containers(self, namespace: str, fs: list[str] | None = None) -> list[Container]:
+    def list_containers(self, namespace: str, fs: list[str] | None = None, host: str = "") -> list[Container]:
         with self._read() as conn:
-            rows = conn.execute(select(_T).where(_T.c.namespace == namespace).order_by(_T.c.id)).all()
+            rows = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.host == (host or self.host)))
+                                .order_by(_T.c.id)).all()
         wanted = parse_filters(fs)
         return [c for c in map(_row_to_container, rows) if wanted.matches(container_lookup(c))]
 
     def list_containers_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
-                             budget: int = 0) -> tuple[list[dict[str, Any]], str]:
+                             budget: int = 0, host: str = "") -> tuple[list[dict[str, Any]], str]:
         """Wire maps of the matching containers, a page of about ``budget`` bytes."""
         wanted = parse_filters(fs)
         with self._read() as conn:
             return page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
-                        lambda c: wanted.matches(wire_lookup(c)), _row_size)
+                        lambda c: wanted.matches(wire_lookup(c)), _row_size, _T.c.host == (host or self.host))
 
-    def create_container(self, namespace: str, c: Container) -> Container:
+    def create_container(self, namespace: str, c: Container, host: str = "") -> Container:
         try:
             validate_container(c)
         except InvalidArgument as exc:
@@ -168,17 +175,17 @@ class ContainersMixin(StoreBase):
         try:
             with self._write() as conn:
                 self._ensure_namespace(conn, namespace)
-                conn.execute(_INSERT, dict(namespace=namespace, id=c.id, **_values(c)))
+                conn.execute(_INSERT, dict(namespace=namespace, host=host or self.host, id=c.id, **_values(c)))
         except IntegrityError:
             raise AlreadyExists(f'container "{c.id}": already exists') from None
         return c
 
-    def update_container(self, namespace: str, c: Container, paths: list[str]) -> Container:
+    def update_container(self, namespace: str, c: Container, paths: list[str], host: str = "") -> Container:
         if not c.id:
             raise InvalidArgument("must specify a container id: invalid argument")
+        ref = {"namespace": namespace, "host": host or self.host, "id": c.id}
         with self._write() as conn:
-            row = conn.execute(select(_T).where((_T.c.namespace == namespace) & (_T.c.id == c.id))
-                               .with_for_update()).first()
+            row = conn.execute(_GET_FOR_UPDATE, ref).first()
             if row is None:
                 raise NotFound(f'container "{c.id}": not found')
             updated = _row_to_container(row)
@@ -218,13 +225,13 @@ class ContainersMixin(StoreBase):
                 raise InvalidArgument(f"update failed validation: {exc.message}") from None
             updated.updated_at = time.time_ns()
             updated.labels = kept(updated.labels)
-            conn.execute(update(_T).where((_T.c.namespace == namespace) & (_T.c.id == c.id))
-                         .values(**_values(updated)))
+            conn.execute(update(_T).where((_T.c.namespace == namespace) & (_T.c.host == ref["host"])
+                                          & (_T.c.id == c.id)).values(**_values(updated)))
         return updated
 
-    def delete_container(self, namespace: str, id: str) -> None:
+    def delete_container(self, namespace: str, id: str, host: str = "") -> None:
         with self._write() as conn:
-            if conn.execute(_DELETE, {"namespace": namespace, "id": id}).rowcount == 0:
+            if conn.execute(_DELETE, {"namespace": namespace, "host": host or self.host, "id": id}).rowcount == 0:
                 raise NotFound(f"container {id}: not found")
 
 

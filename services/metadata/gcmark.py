@@ -1,15 +1,18 @@
 """Garbage collection's mark phase, as containerd's metadata/gc.go does it.
 
 Roots: images (their target and label references), containers (their snapshot and label
-references), live leases (the resources they hold and whatever was written under them),
-and content or snapshots labelled ``containerd.io/gc.root``. From content, follow
+references; another host's container only its content references: its snapshots live on
+its host, and a collector sweeps its own host's), live leases (the resources they hold and
+whatever was written under them, on every host: leases are the farm's), and content or
+snapshots labelled ``containerd.io/gc.root``. From content, follow
 ``containerd.io/gc.ref.content[./]*`` and ``containerd.io/gc.ref.snapshot.<snapshotter>``
 labels; from snapshots, their parent and labels. A lease labelled ``containerd.io/gc.flat``
 protects only what it names (no references followed); one whose
 ``containerd.io/gc.expire`` (RFC 3339) has passed protects nothing and is removed.
 
-Everything here is pure: the store reads the records, the server lists content and
-snapshots over the bus and sweeps what is left unmarked.
+Everything here is pure: the store reads the records (and holds the farm's collection
+lock, ``Collecting``), the server lists content and snapshots over the bus and sweeps what
+is left unmarked.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import db
 from .common import StoreBase, load_map
@@ -47,6 +52,8 @@ class Records:
     images: list[tuple[str, dict[str, str]]] = field(default_factory=list)        # (target digest, labels)
     containers: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (snapshotter, key, labels)
     leases: list[LeaseRoots] = field(default_factory=list)
+    # other hosts' containers' labels: content is the farm's, so their content references hold
+    other_hosts: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +135,8 @@ def mark(records: Records, blobs: list[Blob], snaps: list[Snap]) -> tuple[set[st
         if snapshotter:
             roots.append((SNAPSHOT, f"{snapshotter}/{key}", False))
         roots.extend(label_refs(labels))
+    for labels in records.other_hosts:
+        roots.extend(node for node in label_refs(labels) if node[0] == CONTENT)
 
     content: set[str] = set()
     snapshots: set[str] = set()
@@ -171,22 +180,65 @@ def removal_order(snaps: list[Snap], keep: set[str]) -> list[Snap]:
     return sorted(doomed, key=depth, reverse=True)
 
 
+@dataclass
+class Collecting:
+    """A collection's hold on the farm: with PostgreSQL, the session-level advisory lock
+    (exclusive) on a connection of its own, which the collection's own writes use; with
+    SQLite (one host) nothing: the in-process WriteGate is enough."""
+    conn: Connection | None = None
+
+
+_GC_LOCK = text("SELECT pg_advisory_lock(:key)").bindparams(key=db.GC_LOCK)
+_GC_UNLOCK = text("SELECT pg_advisory_unlock(:key)").bindparams(key=db.GC_LOCK)
+
+
 class GCMixin(StoreBase):
+    def gc_acquire(self) -> Collecting:
+        """Wait until no other collection runs anywhere in the farm and no write is in
+        progress (writes hold the lock shared), then hold it until ``gc_release``."""
+        if self.sqlite:
+            return Collecting()
+        conn = self.engine.connect()
+        try:
+            conn.execute(_GC_LOCK)
+            conn.commit()  # the lock is the session's: no transaction stays open meanwhile
+        except BaseException:
+            conn.invalidate()  # its session, and whatever it got, ends with it
+            conn.close()
+            raise
+        return Collecting(conn)
+
+    def gc_release(self, held: Collecting) -> None:
+        if held.conn is None:
+            return
+        try:
+            held.conn.execute(_GC_UNLOCK)
+            held.conn.commit()
+        except SQLAlchemyError:
+            held.conn.invalidate()  # closing the session gives the lock back
+        finally:
+            held.conn.close()
+
     def gc_namespaces(self) -> list[str]:
         with self._read() as conn:
             return [r[0] for r in conn.execute(select(db.namespaces.c.name).order_by(db.namespaces.c.name))]
 
-    def gc_records(self, namespace: str, now: float | None = None) -> Records:
+    def gc_records(self, namespace: str, now: float | None = None, *, host: str = "") -> Records:
+        """``host``: whose containers hold snapshots ("" the store's own)."""
         now = time.time() if now is None else now
+        host = host or self.host
         out = Records()
         with self._read() as conn:
             for digest, labels in conn.execute(select(db.images.c.digest, db.images.c.labels)
                                                .where(db.images.c.namespace == namespace)):
                 out.images.append((digest, load_map(labels)))
             c = db.containers.c
-            for snapshotter, key, labels in conn.execute(select(c.snapshotter, c.snapshot_key, c.labels)
-                                                         .where(c.namespace == namespace)):
-                out.containers.append((snapshotter, key, load_map(labels)))
+            for owner, snapshotter, key, labels in conn.execute(
+                    select(c.host, c.snapshotter, c.snapshot_key, c.labels).where(c.namespace == namespace)):
+                if owner == host:
+                    out.containers.append((snapshotter, key, load_map(labels)))
+                else:
+                    out.other_hosts.append(load_map(labels))
             resources: dict[str, list[tuple[str, str]]] = {}
             r = db.lease_resources.c
             for lease, typ, rid in conn.execute(select(r.lease, r.type, r.rid).where(r.namespace == namespace)):
@@ -197,11 +249,11 @@ class GCMixin(StoreBase):
                 out.leases.append(LeaseRoots(lid, LABEL_FLAT in lbl, expired(lbl, now), resources.get(lid, [])))
         return out
 
-    def remove_leases(self, namespace: str, ids: list[str]) -> None:
-        """Drop expired leases (GC's sweep of leases)."""
+    def remove_leases(self, namespace: str, ids: list[str], held: Collecting | None = None) -> None:
+        """Drop expired leases (GC's sweep of leases), within the collection ``held``."""
         if not ids:
             return
-        with self._write() as conn:
+        with self._write(held.conn if held else None) as conn:
             conn.execute(delete(db.lease_resources).where((db.lease_resources.c.namespace == namespace)
                                                           & db.lease_resources.c.lease.in_(ids)))
             conn.execute(delete(db.leases).where((db.leases.c.namespace == namespace) & db.leases.c.id.in_(ids)))

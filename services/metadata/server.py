@@ -34,8 +34,9 @@ class MetadataServer:
         # content-service releases of deleted leases still running, by (namespace, lease id)
         self._releases: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
-        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, **fields)
+    async def _event(self, topic: str, namespace: str, type_url: str, *, host: str = "", **fields: Any) -> None:
+        """``host``: the host a container event is about (its record is that host's alone)."""
+        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, host=host, **fields)
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store write: waits while a collection runs, then runs in a thread."""
@@ -97,34 +98,42 @@ class MetadataServer:
         await self._event("/namespaces/delete", req.name, "containerd.events.NamespaceDelete", name=req.name)
 
     # -- containers ----------------------------------------------------------------------
+    # A container is its host's: a request's host, "" meaning this instance's (callers of
+    # before hosts, single-host set-ups).
+
+    def _host(self, host: str) -> str:
+        return host or self.cfg.host
 
     async def c_get(self, req: api.ContainerRef) -> api.Container:
-        return await asyncio.to_thread(self.store.get_container, req.namespace, req.id)
+        return await asyncio.to_thread(self.store.get_container, req.namespace, req.id, self._host(req.host))
 
     async def c_list(self, req: api.ListRequest) -> api.ListPage | list[dict[str, Any]]:
         items, after = await asyncio.to_thread(self.store.list_containers_page, req.namespace, req.filters,
-                                               req.after, req.budget)
+                                               req.after, req.budget, self._host(req.host))
         return api.ListPage(items, after) if req.budget else items
 
     async def c_create(self, req: api.ContainerCreate) -> api.Container:
-        ns, id = req.namespace, req.container.id
-        c = await self._replayed(self._write(self.store.create_container, ns, req.container),
-                                 lambda: self.store.get_container(ns, id))
-        await self._event("/containers/create", ns, "containerd.events.ContainerCreate",
+        ns, id, host = req.namespace, req.container.id, self._host(req.host)
+        c = await self._replayed(self._write(self.store.create_container, ns, req.container, host),
+                                 lambda: self.store.get_container(ns, id, host))
+        await self._event("/containers/create", ns, "containerd.events.ContainerCreate", host=host,
                           id=c.id, image=c.image,
                           runtime={"name": c.runtime.name, "options": _any(c.runtime.options)})
         return c
 
     async def c_update(self, req: api.ContainerUpdate) -> api.Container:
-        c = await self._write(self.store.update_container, req.namespace, req.container, req.paths)
-        await self._event("/containers/update", req.namespace, "containerd.events.ContainerUpdate",
+        host = self._host(req.host)
+        c = await self._write(self.store.update_container, req.namespace, req.container, req.paths, host)
+        await self._event("/containers/update", req.namespace, "containerd.events.ContainerUpdate", host=host,
                           id=c.id, image=c.image, labels=c.labels, snapshot_key=c.snapshot_key)
         return c
 
     async def c_delete(self, req: api.ContainerRef) -> None:
-        await self._replayed(self._write(self.store.delete_container, req.namespace, req.id))
+        host = self._host(req.host)
+        await self._replayed(self._write(self.store.delete_container, req.namespace, req.id, host))
         self.gc.schedule()
-        await self._event("/containers/delete", req.namespace, "containerd.events.ContainerDelete", id=req.id)
+        await self._event("/containers/delete", req.namespace, "containerd.events.ContainerDelete", host=host,
+                          id=req.id)
 
     # -- images --------------------------------------------------------------------------
 

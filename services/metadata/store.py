@@ -32,8 +32,10 @@ _NAMESPACE_LABELS = select(db.namespace_labels.c.key, db.namespace_labels.c.valu
 
 class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, IntegrityMixin):
     @classmethod
-    def open(cls, url: str) -> "MetadataStore":
-        return cls(db.open_engine(url))
+    def open(cls, url: str, host: str = "") -> "MetadataStore":
+        """``host``: this metadata instance's (cfg.host), the owner of containers asked for
+        with no host."""
+        return cls(db.open_engine(url, host), host)
 
     # -- namespaces --------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
                 held.append("images")
             if blobs:
                 held.append("blobs")
+            # any host's: the namespace is the farm's
             if conn.execute(select(db.containers.c.id).where(db.containers.c.namespace == name).limit(1)).first():
                 held.append("containers")
             held += [f'snapshots on "{s}" snapshotter' for s in sorted(snapshotters or [])]

@@ -96,5 +96,5 @@ class RuntimeServer:
 def publisher(bus: Bus, cfg: Config) -> Publish:
     """The engine's event sink: containerd's events onto the bus, as data (see libs/events)."""
     async def publish(topic: str, namespace: str, type_url: str, fields: dict[str, Any]) -> None:
-        await events.publish(bus, cfg.prefix, topic, namespace, type_url, **fields)
+        await events.publish(bus, cfg.prefix, topic, namespace, type_url, host=cfg.host, **fields)
     return publish

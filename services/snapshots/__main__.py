@@ -18,7 +18,7 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
     scratch = cfg.state / "snapshots"
     await asyncio.to_thread(clear_scratch, scratch)  # mounts a killed instance left behind
     store = await asyncio.to_thread(SnapshotStore.open, cfg.root / "snapshots")
-    differ = Differ(ContentClient(bus, cfg.prefix), scratch)
+    differ = Differ(ContentClient(bus, cfg.prefix, host=cfg.host), scratch)
     await SnapshotsServer(bus, cfg, store, differ).start()
     warming = asyncio.ensure_future(differ.warm())  # serve meanwhile
 

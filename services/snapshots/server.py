@@ -19,7 +19,7 @@ class SnapshotsServer:
         self.bus, self.cfg, self.store, self.differ = bus, cfg, store, differ
 
     async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
-        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, **fields)
+        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, host=self.cfg.host, **fields)
 
     async def prepare(self, r: api.PrepareRequest) -> list[api.Mount]:
         mounts = await asyncio.to_thread(self.store.prepare, r.namespace, r.snapshotter, r.key, r.parent,

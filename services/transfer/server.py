@@ -36,7 +36,7 @@ STRUCT_TYPE_URL = "google.protobuf.Struct"
 class TransferServer:
     def __init__(self, bus: Bus, cfg: Config) -> None:
         self.bus, self.cfg = bus, cfg
-        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout)
+        self.content = ContentClient(bus, cfg.prefix, timeout=cfg.request_timeout, host=cfg.host)
         self.metadata = MetadataClient(bus, cfg.prefix)
         self.snapshots = SnapshotsClient(bus, cfg.prefix, cfg.host)
 

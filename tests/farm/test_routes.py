@@ -18,7 +18,7 @@ from flotilla.deploy.farm import make_ca, make_cert
 from flotilla.testing.peers import terminate
 
 from flotilla.testing.netns import NATS_PORT as PORT
-from flotilla.testing.netns import ROUTE_PORT, Farm, Host
+from flotilla.testing.netns import ROUTE_PORT, Host, Network
 
 pytestmark = pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is installed by make test")
 
@@ -54,7 +54,7 @@ def test_only_hosts_of_the_farm_ca_join_and_routes_carry_no_plaintext(tmp_path: 
     ca, rogue = tmp_path / "ca", tmp_path / "rogue-ca"
     make_ca(ca)
     make_ca(rogue, "/CN=not the farm")
-    with Farm(5) as farm, contextlib.ExitStack() as stack:
+    with Network(5) as farm, contextlib.ExitStack() as stack:
         a, b, c, d, e = farm.hosts
         for h in (a, b):
             make_cert(ca, h.name, [h.address], out_dir=tmp_path / h.name / "tls")

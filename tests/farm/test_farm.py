@@ -1,0 +1,181 @@
+"""A farm of three hosts (docs/farm.md): network namespaces on a bridge of their own, one
+nats-server per host clustered with TLS, metadata on one PostgreSQL, a suite per host, ctr
+run inside each host's namespace. What is farm-wide is seen from every host; what is
+host-local is seen only where it was made; a host lost and back, or a nats-server killed,
+costs the other hosts no call."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from flotilla.testing.chaos import Chaos
+from flotilla.testing.farm import Farm, FarmHost
+from flotilla.testing.images import busybox_image, random_layers_image
+from flotilla.testing.peers import CTR, terminate
+from flotilla.testing.postgres import available
+
+pytestmark = pytest.mark.skipif(not available(), reason="PostgreSQL is installed by make test")
+
+
+@pytest.fixture(scope="module")
+def farm() -> Iterator[Farm]:
+    with Farm(3) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def busybox(farm: Farm) -> str:
+    return farm.push("busybox", "farm", busybox_image())
+
+
+def ok(host: FarmHost, *args: str, namespace: str = "default", timeout: float = 120) -> str:
+    out = host.ctr(*args, namespace=namespace, timeout=timeout)
+    assert out.returncode == 0, f"{host.id}: ctr {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def column(text: str) -> list[str]:
+    return [line.split()[0] for line in text.splitlines()[1:] if line.split()]
+
+
+def test_farm_wide_records_are_seen_everywhere_host_records_only_at_home(farm: Farm, busybox: str) -> None:
+    h1, h2, h3 = farm.hosts
+    ns = "farm-" + uuid.uuid4().hex[:6]
+    ok(h1, "namespaces", "create", ns)
+    assert ns in column(ok(h3, "namespaces", "ls"))
+
+    ok(h1, "images", "pull", "--plain-http", busybox, namespace=ns)
+    assert busybox in ok(h2, "images", "ls", "-q", namespace=ns).split()
+    check = ok(h2, "images", "check", namespace=ns)
+    assert "complete" in check and "incomplete" not in check, check
+
+    # host 2 runs it: the layers come from the content on host 1, the snapshot is made here
+    ok(h2, "run", "-d", busybox, "on-h2", "sleep", "300", namespace=ns)
+    try:
+        assert "on-h2" in column(ok(h2, "tasks", "ls", namespace=ns))
+        assert "on-h2" not in column(ok(h3, "tasks", "ls", namespace=ns))
+        assert "on-h2" not in column(ok(h3, "containers", "ls", namespace=ns))
+        assert "on-h2" not in column(ok(h3, "snapshots", "ls", namespace=ns))
+        assert "on-h2" in column(ok(h2, "snapshots", "ls", namespace=ns))
+        # the same name on another host is another container
+        assert ok(h3, "run", "--rm", busybox, "on-h2", "echo", "hi from h3", namespace=ns).strip() == "hi from h3"
+        # the namespace is in use on host 2: no host may remove it
+        refused = h3.ctr("namespaces", "rm", ns)
+        assert refused.returncode != 0 and "failed precondition" in refused.stderr, refused.stderr
+    finally:
+        h2.ctr("tasks", "kill", "-s", "KILL", "on-h2", namespace=ns)
+        h2.ctr("tasks", "rm", "-f", "on-h2", namespace=ns)
+        h2.ctr("containers", "rm", "on-h2", namespace=ns)
+
+
+def test_events_of_a_host_local_record_stay_on_its_host(farm: Farm, busybox: str) -> None:
+    h1, h2, h3 = farm.hosts
+    ns = "ev-" + uuid.uuid4().hex[:6]
+    ok(h1, "namespaces", "create", ns)
+    ok(h1, "images", "pull", "--plain-http", busybox, namespace=ns)
+    watchers = {h.id: subprocess.Popen(h.command(CTR, "--address", h.socket, "events"), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True) for h in (h2, h3)}
+    try:
+        time.sleep(1)  # subscribed
+        ok(h2, "run", "--rm", busybox, "ev-task", "true", namespace=ns)
+        ok(h1, "images", "tag", busybox, busybox + "-tagged", namespace=ns)
+        time.sleep(1)
+    finally:
+        for proc in watchers.values():
+            terminate(proc, 5)  # type: ignore[arg-type]
+    seen = {h: proc.communicate()[0] for h, proc in watchers.items()}
+    assert "/tasks/start" in seen[h2.id] and "/snapshot/prepare" in seen[h2.id], seen[h2.id]
+    there = seen[h3.id]
+    assert "/images/create" in there, there  # the farm's images are every host's
+    assert "/tasks/" not in there and "/snapshot/" not in there and "/containers/" not in there, there
+
+
+def _loops(farm: Farm, hosts: list[FarmHost], image: str) -> list[Chaos]:
+    loops = [Chaos(h.socket, image, enter=h.suite.enter()) for h in hosts]
+    for host, loop in zip(hosts, loops):
+        ok(host, "images", "pull", "--plain-http", image, namespace=loop.namespace)
+        loop.start(("runs", "lists"))
+    return loops
+
+
+def _finish(loops: list[Chaos]) -> list[str]:
+    failed = []
+    for loop in loops:
+        loop.finish()
+        failed += [f"{c.loop} {' '.join(c.args)}: {c.stderr}" for c in loop.record.failed()]
+        assert not loop.record.wrong_exit_codes, loop.record.wrong_exit_codes
+        assert sum(c.loop == "run" for c in loop.record.calls) >= 3, "the loop hardly ran"
+    return failed
+
+
+def test_a_host_lost_costs_the_others_nothing_and_finds_its_containers_again(farm: Farm, busybox: str) -> None:
+    h1, h2, h3 = farm.hosts
+    ok(h2, "images", "pull", "--plain-http", busybox)
+    ok(h2, "run", "-d", busybox, "survivor", "sleep", "600")
+    try:
+        loops = _loops(farm, [h1, h3], busybox)
+        try:
+            time.sleep(3)
+            h2.lose()
+            time.sleep(8)   # the others keep serving while host 2 is away
+            h2.up()
+            time.sleep(2)
+        finally:
+            failed = _finish(loops)
+        assert failed == [], failed
+        tasks = ok(h2, "tasks", "ls")
+        assert any(line.split()[0] == "survivor" and "RUNNING" in line for line in tasks.splitlines()), tasks
+        assert ok(h2, "tasks", "exec", "--exec-id", "probe", "survivor", "echo", "back").strip() == "back"
+    finally:
+        h2.ctr("tasks", "kill", "-s", "KILL", "survivor")
+        h2.ctr("tasks", "rm", "-f", "survivor")
+        h2.ctr("containers", "rm", "survivor")
+
+
+def test_a_nats_server_killed_costs_no_call(farm: Farm, busybox: str) -> None:
+    h1, h2, h3 = farm.hosts
+    loops = _loops(farm, [h1, h3], busybox)
+    try:
+        for victim in (h1, h3, h1):
+            time.sleep(3)
+            pid = victim.suite.program_pid("nats")
+            assert pid
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(4)
+    finally:
+        failed = _finish(loops)
+    assert failed == [], failed
+
+
+def test_images_rm_sync_on_one_host_never_collects_what_another_host_pulls(farm: Farm) -> None:
+    h1, h2, _ = farm.hosts
+    image = random_layers_image(24, layers=6)
+    one, two = farm.push("layers", "one", image), farm.push("layers", "two", image)  # the same blobs
+    ns = "gc-" + uuid.uuid4().hex[:6]
+    for _ in range(3):
+        ok(h1, "images", "pull", "--plain-http", one, namespace=ns)
+        results: dict[str, object] = {}
+
+        def pull() -> None:
+            results["pull"] = h2.ctr("images", "pull", "--plain-http", two, namespace=ns, timeout=180)
+        puller = threading.Thread(target=pull)
+        puller.start()
+        time.sleep(0.3)
+        ok(h1, "images", "rm", "--sync", one, namespace=ns)
+        puller.join(200)
+        pulled = results["pull"]
+        assert getattr(pulled, "returncode", 1) == 0, getattr(pulled, "stderr", "no answer")
+        check = ok(h2, "images", "check", namespace=ns)
+        assert "complete" in check and "incomplete" not in check, check
+        assert ok(h2, "run", "--rm", two, "gc-run", "sh", "-c", "cat /blob* | wc -c", namespace=ns).strip()
+        ok(h2, "images", "rm", "--sync", two, namespace=ns)
+    # nothing is left: every blob went with the last image
+    assert ok(h1, "content", "ls", "-q", namespace=ns).split() == []
