@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
@@ -148,6 +148,10 @@ class Writer:
             # still fetching the bytes, not under the first write: 0.5 ms per blob here
             self._open_file()
         self._writes: list[tuple[asyncio.Future[int], int]] = []
+        # remote path: offsets of chunks sent but not yet answered (a restarted service may
+        # not have them), and where the service's data file stood when last opened again
+        self._unanswered: set[int] = set()
+        self._resumed_at = 0
         self._backlog = 0
         self._changed = False    # bytes written or truncated since ``session`` was current
         # when this writer last wrote, as containerd's writer keeps it: the data file's mtime
@@ -186,8 +190,23 @@ class Writer:
                 if self._opened is None or self._committed or time.monotonic() >= deadline:
                     raise
                 await self._reopen(session)
+                if isinstance(payload, ChunkWrite):
+                    rest = self._rest_of(payload)
+                    if rest is None:  # the file had it all before its instance died
+                        return cast(R, payload.offset + len(payload.data))
+                    payload = rest
                 continue
             return route.decode_reply(data)
+
+    def _rest_of(self, chunk: ChunkWrite) -> ChunkWrite | None:
+        """What of ``chunk`` the data file lacks since it was opened again: none, the tail
+        (the service died in the middle of writing it), or all of it."""
+        skip = self._resumed_at - chunk.offset
+        if skip <= 0:
+            return chunk
+        if skip >= len(chunk.data):
+            return None
+        return dataclasses.replace(chunk, offset=self._resumed_at, data=chunk.data[skip:])
 
     async def _reopen(self, lost: WriterSession) -> None:
         """Open the ingest again (once, however many calls found the instance gone)."""
@@ -204,10 +223,14 @@ class Writer:
                 # a moment (a nats-server restart), so the next call goes to it again
                 await asyncio.sleep(0.1)
                 return
-            if not self.local and session.offset != self.offset:
-                # chunks in flight to the lost instance are gone with it, and we keep no copy
-                raise Unavailable(f"ingest {lost.ref}: content service restarted with "
-                                  f"{self.offset - session.offset} bytes in flight: unavailable")
+            if not self.local:
+                # every byte before the first unanswered chunk was written to the file; the
+                # unanswered chunks are sent again (what the file lacks of them: _rest_of)
+                first = min(self._unanswered, default=self.offset)
+                if not first <= session.offset <= self.offset:
+                    raise Unavailable(f"ingest {lost.ref}: the content service's data file holds "
+                                      f"{session.offset} bytes, expected {first} to {self.offset}: unavailable")
+                self._resumed_at = session.offset
             self.session = session
 
     async def status(self) -> WriterSession:
@@ -259,9 +282,16 @@ class Writer:
             return self.offset
         for start in range(0, len(view), CHUNK):
             piece = bytes(view[start:start + CHUNK])
-            await self._launch(self._call(W_WRITE, ChunkWrite(self.session.session, self.offset, piece)), WINDOW)
+            await self._launch(self._send(ChunkWrite(self.session.session, self.offset, piece)), WINDOW)
             self.offset += len(piece)
         return self.offset
+
+    async def _send(self, chunk: ChunkWrite) -> int:
+        self._unanswered.add(chunk.offset)
+        try:
+            return await self._call(W_WRITE, chunk)
+        finally:
+            self._unanswered.discard(chunk.offset)
 
     def _open_file(self) -> None:
         """Start opening the data file at the current offset, on the disk thread."""

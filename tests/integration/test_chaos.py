@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from flotilla.testing import PrivateSuite, Registry
 from flotilla.testing.chaos import Chaos, Killer
 from flotilla.testing.images import busybox_image, push
+from flotilla.testing.peers import CTR, terminate
 
 COMPONENTS = ["nats", "metadata", "content", "snapshots", "runtime", "transfer", "gateway"]
 
@@ -146,3 +148,41 @@ def test_two_instances_cover_each_others_death(registry: Registry, stress: int) 
             assert _left_over(suite, chaos) == []
         finally:
             chaos.clean()
+
+
+@pytest.mark.slow
+def test_attach_wait_and_events_go_on_through_backend_restarts(registry: Registry) -> None:
+    """``ctr task attach`` (its output and Tasks.Wait) and ``ctr events`` keep going while the
+    runtime, snapshots, metadata and content services are each SIGKILLed in turn; the exit
+    status is not lost."""
+    with PrivateSuite() as suite:
+        ns = "long-" + os.urandom(3).hex()
+        ref = _image(suite, registry, ns)
+        script = "i=0; while [ $i -lt 80 ]; do echo tick$i; i=$((i+1)); sleep 0.1; done; exit 3"
+        events = subprocess.Popen([CTR, "--address", suite.address, "events"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        attach = None
+        try:
+            time.sleep(0.5)  # subscribed
+            suite.ctr("run", "-d", ref, "ticker", "sh", "-c", f"sleep 1; {script}", namespace=ns, check=True)
+            attach = subprocess.Popen([CTR, "--address", suite.address, "--namespace", ns, "task", "attach",
+                                       "ticker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for component in ("runtime", "snapshots", "metadata", "content"):
+                time.sleep(1.0)
+                _sigkill(suite, component)
+            out, err = attach.communicate(timeout=60)
+            assert attach.returncode == 3, (attach.returncode, err)
+            ticks = [line for line in out.split() if line.startswith("tick")]
+            assert ticks == [f"tick{i}" for i in range(80)], out[-500:]
+            suite.ctr("run", "--rm", ref, "after", "true", namespace=ns, check=True)  # after every restart
+            time.sleep(0.5)
+        finally:
+            if attach is not None and attach.poll() is None:
+                terminate(attach, 5)  # type: ignore[arg-type]
+            terminate(events, 5)  # type: ignore[arg-type]
+            suite.ctr("task", "rm", "-f", "ticker", namespace=ns)
+            suite.ctr("containers", "rm", "ticker", namespace=ns)
+        seen = events.communicate()[0]
+        exits = [line for line in seen.splitlines() if "/tasks/exit" in line and ns in line]
+        assert any('"exit_status":3' in line.replace(" ", "") for line in exits), exits
+        assert any("/tasks/start" in line and ns in line for line in seen.splitlines()[-20:]), seen[-2000:]

@@ -353,6 +353,18 @@ def _ingested_digest(address: str, ns: str, digest: str) -> str:
 def test_a_write_stream_survives_a_sigkill_of_the_content_service(suite: PrivateSuite, stress: int) -> None:
     """Issue 22: the gateway opens the ingest again on the next content instance, where its
     data file stands, and the client's stream goes on to a commit of the right bytes."""
+    _write_through_a_content_kill(suite, stress)
+
+
+@pytest.mark.slow
+def test_a_remote_write_stream_survives_a_sigkill_of_the_content_service(stress: int) -> None:
+    """The same with the bytes sent as chunks over NATS (as from another host of a farm): the
+    chunks the killed instance had not answered are sent again, less what its file holds."""
+    with PrivateSuite(FLOTILLA_CONTENT_LOCAL="0") as remote:
+        _write_through_a_content_kill(remote, stress)
+
+
+def _write_through_a_content_kill(suite: PrivateSuite, stress: int) -> None:
     size = 64 * MiB * stress
     seed = uuid.uuid4().bytes
     expected = _digest_of(size, seed)

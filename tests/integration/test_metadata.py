@@ -25,7 +25,7 @@ from flotilla._api.containerd.api.services.leases.v1 import leases_pb2 as pbl
 from flotilla._api.containerd.api.services.leases.v1 import leases_pb2_grpc as pbl_grpc
 from flotilla._api.containerd.api.events import image_pb2 as ev_image
 from flotilla.testing import ContainerdPeer, PrivateSuite, ctr
-from tests.metadata.pg import PostgresServer
+from flotilla.testing.postgres import PostgresServer
 
 MT = "application/vnd.oci.image.manifest.v1+json"
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")

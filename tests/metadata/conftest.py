@@ -10,7 +10,7 @@ import pytest
 
 from flotilla.services.metadata.store import MetadataStore
 
-from .pg import PostgresServer, available
+from flotilla.testing.postgres import PostgresServer, available
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@
 import pytest
 import sqlalchemy
 
-from .pg import PostgresServer
+from flotilla.testing.postgres import PostgresServer
 
 
 @pytest.mark.parametrize("password", ["", "wrong"])

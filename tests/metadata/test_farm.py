@@ -24,7 +24,7 @@ from flotilla.services.metadata.gcmark import Blob, Snap, mark
 from flotilla.services.metadata.server import MetadataServer
 from flotilla.services.metadata.store import MetadataStore
 
-from .pg import PostgresServer
+from flotilla.testing.postgres import PostgresServer
 
 SPEC = AnyValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
 WAIT = 0.3  # long enough for a lock that should block to show it does
