@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .api.events import EventRecord
 from .bus import Bus
 from .subjects import events as events_subject
+from .wire import to_wire
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,8 @@ class Event:
     host: str = ""
 
 
-async def publish(bus: Bus, prefix: str, topic: str, namespace: str, type_url: str, *, host: str = "",
-                  **fields: Any) -> None:
+async def publish(bus: Bus, prefix: str, namespace: str, event: EventRecord, *, host: str = "") -> None:
+    """``event`` onto the bus; ``host`` when it is about a host-local record (see Event.host)."""
     await bus.publish(events_subject(prefix), Event(
-        topic=topic, namespace=namespace, type_url=type_url,
-        timestamp_ns=time.time_ns(), fields=fields, host=host))
+        topic=event.TOPIC, namespace=namespace, type_url=event.TYPE_URL,
+        timestamp_ns=time.time_ns(), fields=to_wire(event), host=host))

@@ -8,6 +8,7 @@ import contextlib
 import logging
 
 from flotilla.libs import events
+from flotilla.libs.api import events as ev
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
@@ -41,8 +42,7 @@ class ContentServer:
 
     async def delete(self, r: api.DigestRequest) -> None:
         await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
-        await events.publish(self.bus, self.cfg.prefix, "/content/delete", r.namespace,
-                             "containerd.events.ContentDelete", digest=r.digest)
+        await events.publish(self.bus, self.cfg.prefix, r.namespace, ev.ContentDelete(r.digest))
 
     async def read(self, r: api.ReadRequest) -> bytes:
         return await asyncio.to_thread(self.store.read, r.namespace, r.digest, r.offset, r.size)

@@ -10,6 +10,7 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 as pbc
 from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.metadata import AnyValue, Container, MetadataClient, Runtime
 from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.wire import to_wire
@@ -63,7 +64,7 @@ class ContainerRecords:
     def __init__(self, metadata: MetadataClient, hub: EventHub) -> None:
         self.metadata = metadata
         self.cache: RecordCache[Container] = RecordCache()
-        self.cache.drop_on(hub, ("/containers/update", "/containers/delete"), event_key("id"))
+        self.cache.drop_on(hub, (ev.ContainerUpdate.TOPIC, ev.ContainerDelete.TOPIC), event_key("id"))
 
     async def get(self, namespace: str, id: str, limit: float) -> Container:
         return await self.cache.fetch((namespace, id), lambda: self.metadata.get_container(namespace, id, limit))

@@ -18,6 +18,7 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.content import ContentChanged, ContentClient, Info, LocalFile, Status, Writer, digest_error
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
@@ -80,7 +81,7 @@ class ContentServicer(pbc_grpc.ContentServicer):
         servicer = cls(bus, cfg)
         # a delete anywhere drops our open file and record of that blob at once, a label
         # change the record
-        hub.watch("/content/delete", servicer._on_delete)
+        hub.watch(ev.ContentDelete.TOPIC, servicer._on_delete)
         await servicer.content.watch_changes(servicer._on_changed)
         pbc_grpc.add_ContentServicer_to_server(servicer, server)
         return servicer

@@ -9,6 +9,7 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.images.v1 import images_pb2 as pbi
 from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as pbi_grpc
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.metadata import Descriptor, Image, MetadataClient
 from flotilla.libs.wire import to_wire
 
@@ -45,7 +46,7 @@ class ImagesServicer(pbi_grpc.ImagesServicer):
     @classmethod
     def register(cls, server: aio.Server, metadata: MetadataClient, default_timeout: float, hub: EventHub) -> None:
         servicer = cls(metadata, default_timeout)
-        servicer._records.drop_on(hub, ("/images/update", "/images/delete"), event_key("name"))
+        servicer._records.drop_on(hub, (ev.ImageUpdate.TOPIC, ev.ImageDelete.TOPIC), event_key("name"))
         pbi_grpc.add_ImagesServicer_to_server(servicer, server)
 
     @unary("Images.Get")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import empty_pb2
 from grpc import aio
 
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.metadata import MetadataClient, Namespace
 
 from . import pb
@@ -27,7 +28,7 @@ class NamespacesServicer(pb.namespaces_grpc.NamespacesServicer):
         servicer = cls(metadata, default_timeout)
         # a Get of a namespace that is not there answers (no labels), as containerd's: so a
         # create drops too
-        servicer._records.drop_on(hub, ("/namespaces/create", "/namespaces/update", "/namespaces/delete"),
+        servicer._records.drop_on(hub, (ev.NamespaceCreate.TOPIC, ev.NamespaceUpdate.TOPIC, ev.NamespaceDelete.TOPIC),
                                   event_key("name", namespace_scoped=False))
         pb.namespaces_grpc.add_NamespacesServicer_to_server(servicer, server)
 

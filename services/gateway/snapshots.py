@@ -11,6 +11,7 @@ from grpc import aio
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2 as pbs
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as pbs_grpc
 from flotilla._api.containerd.api.types import mount_pb2
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.snapshots import SNAPSHOTTERS, Info, Mount, SnapshotsClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
@@ -70,7 +71,7 @@ class SnapshotsServicer(pbs_grpc.SnapshotsServicer):
     def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> None:
         client = SnapshotsClient(bus, cfg.prefix, cfg.host)  # this host's snapshots service
         servicer = cls(client, cfg.request_timeout)
-        for topic in ("/snapshot/commit", "/snapshot/remove"):
+        for topic in (ev.SnapshotCommit.TOPIC, ev.SnapshotRemove.TOPIC):
             hub.watch(topic, servicer._on_gone)
         pbs_grpc.add_SnapshotsServicer_to_server(servicer, server)
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from flotilla.libs import events
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.snapshots import SNAPSHOTTERS, SnapshotsClient
 from flotilla.libs.bus import Bus, replaying
@@ -23,10 +24,6 @@ _HELD_TIMEOUT = 5.0
 T = TypeVar("T")
 
 
-def _any(value: api.AnyValue | None) -> dict[str, Any] | None:
-    return None if value is None else {"type_url": value.type_url, "value": value.value}
-
-
 class MetadataServer:
     def __init__(self, bus: Bus, cfg: Config, store: MetadataStore) -> None:
         self.bus, self.cfg, self.store = bus, cfg, store
@@ -34,9 +31,9 @@ class MetadataServer:
         # content-service releases of deleted leases still running, by (namespace, lease id)
         self._releases: dict[tuple[str, str], asyncio.Task[None]] = {}
 
-    async def _event(self, topic: str, namespace: str, type_url: str, *, host: str = "", **fields: Any) -> None:
+    async def _event(self, namespace: str, event: ev.EventRecord, host: str = "") -> None:
         """``host``: the host a container event is about (its record is that host's alone)."""
-        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, host=host, **fields)
+        await events.publish(self.bus, self.cfg.prefix, namespace, event, host=host)
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A store write: waits while a collection runs, then runs in a thread."""
@@ -69,14 +66,12 @@ class MetadataServer:
         name = req.namespace.name
         ns = await self._replayed(asyncio.to_thread(self.store.create_namespace, req.namespace),
                                   lambda: self.store.get_namespace(name))
-        await self._event("/namespaces/create", req.caller or ns.name, "containerd.events.NamespaceCreate",
-                          name=ns.name, labels=ns.labels)
+        await self._event(req.caller or ns.name, ev.NamespaceCreate(ns.name, ns.labels))
         return ns
 
     async def ns_update(self, req: api.NamespaceUpdate) -> api.Namespace:
         ns = await asyncio.to_thread(self.store.update_namespace, req.namespace, req.paths)
-        await self._event("/namespaces/update", req.caller or ns.name, "containerd.events.NamespaceUpdate",
-                          name=ns.name, labels=req.namespace.labels)
+        await self._event(req.caller or ns.name, ev.NamespaceUpdate(ns.name, req.namespace.labels))
         return ns
 
     async def _held_elsewhere(self, name: str) -> tuple[bool, list[str]]:
@@ -95,7 +90,7 @@ class MetadataServer:
         blobs, snapshotters = await self._held_elsewhere(req.name)
         await self._replayed(self._write(functools.partial(
             self.store.delete_namespace, req.name, blobs=blobs, snapshotters=snapshotters)))
-        await self._event("/namespaces/delete", req.name, "containerd.events.NamespaceDelete", name=req.name)
+        await self._event(req.name, ev.NamespaceDelete(req.name))
 
     # -- containers ----------------------------------------------------------------------
     # A container is its host's: a request's host, "" meaning this instance's (callers of
@@ -116,24 +111,21 @@ class MetadataServer:
         ns, id, host = req.namespace, req.container.id, self._host(req.host)
         c = await self._replayed(self._write(self.store.create_container, ns, req.container, host),
                                  lambda: self.store.get_container(ns, id, host))
-        await self._event("/containers/create", ns, "containerd.events.ContainerCreate", host=host,
-                          id=c.id, image=c.image,
-                          runtime={"name": c.runtime.name, "options": _any(c.runtime.options)})
+        await self._event(ns, ev.ContainerCreate(c.id, c.image, ev.ContainerRuntime(c.runtime.name, c.runtime.options)),
+                          host)
         return c
 
     async def c_update(self, req: api.ContainerUpdate) -> api.Container:
         host = self._host(req.host)
         c = await self._write(self.store.update_container, req.namespace, req.container, req.paths, host)
-        await self._event("/containers/update", req.namespace, "containerd.events.ContainerUpdate", host=host,
-                          id=c.id, image=c.image, labels=c.labels, snapshot_key=c.snapshot_key)
+        await self._event(req.namespace, ev.ContainerUpdate(c.id, c.image, c.labels, c.snapshot_key), host)
         return c
 
     async def c_delete(self, req: api.ContainerRef) -> None:
         host = self._host(req.host)
         await self._replayed(self._write(self.store.delete_container, req.namespace, req.id, host))
         self.gc.schedule()
-        await self._event("/containers/delete", req.namespace, "containerd.events.ContainerDelete", host=host,
-                          id=req.id)
+        await self._event(req.namespace, ev.ContainerDelete(req.id), host)
 
     # -- images --------------------------------------------------------------------------
 
@@ -149,20 +141,17 @@ class MetadataServer:
         ns, name = req.namespace, req.image.name
         i = await self._replayed(self._write(self.store.create_image, ns, req.image),
                                  lambda: self.store.get_image(ns, name))
-        await self._event("/images/create", ns, "containerd.services.images.v1.ImageCreate",
-                          name=i.name, labels=i.labels)
+        await self._event(ns, ev.ImageCreate(i.name, i.labels))
         return i
 
     async def i_update(self, req: api.ImageUpdate) -> api.Image:
         i = await self._write(self.store.update_image, req.namespace, req.image, req.paths)
-        await self._event("/images/update", req.namespace, "containerd.services.images.v1.ImageUpdate",
-                          name=i.name, labels=i.labels)
+        await self._event(req.namespace, ev.ImageUpdate(i.name, i.labels))
         return i
 
     async def i_delete(self, req: api.ImageDelete) -> None:
         await self._replayed(self._write(self.store.delete_image, req.namespace, req.name))
-        await self._event("/images/delete", req.namespace, "containerd.services.images.v1.ImageDelete",
-                          name=req.name)
+        await self._event(req.namespace, ev.ImageDelete(req.name))
         await self._after_delete(req.sync)
 
     async def _after_delete(self, sync: bool) -> None:

@@ -15,10 +15,9 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.runtime import (
     CREATED, PAUSED, RUNC_V2, RUNNING, STOPPED, CheckpointResult, Exit, Mount, PidInfo, ProcessInfo, Stdio,
     TaskMetrics, task_not_found,
@@ -35,7 +34,7 @@ from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, sav
 
 log = logging.getLogger("flotilla.runtime")
 
-Publish = Callable[[str, str, str, dict[str, Any]], Awaitable[None]]
+Publish = Callable[[str, ev.EventRecord], Awaitable[None]]  # (namespace, event)
 
 
 def _set_console_size(process_json: Path, width: int, height: int) -> None:
@@ -71,11 +70,11 @@ class Engine:
             raise NotFound(f"process {exec_id} does not exist: not found")
         return proc
 
-    async def _event(self, topic: str, ns: str, type_name: str, **fields: Any) -> None:
+    async def _event(self, ns: str, event: ev.EventRecord) -> None:
         try:
-            await self.publish(topic, ns, f"containerd.events.{type_name}", fields)
+            await self.publish(ns, event)
         except Exception:  # an event lost must not fail the call that changed the state
-            log.exception("publishing %s failed", topic)
+            log.exception("publishing %s failed", event.TOPIC)
 
     def _watch(self, task: Task, proc: Proc) -> None:
         fut = supervisor.watch(proc.rec.shim_pid)
@@ -139,9 +138,9 @@ class Engine:
             return
         ns, id = task.rec.namespace, task.rec.id
         if kills:
-            await self._event("/tasks/oom", ns, "TaskOOM", container_id=id)
-        await self._event("/tasks/exit", ns, "TaskExit", container_id=id, id=proc.rec.exec_id or id,
-                          pid=proc.exit.pid, exit_status=proc.exit.exit_status, exited_at=proc.exit.exited_at_ns)
+            await self._event(ns, ev.TaskOOM(id))
+        await self._event(ns, ev.TaskExit(id, proc.rec.exec_id or id, proc.exit.pid, proc.exit.exit_status,
+                                          proc.exit.exited_at_ns))
         try:
             await asyncio.to_thread(proc.reported_file.touch)
         except OSError:
@@ -186,9 +185,7 @@ class Engine:
         except BaseException:
             self.tasks.pop((ns, id), None)
             raise
-        await self._event("/tasks/create", ns, "TaskCreate", container_id=id, bundle=str(bundle),
-                          rootfs=[asdict(m) for m in rootfs], io=asdict(stdio), checkpoint=checkpoint,
-                          pid=task.init.rec.pid)
+        await self._event(ns, ev.TaskCreate(id, str(bundle), list(rootfs), stdio, checkpoint, task.init.rec.pid))
         return task.init.info(id)
 
     async def _create(self, task: Task, spec_json: bytes, root_path: str, oci: OciRuntime) -> None:
@@ -271,7 +268,7 @@ class Engine:
                 raise unknown(f"OCI runtime start failed: {exc.text}") from None
             proc.status = RUNNING
             proc.rec.started = True  # not saved: after a restart, runc state says running
-            await self._event("/tasks/start", ns, "TaskStart", container_id=id, pid=proc.rec.pid)
+            await self._event(ns, ev.TaskStart(id, proc.rec.pid))
         return proc.info(id)
 
     async def _start_exec(self, task: Task, proc: Proc) -> ProcessInfo:
@@ -308,8 +305,7 @@ class Engine:
             except NotFound:
                 pass  # the process is gone already: its exit is reported as any other
             await asyncio.to_thread(save_proc, proc)
-            await self._event("/tasks/exec-started", task.rec.namespace, "TaskExecStarted", container_id=id,
-                              exec_id=proc.rec.exec_id, pid=proc.rec.pid)
+            await self._event(task.rec.namespace, ev.TaskExecStarted(id, proc.rec.exec_id, proc.rec.pid))
         self._watch(task, proc)
         return proc.info(id)
 
@@ -341,8 +337,7 @@ class Engine:
             task.deleted = True
             self.tasks.pop((ns, id), None)
         exit_ = proc.exit or Exit(True, proc.rec.pid, 255, time.time_ns())
-        await self._event("/tasks/delete", ns, "TaskDelete", container_id=id, pid=exit_.pid,
-                          exit_status=exit_.exit_status, exited_at=exit_.exited_at_ns)
+        await self._event(ns, ev.TaskDelete(id, exit_.pid, exit_.exit_status, exit_.exited_at_ns))
         return exit_
 
     async def _delete_exec(self, task: Task, exec_id: str) -> Exit:
@@ -420,7 +415,7 @@ class Engine:
             except RuntimeFailed as exc:
                 raise unknown(exc.text) from None
             task.init.status = PAUSED
-        await self._event("/tasks/paused", ns, "TaskPaused", container_id=id)
+        await self._event(ns, ev.TaskPaused(id))
 
     async def resume(self, ns: str, id: str) -> None:
         task = self._task(ns, id)
@@ -437,7 +432,7 @@ class Engine:
             except RuntimeFailed as exc:
                 raise unknown(exc.text) from None
             task.init.status = RUNNING
-        await self._event("/tasks/resumed", ns, "TaskResumed", container_id=id)
+        await self._event(ns, ev.TaskResumed(id))
 
     async def exec(self, ns: str, id: str, exec_id: str, spec_json: bytes, stdio: Stdio | None = None) -> None:
         task = self._task(ns, id)
@@ -464,7 +459,7 @@ class Engine:
             (d / "process.json").write_text(json.dumps(process))
             save_proc(proc)
         await asyncio.to_thread(write)
-        await self._event("/tasks/exec-added", ns, "TaskExecAdded", container_id=id, exec_id=exec_id)
+        await self._event(ns, ev.TaskExecAdded(id, exec_id))
 
     def _ctl(self, proc: Proc, line: str) -> None:
         try:
@@ -539,7 +534,7 @@ class Engine:
             # CRIU's own reason is in its dump log; containerd names that log too
             text = exc.text if "dump.log" in exc.text else f"{exc.text}; log file: {work / 'dump.log'}"
             raise unknown(text) from None
-        await self._event("/tasks/checkpointed", ns, "TaskCheckpointed", container_id=id, checkpoint=str(image))
+        await self._event(ns, ev.TaskCheckpointed(id, str(image)))
         return CheckpointResult(str(image))
 
     async def metrics(self, ns: str, ids: list[str]) -> list[TaskMetrics]:

@@ -6,14 +6,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flotilla.libs import events
+from flotilla.libs.api.events import EventRecord
 from flotilla.libs.bus import Bus, replaying
-from flotilla.libs.errors import NotFound
 from flotilla.libs.config import Config
+from flotilla.libs.errors import NotFound
 from flotilla.libs.routes import Route
 
 from . import api
 from .engine import Engine, Publish
-
 
 UNKNOWN_EXIT_STATUS = 255
 
@@ -95,6 +95,6 @@ class RuntimeServer:
 
 def publisher(bus: Bus, cfg: Config) -> Publish:
     """The engine's event sink: containerd's events onto the bus, as data (see libs/events)."""
-    async def publish(topic: str, namespace: str, type_url: str, fields: dict[str, Any]) -> None:
-        await events.publish(bus, cfg.prefix, topic, namespace, type_url, host=cfg.host, **fields)
+    async def publish(namespace: str, event: EventRecord) -> None:
+        await events.publish(bus, cfg.prefix, namespace, event, host=cfg.host)
     return publish

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from flotilla.libs import events
+from flotilla.libs.api import events as ev
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
@@ -18,14 +18,13 @@ class SnapshotsServer:
     def __init__(self, bus: Bus, cfg: Config, store: SnapshotStore, differ: Differ) -> None:
         self.bus, self.cfg, self.store, self.differ = bus, cfg, store, differ
 
-    async def _event(self, topic: str, namespace: str, type_url: str, **fields: Any) -> None:
-        await events.publish(self.bus, self.cfg.prefix, topic, namespace, type_url, host=self.cfg.host, **fields)
+    async def _event(self, namespace: str, event: ev.EventRecord) -> None:
+        await events.publish(self.bus, self.cfg.prefix, namespace, event, host=self.cfg.host)
 
     async def prepare(self, r: api.PrepareRequest) -> list[api.Mount]:
         mounts = await asyncio.to_thread(self.store.prepare, r.namespace, r.snapshotter, r.key, r.parent,
                                          r.labels, r.lease)
-        await self._event("/snapshot/prepare", r.namespace, "containerd.events.SnapshotPrepare",
-                          key=r.key, parent=r.parent)
+        await self._event(r.namespace, ev.SnapshotPrepare(r.key, r.parent))
         return mounts
 
     async def view(self, r: api.PrepareRequest) -> list[api.Mount]:
@@ -38,12 +37,11 @@ class SnapshotsServer:
     async def commit(self, r: api.CommitRequest) -> None:
         await asyncio.to_thread(self.store.commit, r.namespace, r.snapshotter, r.name, r.key, r.labels, r.lease,
                                 r.parent)
-        await self._event("/snapshot/commit", r.namespace, "containerd.events.SnapshotCommit",
-                          key=r.key, name=r.name)
+        await self._event(r.namespace, ev.SnapshotCommit(r.key, r.name))
 
     async def remove(self, r: api.KeyRequest) -> None:
         await asyncio.to_thread(self.store.remove, r.namespace, r.snapshotter, r.key)
-        await self._event("/snapshot/remove", r.namespace, "containerd.events.SnapshotRemove", key=r.key)
+        await self._event(r.namespace, ev.SnapshotRemove(r.key))
 
     async def stat(self, r: api.KeyRequest) -> api.Info:
         return await asyncio.to_thread(self.store.stat, r.namespace, r.snapshotter, r.key)

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from flotilla.libs.api.events import EventRecord
+from flotilla.libs.wire import to_wire
 from flotilla.services.runtime import supervisor
 from flotilla.services.runtime.engine import Engine
 
 from .helpers import temporary_rootfs
-
 
 _BASE_SPEC: dict[str, Any] = {}
 
@@ -65,8 +66,8 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def __call__(self, topic: str, ns: str, type_url: str, fields: dict[str, Any]) -> None:
-        self.events.append((topic, ns, fields))
+    async def __call__(self, ns: str, event: EventRecord) -> None:
+        self.events.append((event.TOPIC, ns, to_wire(event)))
 
     def topics(self, id: str) -> list[str]:
         return [t for t, _, f in self.events if f.get("container_id") == id]
