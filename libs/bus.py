@@ -349,8 +349,9 @@ class Bus:
             return await asyncio.shield(running)
         done: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
         self._running[key] = done
+        recorded: asyncio.Future[None] | None = None
         try:
-            result = await self._journaled(key, msg, answer)
+            result, recorded = await self._journaled(key, msg, answer)
             done.set_result(result)
             return result
         except BaseException as exc:
@@ -358,13 +359,25 @@ class Bus:
             done.exception()  # retrieved: a repeat that waited gets it; none need to
             raise
         finally:
-            del self._running[key]
+            if recorded is None:
+                del self._running[key]
+            else:  # a repeat finds the answer here until the journal has it
+                self._tasks.add(recorded)  # a stopping instance waits for it too
+                recorded.add_done_callback(lambda f: self._recorded(key, f))
+
+    def _recorded(self, key: str, recording: "asyncio.Future[None]") -> None:
+        self._running.pop(key, None)
+        self._tasks.discard(recording)
+        if not recording.cancelled() and recording.exception() is not None:
+            log.warning("request %s: answer not recorded: %s", key, recording.exception())
 
     async def _journaled(self, key: str, msg: Msg, answer: Callable[[Msg], Awaitable[tuple[bytes, int]]]
-                         ) -> tuple[bytes, int]:
+                         ) -> tuple[tuple[bytes, int], asyncio.Future[None] | None]:
+        """The call's answer, and the recording of it under way (the caller is answered
+        first: a death before it lands makes a repeat a replay, which handlers take)."""
         journal = self.journal
         if journal is None:
-            return await answer(msg)
+            return await answer(msg), None
         try:
             give_up = float(msg.headers.get(DEADLINE, "0")) if msg.headers else 0.0
         except ValueError:
@@ -374,7 +387,7 @@ class Bus:
         while True:
             claim = await asyncio.to_thread(journal.claim, key, self.instance)
             if claim.reply is not None:
-                return claim.reply, 0
+                return (claim.reply, 0), None
             if not claim.runner:
                 break
             if claim.runner != self.instance and await self._alive(claim.runner):
@@ -383,9 +396,9 @@ class Bus:
                     await asyncio.sleep(0.05)
                     reply = await asyncio.to_thread(journal.reply, key)
                     if reply is not None:
-                        return reply, 0
+                        return (reply, 0), None
                 raise_ = DeadlineExceeded(f"{key}: still running elsewhere: context deadline exceeded")
-                return pack({"e": raise_.to_wire()}), raise_.code
+                return (pack({"e": raise_.to_wire()}), raise_.code), None
             if await asyncio.to_thread(journal.take_over, key, claim.runner, self.instance):
                 replay = True  # its instance died, maybe after the work: say so to the handler
                 break
@@ -396,9 +409,8 @@ class Bus:
             _REPLAYING.reset(token)
         if code in _TRANSIENT:
             await asyncio.to_thread(journal.release, key)
-        else:
-            await asyncio.to_thread(journal.record, key, reply)
-        return reply, code
+            return (reply, code), None
+        return (reply, code), asyncio.ensure_future(asyncio.to_thread(journal.record, key, reply))
 
 def _instance_ping(base: str, instance: str) -> str:
     return f"{base}.i.{instance}.ping"
