@@ -14,7 +14,8 @@ from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.snapshots import SNAPSHOTTERS, SnapshotsClient
 from flotilla.libs.bus import Bus, replaying
 from flotilla.libs.config import Config
-from flotilla.libs.errors import AlreadyExists, FlotillaError, NotFound
+from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound
+from flotilla.libs.subjects import token
 
 from . import api
 from .collector import Collector
@@ -97,6 +98,9 @@ class MetadataServer:
     # before hosts, single-host set-ups).
 
     def _host(self, host: str) -> str:
+        if host and (len(host) > 64 or token(host) != host):
+            raise InvalidArgument(f"host {host[:80]!r}: not a host id (letters, digits, '-' and '_'): "
+                                  "invalid argument")
         return host or self.cfg.host
 
     async def c_get(self, req: api.ContainerRef) -> api.Container:
