@@ -129,7 +129,7 @@ class Farm:
                                        clients=f"{SUBNET}.0/24")
         self.database.start()
         self.db_url = self.database.new_database()
-        self.registry = Registry()
+        self.registry = Registry(log_requests=True)  # tests count the blobs it serves
         self.registry.start()
         self.registry_host = self.registry.serve_in(db_host.name, db_host.address)
         ca = self.base / "ca"

@@ -179,3 +179,36 @@ def test_images_rm_sync_on_one_host_never_collects_what_another_host_pulls(farm:
         ok(h2, "images", "rm", "--sync", two, namespace=ns)
     # nothing is left: every blob went with the last image
     assert ok(h1, "content", "ls", "-q", namespace=ns).split() == []
+
+
+def test_the_farm_fetches_each_blob_from_the_registry_once(farm: Farm) -> None:
+    """Three hosts pull one image at the same moment: the content store is the farm's, so a
+    blob one host is fetching is locked to the others (its ingest ref), which find it
+    committed when the lock goes; a host that then runs the image fetches nothing."""
+    image = random_layers_image(12, layers=3)
+    ref = farm.push("together", "v1", image)
+    ns = "once-" + uuid.uuid4().hex[:6]
+    assert farm.registry is not None
+    before = len(farm.registry.blob_gets())
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def pull(host: FarmHost) -> None:
+        results[host.id] = host.ctr("images", "pull", "--plain-http", ref, namespace=ns, timeout=180)
+    pullers = [threading.Thread(target=pull, args=(h,)) for h in farm.hosts]
+    for t in pullers:
+        t.start()
+    for t in pullers:
+        t.join(200)
+    for host_id, result in results.items():
+        assert result.returncode == 0, f"{host_id}: {result.stderr}"
+    layers = {blob.digest for blob in image.layers[1:]}  # the random ones; busybox's the farm has
+    served = farm.registry.blob_gets()[before:]
+    assert sorted(d for d in served if d in layers) == sorted(layers), served  # each crossed once
+    assert len(served) == len(set(served)), served  # and no blob twice (the config, the base layer)
+    for host in farm.hosts:
+        check = ok(host, "images", "check", namespace=ns)
+        assert "complete" in check and "incomplete" not in check, check
+        assert ok(host, "run", "--rm", ref, f"once-{host.id}", "sh", "-c", "cat /blob* | wc -c",
+                  namespace=ns).strip() == str(3 * (4 << 20))
+    assert farm.registry.blob_gets()[before:] == served  # running it fetched nothing
+    ok(farm.hosts[0], "images", "rm", "--sync", ref, namespace=ns)
