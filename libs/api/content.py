@@ -49,7 +49,7 @@ WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
 LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
 LAST_SYNC = 256 << 10      # unhashed bytes at a blob's end worth a sync before its commit
-HEARTBEAT = 30.0           # seconds between a writer's keep-alives (the service waits IDLE)
+HEARTBEAT = 5.0            # seconds between a writer's keep-alives (the service waits IDLE)
 
 R = TypeVar("R")
 

@@ -16,7 +16,9 @@ from . import api
 from .store import ContentStore
 
 log = logging.getLogger("flotilla.content")
-IDLE = 300.0         # a session nobody touched for this long lost its caller (writers beat every 30 s)
+# a session nobody touched for this long lost its caller (writers beat every 5 s): its ref
+# is free again soon, so another host can take an ingest over from a host that was lost
+IDLE = 20.0
 ORDER_WAIT = 60.0    # how long a chunk that arrived early waits for its predecessors
 
 

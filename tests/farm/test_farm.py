@@ -212,3 +212,66 @@ def test_the_farm_fetches_each_blob_from_the_registry_once(farm: Farm) -> None:
                   namespace=ns).strip() == str(3 * (4 << 20))
     assert farm.registry.blob_gets()[before:] == served  # running it fetched nothing
     ok(farm.hosts[0], "images", "rm", "--sync", ref, namespace=ns)
+
+
+def _human(size: str) -> float:
+    """ctr's sizes (go-units' HumanSize: 12.5MB, decimal) in bytes."""
+    units = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+    number = size.rstrip("kMGB")
+    return float(number) * units[size[len(number):] or "B"]
+
+
+def _written(registry_logs: list[str], digest: str) -> int:
+    """Bytes the registry sent of blob ``digest``, summed over its requests."""
+    total = 0
+    for line in registry_logs:
+        if "response completed" in line and "http.request.method=GET" in line and f"/blobs/{digest}" in line:
+            total += int(line.split("http.response.written=", 1)[1].split()[0])
+    return total
+
+
+def test_a_host_lost_mid_fetch_leaves_the_rest_to_another(farm: Farm) -> None:
+    """Host 2 fetches a big layer over a slow registry link and is lost half-way; host 3,
+    pulling the same image, takes the fetch over where the farm's store had got to: the
+    registry sends the layer's bytes about once in all, and host 3's image is right."""
+    _, h2, h3 = farm.hosts
+    assert farm.registry is not None and farm.network is not None
+    image = random_layers_image(48, layers=1)
+    big = image.layers[1]
+    ref = farm.push("slow", "v1", image)
+    ns = "midway-" + uuid.uuid4().hex[:6]
+    db = farm.network.others["db"].name
+    shape = ["ip", "netns", "exec", db, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "64mbit",
+             "burst", "64kb", "latency", "500ms"]
+    subprocess.run(shape, check=True, capture_output=True)
+    first = subprocess.Popen(h2.command(CTR, "--address", h2.socket, "--namespace", ns, "images", "pull",
+                                        "--plain-http", ref), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until host 2 has stored a quarter of it
+            active = h3.ctr("content", "active", namespace=ns).stdout
+            sizes = [_human(line.split()[1]) for line in active.splitlines()[1:] if big.digest[7:19] in line]
+            if sizes and sizes[0] > len(big.data) // 4:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("host 2 never got a quarter of the layer")
+        second = subprocess.Popen(h3.command(CTR, "--address", h3.socket, "--namespace", ns, "images", "pull",
+                                             "--plain-http", ref), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        time.sleep(1)
+        h2.lose()
+        out, err = second.communicate(timeout=240)
+        assert second.returncode == 0, err
+    finally:
+        subprocess.run(["ip", "netns", "exec", db, "tc", "qdisc", "del", "dev", "eth0", "root"], capture_output=True)
+        if first.poll() is None:
+            terminate(first, 5)  # type: ignore[arg-type]
+        h2.up()
+    check = ok(h3, "images", "check", namespace=ns)
+    assert "complete" in check and "incomplete" not in check, check
+    assert ok(h3, "run", "--rm", ref, "midway", "sh", "-c", "cat /blob0 | wc -c", namespace=ns).strip() == str(48 << 20)
+    logs = [line for log in farm.registry.base.glob("registry*.log") for line in log.read_text().splitlines()]
+    sent = _written(logs, big.digest)
+    assert len(big.data) <= sent < len(big.data) * 1.25, (sent, len(big.data))  # about once, not twice
+    ok(h3, "images", "rm", "--sync", ref, namespace=ns)
