@@ -120,8 +120,46 @@ def _leases(t: Target) -> dict[str, float]:
     return figures
 
 
+def _rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def _second_instances(t: Target) -> dict[str, float]:
+    """What a second metadata and content instance cost in memory and buy under a kill: the
+    calls failed and the slowest call of the loops around one SIGKILL, one instance each
+    against two."""
+    ref = f"{_state['registry'].host}/busybox:latest"  # type: ignore[attr-defined]
+    out: dict[str, float] = {}
+    for count in (1, 2):
+        with PrivateSuite(instances={"gateway": 2, "metadata": count, "content": count}) as suite:
+            for name in ("metadata", "content"):
+                pids = suite.suite.program_pids(name)
+                out[f"RSS per instance MiB/{name} [{count} instances]"] = sum(map(_rss_mib, pids)) / len(pids)
+                chaos = Chaos(suite.address, ref, namespace="two-" + uuid.uuid4().hex[:6], ingest_mib=16)
+                chaos.ctr("setup", "images", "pull", "--plain-http", ref)
+                chaos.record.calls.clear()
+                chaos.start(("runs", "lists", "ingests"))
+                time.sleep(_BEFORE)
+                os.kill(pids[0], signal.SIGKILL)
+                killed = time.monotonic()
+                time.sleep(_AFTER + 2)
+                chaos.finish()
+                around = [c for c in chaos.record.calls if c.started <= killed + 3 and c.ended >= killed]
+                out[f"failed calls per kill/{name} [{count} instances]"] = float(len(chaos.record.failed()))
+                out[f"slowest call around a kill s/{name} [{count} instances]"] = max(
+                    (c.ended - c.started for c in around), default=0.0)
+                chaos.clean()
+    return out
+
+
 def workloads() -> list[Workload]:
     return [
         Workload("kill", _kills, repeat=1, unit="", setup=_setup, teardown=_teardown),
         Workload("request ids", _leases, repeat=3, unit="ms"),
+        Workload("second instances", _second_instances, repeat=1, unit="", targets=("flotilla",),
+                 setup=_setup, teardown=_teardown),
     ]
