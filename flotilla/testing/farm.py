@@ -34,7 +34,7 @@ from flotilla.deploy.farm import Cluster, make_ca, make_cert
 from . import netns, postgres
 from .netns import NATS_PORT, ROUTE_PORT, SUBNET, Host, Network
 from .images import Image, push
-from .peers import CTR, Registry, _pids_naming, _with_descendants
+from .peers import CTR, Peer, Registry, _pids_naming, _with_descendants
 from .postgres import PostgresServer
 
 PG_PORT = 5432            # inside the database's own namespace
@@ -95,7 +95,7 @@ def _alive(pid: int) -> bool:
 
 
 @dataclass
-class Farm:
+class Farm(Peer):
     """``size`` hosts; the content service runs on the hosts in ``content_hosts`` (its store
     is one host's disk until content moves between hosts), metadata on every host."""
     size: int = 3
@@ -109,17 +109,6 @@ class Farm:
     db_url: str = ""
     registry: Registry | None = None   # pushed to on loopback, pulled from at ``registry_host``
     registry_host: str = ""
-
-    def __enter__(self) -> "Farm":
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self, timeout: float = 180) -> None:
         self.network = Network(self.size, extra=("db",))
