@@ -18,8 +18,8 @@ import grpc
 
 from flotilla._api.containerd.api.services.images.v1 import images_pb2 as pbi
 from flotilla._api.containerd.api.services.images.v1 import images_pb2_grpc as pbi_grpc
-from flotilla._api.containerd.api.services.namespaces.v1 import namespaces_pb2 as pbn
-from flotilla._api.containerd.api.services.namespaces.v1 import namespaces_pb2_grpc as pbn_grpc
+from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2 as pbn
+from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pbn_grpc
 from flotilla.testing.farm import Farm
 
 from ..harness import Target, Workload
