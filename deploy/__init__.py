@@ -32,6 +32,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
     ("snapshots", "flotilla.services.snapshots"),
     ("runtime", "flotilla.services.runtime"),
     ("transfer", "flotilla.services.transfer"),
+    ("network", "flotilla.services.network"),  # before the gateway, which attaches through it
     ("gateway", "flotilla.services.gateway"),
 )
 DEFAULT_NATS_PORT = 14222

@@ -68,6 +68,10 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
             publish=(events, *content_read, *content_write, *metadata_for_transfer,
                      f"{prefix}.snapshots.{h}.>", "_INBOX.>"),
             subscribe=(f"{prefix}.transfer.{h}.>",)),
+        # runs the CNI plugins on its host; says nothing on the bus but its replies
+        "network": Permissions(
+            publish=(),
+            subscribe=(f"{prefix}.network.{h}.>",)),
         # the gateway serves clients, who may ask for anything
         "gateway": Permissions(
             publish=(f"{prefix}.>",),
@@ -76,14 +80,15 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
     # every component says when it (re)started and hears the others say it, and may ask
     # another instance of its own service whether it is alive (libs/bus.py)
     stems = {"metadata": "metadata", "content": "content", "gateway": "gateway",
-             "snapshots": f"snapshots.{h}", "runtime": f"runtime.{h}", "transfer": f"transfer.{h}"}
+             "snapshots": f"snapshots.{h}", "runtime": f"runtime.{h}", "transfer": f"transfer.{h}",
+             "network": f"network.{h}"}
     hello = subjects.hello(prefix)
     return {name: Permissions(publish=(*p.publish, hello, f"{prefix}.{stems[name]}.i.*.ping"),
                               subscribe=(*p.subscribe, hello))
             for name, p in grants.items()}
 
 
-SERVICES = ("metadata", "content", "snapshots", "runtime", "transfer")
+SERVICES = ("metadata", "content", "snapshots", "runtime", "transfer", "network")
 
 
 def grants_for(prefix: str, host: str, services: list[str], publish: list[str],

@@ -72,6 +72,7 @@ def _farm(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from flotilla import cmd
+    from flotilla.cmd import network as network_cmd
 
     parser = argparse.ArgumentParser(prog="flotilla", description=__doc__)
     cmd.connection_options(parser, top=True)
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="show the suite's processes")
     restart = sub.add_parser("restart", help="restart one component gracefully, one instance at a time "
                                              "(clients' calls are drained, not failed)")
-    restart.add_argument("component", help="nats, metadata, content, snapshots, runtime, transfer or gateway")
+    restart.add_argument("component",
+                         help="nats, metadata, content, snapshots, runtime, transfer, network or gateway")
     logs = sub.add_parser("logs", help="show the suite's logs")
     logs.add_argument("-f", "--follow", action="store_true")
     content = sub.add_parser("content", help="content store tools")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     create = creds_sub.add_parser("create", help="issue a credential (or change its permissions)")
     create.add_argument("name")
     create.add_argument("--service", action="append", default=[],
-                        help="may call this service: metadata, content, snapshots, runtime, transfer; "
+                        help="may call this service: metadata, content, snapshots, runtime, transfer, network; "
                              "'events' to watch events (repeatable)")
     create.add_argument("--publish", action="append", default=[], help="a subject it may publish to (repeatable)")
     create.add_argument("--subscribe", action="append", default=[], help="a subject it may subscribe to (repeatable)")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     cert.add_argument("--dns", action="append", default=[])
     cert.add_argument("--out", help="where to write NAME.pem, NAME-key.pem and ca.pem (default: DIR)")
     cmd.register(sub, content_sub)  # pull, push, images, run, ps, ... over flotilla.client
+    network_cmd.register(sub)  # network create|ls|inspect|rm|..., run --net/-p
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is not None:
         return cmd.run(args)

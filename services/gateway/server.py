@@ -19,6 +19,7 @@ from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
 from .introspection import IntrospectionServicer
 from .namespaces import NamespacesServicer
+from .network import NetworksServicer
 from .containers import ContainerRecords, ContainersServicer
 from .content import ContentServicer
 from .images import ImagesServicer
@@ -73,6 +74,7 @@ async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None)
     DiffServicer.register(server, bus, cfg)
     TasksServicer.register(server, bus, cfg, containers, hub)
     TransferServicer.register(server, bus, cfg)
+    NetworksServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
     return server
 

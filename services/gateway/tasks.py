@@ -21,6 +21,7 @@ from flotilla._api.containerd.api.types.task import task_pb2
 from flotilla._api.containerd.runtime.linux.runctypes import runc_pb2
 from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
+from flotilla.libs.api import events as ev
 from flotilla.libs.api.runtime import (
     Checkpoint, CloseIO, CreateTask, Exec, Exit, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
     RUNTIME_V1, RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
@@ -31,6 +32,7 @@ from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented, Unkno
 
 from .containers import ContainerRecords
 from .events import EventHub
+from .network import NetworkClient, TaskNetworks
 from .protomsg import fill, set_timestamp
 from .records import RecordCache, event_key
 from .rpc import namespace, timeout, unary
@@ -188,11 +190,13 @@ class TasksServicer(pbt_grpc.TasksServicer):
         # `run --rm`): a Get of one is answered here. A create of it, here or (by its event)
         # anywhere, drops the mark, and one begun during the delete keeps it from being set.
         self._deleted: RecordCache[Exit] = RecordCache()
+        self.networks: TaskNetworks | None = None  # attaches labelled containers (network.py)
 
     @classmethod
     def register(cls, server: aio.Server, bus: Bus, cfg: Config, containers: ContainerRecords, hub: EventHub) -> None:
         servicer = cls(RuntimeClient(bus, cfg.prefix, cfg.host), containers, cfg.request_timeout)
-        servicer._deleted.drop_on(hub, ("/tasks/create",), event_key("container_id"))
+        servicer.networks = TaskNetworks(NetworkClient(bus, cfg.prefix, cfg.host), servicer.runtime, containers)
+        servicer._deleted.drop_on(hub, (ev.TaskCreate.TOPIC,), event_key("container_id"))
         pbt_grpc.add_TasksServicer_to_server(servicer, server)
 
     @unary("Tasks.Create")
@@ -212,6 +216,8 @@ class TasksServicer(pbt_grpc.TasksServicer):
             rootfs=[Mount(m.type, m.source, m.target, list(m.options)) for m in request.rootfs],
             stdio=Stdio(request.stdin, request.stdout, request.stderr, request.terminal), checkpoint=checkpoint,
             **opts))
+        if self.networks is not None:
+            await self.networks.created(ns, container, info.pid)
         return pbt.CreateTaskResponse(container_id=request.container_id, pid=info.pid)
 
     @unary("Tasks.Start")
@@ -224,8 +230,10 @@ class TasksServicer(pbt_grpc.TasksServicer):
     @_with_container_check
     async def Delete(self, request: pbt.DeleteTaskRequest, context: aio.ServicerContext) -> pbt.DeleteResponse:
         ns = namespace(context)
-        exit_ = await self._deleted.keep((ns, request.container_id),
-                                         self.runtime.delete(ProcessRef(ns, request.container_id)))
+        deleting = self._deleted.keep((ns, request.container_id),
+                                      self.runtime.delete(ProcessRef(ns, request.container_id)))
+        exit_ = await (deleting if self.networks is None else self.networks.delete(
+            ns, request.container_id, timeout(context, self.default_timeout), deleting))
         out = pbt.DeleteResponse(id=request.container_id, pid=exit_.pid, exit_status=exit_.exit_status)
         set_timestamp(out.exited_at, exit_.exited_at_ns)
         return out
