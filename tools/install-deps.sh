@@ -5,7 +5,7 @@ packages=(
   nats-server openssl tcpdump runc crun containerd
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev golang-google-grpc-dev
   busybox-static docker-registry apache2-utils postgresql criu conmon
-  containernetworking-plugins tmux iproute2 psmisc procps gcc libc6-dev
+  containernetworking-plugins iptables tmux iproute2 psmisc procps gcc libc6-dev
 )
 missing=()
 for p in "${packages[@]}"; do
