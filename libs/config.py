@@ -29,6 +29,8 @@ class Config:
     db_url: str = ""                                # metadata database; default SQLite under root
     log_level: str = "info"
     request_timeout: float = 10.0                   # default deadline of a bus call, seconds
+    proxy_consumers: str = ""                       # containerds served as proxy plugins: "a,b" (docs/integrators.md)
+    proxy_snapshotters: str = "flotilla=overlayfs"  # their snapshot proxy's name=Flotilla snapshotter, ...
 
     @property
     def socket_path(self) -> str:

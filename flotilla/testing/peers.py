@@ -109,20 +109,53 @@ class PrivateSuite(Peer):
             shutil.rmtree(self.base, ignore_errors=True)
 
 
-class ContainerdPeer(Peer):
-    """Debian's containerd with its own root, state and socket, CRI disabled."""
+# containerd's own stores a proxy plugin replaces (docs/integrators.md): its content store,
+# which the metadata plugin would otherwise pick at random among two, and its snapshotters,
+# so that nothing lands in its root by mistake
+BUILTIN_STORES = ("io.containerd.content.v1.content", "io.containerd.snapshotter.v1.overlayfs",
+                  "io.containerd.snapshotter.v1.native", "io.containerd.snapshotter.v1.btrfs",
+                  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+                  "io.containerd.snapshotter.v1.aufs")
 
-    def __init__(self) -> None:
+
+def proxy_config(address: str | Path, snapshotter: str = "flotilla", content: str = "flotilla-content") -> str:
+    """containerd's ``[proxy_plugins]``: its content store and snapshotter ``snapshotter``
+    served on ``address`` (a Flotilla consumer's socket)."""
+    return (f'[proxy_plugins]\n  [proxy_plugins."{content}"]\n    type = "content"\n    address = "{address}"\n'
+            f'  [proxy_plugins."{snapshotter}"]\n    type = "snapshot"\n    address = "{address}"\n')
+
+
+class ContainerdPeer(Peer):
+    """Debian's containerd with its own root, state and socket, CRI disabled. With
+    ``proxy`` (a Flotilla consumer's socket) its content store and snapshotter are
+    Flotilla's, as proxy plugins, and its own are disabled; ``extra_config`` is appended to
+    its config.toml."""
+
+    def __init__(self, proxy: str | Path | None = None, *, snapshotter: str = "flotilla",
+                 extra_config: str = "") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-containerd-"))
         self.address = str(self.base / "containerd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.proxy, self.snapshotter, self.extra_config = proxy, snapshotter, extra_config
+
+    @property
+    def root(self) -> Path:
+        return self.base / "root"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "containerd.log"
 
     def start(self, timeout: float = 30) -> None:
         conf = self.base / "config.toml"
+        disabled = ["io.containerd.grpc.v1.cri", *(BUILTIN_STORES if self.proxy is not None else ())]
+        extra = self.extra_config
+        if self.proxy is not None:
+            extra = proxy_config(self.proxy, self.snapshotter) + extra
         conf.write_text(f"""version = 2
 root = "{self.base / 'root'}"
 state = "{self.base / 'state'}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{", ".join(f'"{d}"' for d in disabled)}]
 [grpc]
   address = "{self.address}"
 [ttrpc]
@@ -131,7 +164,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 [metrics]
   address = ""
-""")
+""" + extra)
         with open(self.base / "containerd.log", "wb") as log:
             self.proc = subprocess.Popen([shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -213,7 +246,9 @@ class Registry(Peer):
     """Debian's docker-registry on 127.0.0.1 with storage in a temporary directory;
     with ``auth`` it asks for HTTP basic credentials (htpasswd, bcrypt)."""
 
-    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, auth: tuple[str, str] | None = None, *, log_requests: bool = False) -> None:
+        """``log_requests``: every request in the logs, for ``blob_gets``."""
+        self.log_requests = log_requests
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-registry-"))
         self.port = free_port()
         self.auth = auth
@@ -250,7 +285,7 @@ class Registry(Peer):
         conf = self.base / f"{name}.yml"
         conf.write_text(f"""version: 0.1
 log:
-  level: warn
+  level: {'info' if self.log_requests else 'warn'}
 storage:
   filesystem:
     rootdirectory: {self.base / 'data'}
@@ -278,6 +313,16 @@ http:
         if subprocess.run([*enter, sys.executable, "-c", probe], timeout=timeout + 10).returncode != 0:
             raise TimeoutError(f"docker-registry did not start in {netns}; see {self.base}")
         return f"{address}:{port}"
+
+    def blob_gets(self) -> list[str]:
+        """The digests of the blobs served so far (GET, not HEAD), one per request, from the
+        logs of every process serving this registry (``log_requests`` must be on)."""
+        found = []
+        for log in self.base.glob("registry*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if "response completed" in line and "http.request.method=GET" in line and "/blobs/sha256:" in line:
+                    found.append("sha256:" + line.split("/blobs/sha256:", 1)[1][:64])
+        return found
 
     def stop(self) -> None:
         for proc in (self.proc, *self.others):
