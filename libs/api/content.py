@@ -49,6 +49,10 @@ WINDOW = 6                 # bus chunks in flight per transfer
 LOCAL_CHUNK = 8 << 20      # bytes per local pwrite/read: big buffers keep hashing off the GIL
 LOCAL_BACKLOG = 32 << 20   # bytes queued for the disk before write() waits
 LAST_SYNC = 256 << 10      # unhashed bytes at a blob's end worth a sync before its commit
+# the content namespaces of containerds using this store as their proxy plugin, one each
+# (docs/integrators.md): no metadata record may live in one, or Flotilla's own collector
+# would sweep that containerd's blobs
+CONSUMER_NAMESPACE_PREFIX = "proxy."
 HEARTBEAT = 5.0            # seconds between a writer's keep-alives (the service waits IDLE)
 
 R = TypeVar("R")

@@ -355,6 +355,10 @@ class ContentStore:
     def _open_ingest(self, s: Session, req: WriterOpen) -> None:
         meta = read_meta(s.path)
         if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
+                and not (req.total > 0 and meta.total > 0 and req.total != meta.total) \
+                and self._committed_unrecorded(s, meta.expected or req.expected):
+            return
+        if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
                 and not (req.total > 0 and meta.total > 0 and req.total != meta.total):
             # resume: the data file is the truth; hash it again (hashlib has no saved state)
             s.started_at, s.total, s.updated_at = meta.started_at, meta.total or req.total, meta.updated_at
@@ -368,6 +372,19 @@ class ContentStore:
         else:
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             start_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
+
+    def _committed_unrecorded(self, s: Session, expected: str) -> bool:
+        """An instance died in a commit between moving the data into place and recording it:
+        the data file is gone, the blob (verified before the move) is there with no owner.
+        The commit is finished as a shared one: the record, no bytes."""
+        if not expected or digest_error(expected) or (s.path / "data").exists():
+            return False
+        try:
+            size = os.stat(self.blob_path(expected)).st_size
+        except FileNotFoundError:
+            return False
+        s.shared, s.total, s.offset, s.expected = Info(expected, size), size, size, expected
+        return True
 
     def _session_record(self, s: Session, with_file: bool = False) -> WriterSession:
         f = None

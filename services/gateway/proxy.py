@@ -38,7 +38,7 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2 as pbs
-from flotilla.libs.api.content import ContentClient, Writer, digest_error
+from flotilla.libs.api.content import CONSUMER_NAMESPACE_PREFIX, ContentClient, Writer, digest_error
 from flotilla.libs.api.snapshots import SNAPSHOTTERS
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
@@ -52,7 +52,7 @@ from .rpc import NAMESPACE_KEY
 log = logging.getLogger("flotilla.gateway.proxy")
 CONTENT = f"/{pbc.DESCRIPTOR.services_by_name['Content'].full_name}/"
 SNAPSHOTS = f"/{pbs.DESCRIPTOR.services_by_name['Snapshots'].full_name}/"
-NAMESPACE_PREFIX = "proxy."
+NAMESPACE_PREFIX = CONSUMER_NAMESPACE_PREFIX  # each consumer's: proxy.<name>
 _DROPPED = frozenset({NAMESPACE_KEY, "containerd-lease"})  # a consumer's leases live in its own database
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND
 _ADOPT_REF = "flotilla.proxy.adopt"

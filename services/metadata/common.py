@@ -14,7 +14,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs import filters
-from flotilla.libs.errors import InvalidArgument
+from flotilla.libs.api.content import CONSUMER_NAMESPACE_PREFIX
+from flotilla.libs.errors import FailedPrecondition, InvalidArgument
 from flotilla.libs.digests import digest_error  # noqa: F401  (used by images and leases)
 from flotilla.libs.identifiers import validate_identifier, validate_labels
 
@@ -97,6 +98,14 @@ def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, bud
             return out, ""
 
 
+def refuse_consumer_namespace(name: str) -> None:
+    """A proxy consumer's namespace holds that containerd's blobs, which its own metadata
+    keeps: a record of ours there would make our collector judge them (docs/integrators.md)."""
+    if name.startswith(CONSUMER_NAMESPACE_PREFIX):
+        raise FailedPrecondition(f'namespace "{name}" is a containerd consumer\'s content store '
+                                 "(docs/integrators.md): failed precondition")
+
+
 class StoreBase:
     """The engine and its transactions.
 
@@ -144,6 +153,7 @@ class StoreBase:
                 validate_identifier(name)
             except InvalidArgument as exc:
                 raise InvalidArgument(f"namespace validation: {exc.message}") from None
+            refuse_consumer_namespace(name)
             try:
                 with conn.begin_nested():
                     conn.execute(_NAMESPACE_INSERT, {"name": name})

@@ -14,7 +14,7 @@ from flotilla.libs.identifiers import validate_identifier
 
 from . import db
 from .api import Namespace
-from .common import check_labels
+from .common import check_labels, refuse_consumer_namespace
 from .containers import ContainersMixin
 from .gcmark import GCMixin
 from .images import ImagesMixin
@@ -65,6 +65,7 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
 
     def create_namespace(self, ns: Namespace) -> Namespace:
         validate_identifier(ns.name)
+        refuse_consumer_namespace(ns.name)
         check_labels(ns.labels, "namespace.Labels")
         try:
             with self._write() as conn:

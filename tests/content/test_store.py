@@ -222,3 +222,27 @@ def test_calls_that_waited_for_a_session_ended_meanwhile_find_it_gone(tmp_path: 
             t.join(10)
         assert all(o in ("ok", "NotFound", "AlreadyExists", "FailedPrecondition") for o in outcomes), outcomes
     store.close()
+
+
+def test_a_commit_killed_after_its_move_is_finished_by_the_next_writer(tmp_path: Path) -> None:
+    """An instance SIGKILLed between moving the data file into place and recording the blob
+    leaves a blob no namespace owns and an ingest without data: the ref's next writer (the
+    same client, resuming) commits it as a shared blob, with no bytes."""
+    data = b"layer bytes " * 1000
+    one = ContentStore(tmp_path)
+    s = one.open_writer(WriterOpen("ns", "layer", len(data), sha(data), local=False))
+    one.w_write(s.session, 0, data)
+    ingest = next((tmp_path / "content" / "ingest").iterdir())
+    target = one.blob_path(sha(data))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(ingest / "data", target)  # as _own does, then the process dies:
+    dead = one.sessions.pop(s.session)   # its descriptors (and the ref's lock) go with it
+    os.close(dead.fd)
+    os.close(dead.lock_fd)
+    again = ContentStore(tmp_path)
+    resumed = again.open_writer(WriterOpen("ns", "layer", len(data), sha(data), local=False))
+    assert resumed.offset == len(data) and resumed.shared
+    info = again.w_commit(resumed.session, len(data), sha(data), {})
+    assert (info.digest, info.size) == (sha(data), len(data))
+    assert again.read("ns", sha(data), 0, -1)[:11] == b"layer bytes"
+    again.close()

@@ -14,6 +14,7 @@ import msgpack
 import pytest
 from sqlalchemy import BigInteger, Column, LargeBinary, MetaData, String, Table, Text, create_engine, insert
 
+from flotilla.libs.api.metadata import Descriptor, Image
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -265,3 +266,13 @@ async def test_a_collector_waits_for_another_hosts_collection(
     stats = await asyncio.wait_for(run, 10)
     # it removed the expired lease while holding the lock, without waiting for itself
     assert stats.leases_expired == 1 and b.list_leases("ns") == []
+
+
+def test_a_proxy_consumers_namespace_takes_no_record(tmp_path: Path) -> None:
+    """docs/integrators.md: our collector must never judge a consumer's blobs."""
+    store = MetadataStore.open(f"sqlite:///{tmp_path / 'meta.db'}", "h1")
+    with pytest.raises(FailedPrecondition, match="consumer"):
+        store.create_namespace(Namespace("proxy.a"))
+    with pytest.raises(FailedPrecondition, match="consumer"):
+        store.create_image("proxy.a", Image("x", target=Descriptor("application/json", "sha256:" + "0" * 64, 1)))
+    store.create_namespace(Namespace("proxyish"))  # only the prefix is the consumers'
