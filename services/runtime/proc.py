@@ -26,8 +26,11 @@ class Result:
 
 
 def _run(argv: list[str], stdin: bytes | None, merge: bool, runtime: bool) -> Result:
+    # a session of its own: supervisord stops (and kills) the runtime with its whole process
+    # group, which would cut a create or exec in flight half-way (a supervisor dead before it
+    # reported, with no error to show); the command finishes, and its caller's repeat finds it
     p = subprocess.run(argv, executable=sealed.exec_path(argv[0]) if runtime else None, input=stdin,
-                       stdin=subprocess.DEVNULL if stdin is None else None,
+                       stdin=subprocess.DEVNULL if stdin is None else None, start_new_session=True,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE)
     return Result(p.returncode, p.stdout, p.stderr or b"")
 

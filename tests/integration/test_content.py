@@ -364,6 +364,39 @@ def test_a_remote_write_stream_survives_a_sigkill_of_the_content_service(stress:
         _write_through_a_content_kill(remote, stress)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("local", ["1", "0"], ids=["local", "over-nats"])
+def test_a_read_stream_survives_a_sigkill_of_the_content_service(local: str) -> None:
+    """A client's streamed Content.Read goes on through the content service's death: the
+    gateway reads the blob's file itself (local), or asks again for the chunks it lacks
+    (over NATS, as another host would)."""
+    size = 64 * MiB
+    seed = uuid.uuid4().bytes
+    expected = _digest_of(size, seed)
+    ns = _new_ns("rd")
+    with PrivateSuite(FLOTILLA_CONTENT_LOCAL=local) as suite:
+        with grpc.insecure_channel(f"unix://{suite.address}",
+                                   options=[("grpc.max_receive_message_length", 16 << 20)]) as ch:
+            stub = pbc_grpc.ContentStub(ch)
+            w = WriteStream(stub, ns)
+            w.send(pbc.WriteContentRequest(action=pbc.STAT, ref="to-read", total=size, expected=expected))
+            pos = 0
+            for chunk in _chunks(size, seed):
+                w.send(pbc.WriteContentRequest(action=pbc.WRITE, offset=pos, data=chunk))
+                pos += len(chunk)
+            w.send(pbc.WriteContentRequest(action=pbc.COMMIT, offset=size, total=size, expected=expected))
+            w.close()
+            h, got, killed = hashlib.sha256(), 0, 0
+            for resp in stub.Read(pbc.ReadContentRequest(digest=expected), metadata=[("containerd-namespace", ns)]):
+                h.update(resp.data)
+                got += len(resp.data)
+                if not killed and got >= size // 4:
+                    killed = suite.suite.program_pid("content")
+                    os.kill(killed, signal.SIGKILL)
+        assert killed and got == size
+        assert "sha256:" + h.hexdigest() == expected
+
+
 def _write_through_a_content_kill(suite: PrivateSuite, stress: int) -> None:
     size = 64 * MiB * stress
     seed = uuid.uuid4().bytes
