@@ -294,11 +294,13 @@ stdout_logfile_backups=2
     # -- control -----------------------------------------------------------------------
 
     def pid(self) -> int | None:
+        """supervisord's pid while it runs (a killed one not yet reaped does not)."""
         try:
             pid = int((self.state / "supervisord.pid").read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+            with open(f"/proc/{pid}/stat") as f:
+                running = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return pid if running else None
+        except (OSError, ValueError, IndexError):
             return None
 
     def up(self, timeout: float = 60.0) -> float:
