@@ -25,6 +25,18 @@ Value = Union[float, dict[str, float], None]
 OPEN_BUS = "flotilla-open-bus"
 
 
+def rss_mib(pids: list[int]) -> float:
+    """The summed resident memory of ``pids`` (those gone count nothing), MiB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
 @dataclass
 class Target:
     name: str                 # "flotilla", "containerd" or OPEN_BUS

@@ -52,6 +52,21 @@ DEFAULT_INSTANCES = "gateway=2"
 STOP_WAIT = {"gateway": 25}
 
 
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs: a killed one its parent has not reaped yet does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def enter_netns(name: str) -> list[str]:
+    """The command prefix that runs a program in network namespace ``name`` (only its
+    network: the mount namespace stays the machine's)."""
+    return ["nsenter", f"--net=/run/netns/{name}", "--"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -294,14 +309,12 @@ stdout_logfile_backups=2
     # -- control -----------------------------------------------------------------------
 
     def pid(self) -> int | None:
-        """supervisord's pid while it runs (a killed one not yet reaped does not)."""
+        """supervisord's pid while it runs."""
         try:
             pid = int((self.state / "supervisord.pid").read_text())
-            with open(f"/proc/{pid}/stat") as f:
-                running = f.read().rsplit(")", 1)[1].split()[0] != "Z"
-            return pid if running else None
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):
             return None
+        return pid if running(pid) else None
 
     def up(self, timeout: float = 60.0) -> float:
         """Start the suite (if not running) and return the seconds until the socket answered."""
@@ -315,7 +328,7 @@ stdout_logfile_backups=2
 
     def enter(self) -> list[str]:
         """The command prefix that runs a program in this suite's network namespace."""
-        return ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        return enter_netns(self.netns) if self.netns else []
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -419,9 +432,7 @@ stdout_logfile_backups=2
         # it stops programs one priority at a time, each allowed stopwaitsecs (10 s)
         deadline = time.monotonic() + 10 * len(SERVICES) + max(STOP_WAIT.values()) + 5
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not running(pid):
                 return
             time.sleep(0.05)
         for p in (pid, *programs):  # never leave a program orphaned behind a stuck supervisord

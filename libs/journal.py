@@ -20,12 +20,16 @@ each (a restarted service answers that much later).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import postgres
 
 KEEP = 600.0
 TABLE = "flotilla_requests"
@@ -48,6 +52,8 @@ class Journal:
         self._conn, self._integrity_error, self._param = conn, integrity_error, param
         self._lock = threading.Lock()
         self._swept = 0.0
+        self._reconnect: Callable[[], Any] | None = None  # PostgreSQL: a dropped connection's
+        self._lost: tuple[type[Exception], ...] = ()         # exceptions, and how to make it again
 
     @classmethod
     def sqlite(cls, path: Path) -> "Journal":
@@ -63,23 +69,36 @@ class Journal:
     def at(cls, url: str) -> "Journal":
         """On a database given by SQLAlchemy URL (a farm's PostgreSQL)."""
         import psycopg2  # only a farm's services need it
-        conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
-        conn.autocommit = True
-        journal = cls(conn, psycopg2.IntegrityError, "%s")
+
+        def connect() -> Any:
+            conn = psycopg2.connect(postgres.libpq_url(url), **postgres.KEEPALIVES)
+            conn.autocommit = True
+            return conn
+        journal = cls(connect(), psycopg2.IntegrityError, "%s")
+        journal._reconnect = connect
+        journal._lost = (psycopg2.OperationalError, psycopg2.InterfaceError)
         journal._run(_SCHEMA.format(blob="BYTEA"))
         return journal
 
     def _run(self, sql: str, *args: Any) -> Any:
         """Run one statement (its own transaction); returns the cursor's first row and its
-        row count."""
+        row count. A connection the server dropped (it restarted) is made again, once."""
         with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.execute(sql.replace("?", self._param), args)
-                row = cur.fetchone() if cur.description else None
-                return row, cur.rowcount
-            finally:
-                cur.close()
+            for attempt in (1, 2):
+                try:
+                    cur = self._conn.cursor()
+                    try:
+                        cur.execute(sql.replace("?", self._param), args)
+                        row = cur.fetchone() if cur.description else None
+                        return row, cur.rowcount
+                    finally:
+                        cur.close()
+                except self._lost:
+                    if attempt == 2 or self._reconnect is None:
+                        raise
+                    with contextlib.suppress(Exception):
+                        self._conn.close()
+                    self._conn = self._reconnect()
 
     def claim(self, request_id: str, instance: str) -> Claim:
         """Take ``request_id`` for ``instance``, unless it is recorded or held by another."""

@@ -10,7 +10,6 @@ SIGKILLed and started again until its socket answers with every service.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 
@@ -22,7 +21,7 @@ from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2 as
 from flotilla._api.containerd.api.services.namespaces.v1 import namespace_pb2_grpc as pbn_grpc
 from flotilla.testing.farm import Farm
 
-from ..harness import Target, Workload
+from ..harness import Target, Workload, rss_mib
 from .metadata import _image, _many
 
 IMAGES = 1_000
@@ -42,9 +41,10 @@ def _create_images(address: str) -> None:
 def _setup(t: Target) -> None:
     _create_images(t.address)
     if t.name == "flotilla":
-        farm = Farm(3)
-        _state["farm"] = farm
-        farm.start()
+        # entered, not only started: a start that fails removes what it made (the harness
+        # runs teardown only after a setup that succeeded)
+        _state["farm"] = Farm(3).__enter__()
+        farm = _state["farm"]
         _create_images(farm.hosts[0].socket)  # host 1 makes them, host 2 lists them
 
 
@@ -77,27 +77,16 @@ def _latencies(address: str) -> dict[str, float]:
             "Images.List 1k p50 ms": statistics.median(list_times) * 1000}
 
 
-def _rss_mib(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return total / 1024
-
-
 def _run(t: Target) -> dict[str, float]:
     out = _latencies(t.address)
     if t.name == "containerd":
-        out["RSS of one host MiB"] = _rss_mib(list(t.pids().values()))
+        out["RSS of one host MiB"] = rss_mib(list(t.pids().values()))
         return out
     suite = t.handle.suite  # type: ignore[attr-defined]
-    out["RSS of one host MiB"] = _rss_mib([suite.pid() or 0, *suite.program_pids()])
+    out["RSS of one host MiB"] = rss_mib([suite.pid() or 0, *suite.program_pids()])
     h2 = _state["farm"].hosts[1]
     out.update({f"{k} [farm of 3]": v for k, v in _latencies(h2.socket).items()})
-    out["RSS of one host MiB [farm of 3]"] = _rss_mib([h2.suite.pid() or 0, *h2.suite.program_pids()])
+    out["RSS of one host MiB [farm of 3]"] = rss_mib([h2.suite.pid() or 0, *h2.suite.program_pids()])
     h2.lose()
     out["seconds until a lost host answers again [farm of 3]"] = h2.up()
     return out

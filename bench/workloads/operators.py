@@ -24,7 +24,7 @@ from flotilla.testing import ContainerdPeer, PrivateSuite, Registry
 from flotilla.testing.chaos import Chaos
 from flotilla.testing.images import busybox_image, push
 
-from ..harness import Target, Workload
+from ..harness import Target, Workload, rss_mib
 
 COMPONENTS = ("nats", "metadata", "content", "snapshots", "runtime", "transfer", "gateway")
 _BEFORE, _AFTER = 2.0, 3.0  # seconds of loops before a kill, and after the component answers
@@ -120,14 +120,6 @@ def _leases(t: Target) -> dict[str, float]:
     return figures
 
 
-def _rss_mib(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-    except (OSError, StopIteration):
-        return 0.0
-
-
 def _second_instances(t: Target) -> dict[str, float]:
     """What a second metadata and content instance cost in memory and buy under a kill: the
     calls failed and the slowest call of the loops around one SIGKILL, one instance each
@@ -138,7 +130,7 @@ def _second_instances(t: Target) -> dict[str, float]:
         with PrivateSuite(instances={"gateway": 2, "metadata": count, "content": count}) as suite:
             for name in ("metadata", "content"):
                 pids = suite.suite.program_pids(name)
-                out[f"RSS per instance MiB/{name} [{count} instances]"] = sum(map(_rss_mib, pids)) / len(pids)
+                out[f"RSS per instance MiB/{name} [{count} instances]"] = rss_mib(pids) / len(pids)
                 chaos = Chaos(suite.address, ref, namespace="two-" + uuid.uuid4().hex[:6], ingest_mib=16)
                 chaos.ctr("setup", "images", "pull", "--plain-http", ref)
                 chaos.record.calls.clear()

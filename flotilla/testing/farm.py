@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flotilla.deploy import SERVICES, Suite
+from flotilla.deploy import SERVICES, Suite, running
 from flotilla.deploy.credentials import Permissions
 from flotilla.deploy.farm import Cluster, make_ca, make_cert
 
@@ -65,7 +65,8 @@ class FarmHost:
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Debian's ctr on this host, against this host's socket."""
         return subprocess.run(self.command(CTR, "--address", self.socket, "--namespace", namespace, *args),
-                              capture_output=True, text=True, timeout=timeout, input=input)
+                              capture_output=True, text=True, timeout=timeout, input=input,
+                              stdin=subprocess.DEVNULL if input is None else None)
 
     def up(self, timeout: float = 120) -> float:
         return self.suite.up(timeout)
@@ -79,19 +80,11 @@ class FarmHost:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in victims) and time.monotonic() < deadline:
+        while any(running(pid) for pid in victims) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def tester_seed(self) -> Path:
         return self.suite.credentials.seed_file(TESTER)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -111,7 +104,8 @@ class Farm(Peer):
     registry_host: str = ""
 
     def start(self, timeout: float = 180) -> None:
-        self.network = Network(self.size, extra=("db",))
+        # the registry apart from the database, so that a test may shape its link alone
+        self.network = Network(self.size, extra=("db", "registry"))
         self.network.__enter__()
         db_host = self.network.others["db"]
         self.database = PostgresServer(address=db_host.address, port=PG_PORT, netns=db_host.name,
@@ -120,7 +114,8 @@ class Farm(Peer):
         self.db_url = self.database.new_database()
         self.registry = Registry(log_requests=True)  # tests count the blobs it serves
         self.registry.start()
-        self.registry_host = self.registry.serve_in(db_host.name, db_host.address)
+        registry_host = self.network.others["registry"]
+        self.registry_host = self.registry.serve_in(registry_host.name, registry_host.address)
         ca = self.base / "ca"
         if self.tls:
             make_ca(ca)

@@ -53,6 +53,7 @@ class Network:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     hosts: list[Host] = field(default_factory=list)
     others: dict[str, Host] = field(default_factory=dict)
+    made: list[str] = field(default_factory=list)  # every namespace added, configured or not
 
     @property
     def bridge_ns(self) -> str:
@@ -61,6 +62,7 @@ class Network:
     def __enter__(self) -> "Network":
         try:
             ip("netns", "add", self.bridge_ns)
+            self.made.append(self.bridge_ns)
             ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
             ip("-n", self.bridge_ns, "link", "set", "br0", "up")
             for i in range(self.size):
@@ -75,6 +77,7 @@ class Network:
     def _attach(self, ns: str, index: int) -> Host:
         host = Host(ns, f"{SUBNET}.{index + 1}")
         ip("netns", "add", ns)
+        self.made.append(ns)
         port = f"p{index}"  # the bridge's end, made in the bridge's namespace
         ip("-n", self.bridge_ns, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
         ip("-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
@@ -84,7 +87,8 @@ class Network:
         return host
 
     def namespaces(self) -> list[str]:
-        return [h.name for h in self.hosts] + [h.name for h in self.others.values()] + [self.bridge_ns]
+        """Every namespace made, the bridge's last."""
+        return [ns for ns in self.made if ns != self.bridge_ns] + [ns for ns in self.made if ns == self.bridge_ns]
 
     def __exit__(self, *exc: object) -> None:
         remove(self.namespaces())

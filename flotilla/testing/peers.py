@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from flotilla.deploy import DEFAULT_INSTANCES, Suite, free_port, parse_instances
+from flotilla.deploy import DEFAULT_INSTANCES, SERVICES, Suite, enter_netns, free_port, parse_instances
 from flotilla.deploy.credentials import Permissions
 from flotilla.libs.bus import Bus
 
@@ -30,7 +30,8 @@ def ctr(address: str, *args: str, namespace: str = "default", timeout: float = 6
         input: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run Debian's ctr against ``address``."""
     return subprocess.run([CTR, "--address", address, "--namespace", namespace, *args],
-                          capture_output=True, text=True, timeout=timeout, input=input, check=check)
+                          capture_output=True, text=True, timeout=timeout, input=input, check=check,
+                          stdin=subprocess.DEVNULL if input is None else None)  # never the terminal's
 
 
 class Peer:
@@ -81,7 +82,8 @@ class PrivateSuite(Peer):
                            nats_port=free_port(), metrics_base=0,
                            prefix="ft" + uuid.uuid4().hex[:8], extra_env=dict(extra_env), isolated=True,
                            auth=auth, cluster=None,
-                           instances=parse_instances(DEFAULT_INSTANCES) if instances is None else dict(instances))
+                           instances=parse_instances(DEFAULT_INSTANCES) if instances is None else dict(instances),
+                           services=tuple(name for name, _ in SERVICES))  # never the host's choice
         if auth:
             self.suite.credentials.grant(self.TESTER, Permissions((">",), (">",)))
 
@@ -302,7 +304,7 @@ http:
     def serve_in(self, netns: str, address: str, port: int = 5000, timeout: float = 30) -> str:
         """The same storage served by a second registry in network namespace ``netns`` too
         (a simulated farm's hosts reach no loopback of this one); returns its host:port."""
-        enter = ["nsenter", f"--net=/run/netns/{netns}", "--"]
+        enter = enter_netns(netns)
         self.others.append(self._serve(f"{address}:{port}", f"registry-{netns}", enter))
         probe = ("import socket, sys, time\n"
                  f"end = time.monotonic() + {timeout}\n"
@@ -314,15 +316,25 @@ http:
             raise TimeoutError(f"docker-registry did not start in {netns}; see {self.base}")
         return f"{address}:{port}"
 
-    def blob_gets(self) -> list[str]:
-        """The digests of the blobs served so far (GET, not HEAD), one per request, from the
-        logs of every process serving this registry (``log_requests`` must be on)."""
+    def _served(self) -> list[tuple[str, int]]:
+        """(digest, bytes sent) of each blob GET so far, from the logs of every process
+        serving this registry (``log_requests`` must be on)."""
         found = []
         for log in self.base.glob("registry*.log"):
             for line in log.read_text(errors="replace").splitlines():
                 if "response completed" in line and "http.request.method=GET" in line and "/blobs/sha256:" in line:
-                    found.append("sha256:" + line.split("/blobs/sha256:", 1)[1][:64])
+                    digest = "sha256:" + line.split("/blobs/sha256:", 1)[1][:64]
+                    sent = line.split("http.response.written=", 1)[1].split()[0] if "written=" in line else "0"
+                    found.append((digest, int(sent)))
         return found
+
+    def blob_gets(self) -> list[str]:
+        """The digests of the blobs served so far (GET, not HEAD), one per request."""
+        return [digest for digest, _ in self._served()]
+
+    def blob_bytes(self, digest: str) -> int:
+        """The bytes of blob ``digest`` sent so far, over all its requests."""
+        return sum(sent for d, sent in self._served() if d == digest)
 
     def stop(self) -> None:
         for proc in (self.proc, *self.others):

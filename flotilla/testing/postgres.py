@@ -15,7 +15,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from flotilla.deploy import free_port
+from flotilla.deploy import enter_netns, free_port
 
 from .peers import Peer
 
@@ -39,7 +39,7 @@ class PostgresServer(Peer):
         self.started = False
 
     def _as_postgres(self, *args: str) -> None:
-        enter = ["nsenter", f"--net=/run/netns/{self.netns}", "--"] if self.netns else []
+        enter = enter_netns(self.netns) if self.netns else []
         subprocess.run([*enter, "runuser", "-u", "postgres", "--", *args], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
 
@@ -75,10 +75,12 @@ class PostgresServer(Peer):
         import psycopg2
         conn = psycopg2.connect(host=str(self.base), port=self.port, user="postgres", dbname="postgres",
                                 password=self.password)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(statement)
-        conn.close()
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
 
     def stop(self) -> None:
         if self.started:

@@ -355,11 +355,9 @@ class ContentStore:
     def _open_ingest(self, s: Session, req: WriterOpen) -> None:
         meta = read_meta(s.path)
         if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
-                and not (req.total > 0 and meta.total > 0 and req.total != meta.total) \
-                and self._committed_unrecorded(s, meta.expected or req.expected):
-            return
-        if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
                 and not (req.total > 0 and meta.total > 0 and req.total != meta.total):
+            if self._committed_unrecorded(s, meta.expected or req.expected):
+                return
             # resume: the data file is the truth; hash it again (hashlib has no saved state)
             s.started_at, s.total, s.updated_at = meta.started_at, meta.total or req.total, meta.updated_at
             s.expected = meta.expected or req.expected

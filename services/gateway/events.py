@@ -109,7 +109,7 @@ def envelope_lookup(env: pb.events.Envelope) -> filters.Lookup:
 class EventHub:
     """One bus subscription fanned out to every Subscribe stream of this gateway."""
 
-    def __init__(self, bus: Bus, prefix: str, host: str = "") -> None:
+    def __init__(self, bus: Bus, prefix: str, host: str) -> None:
         self.bus, self.prefix, self.host = bus, prefix, host
         self.queues: set[asyncio.Queue[pb.events.Envelope]] = set()
         self.watchers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}

@@ -56,7 +56,7 @@ async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None)
     server = new_server()
     hub = EventHub(bus, cfg.prefix, cfg.host)
     await hub.start()
-    metadata = MetadataClient(bus, cfg.prefix, cfg.host)
+    metadata = MetadataClient(bus, cfg.prefix, cfg.host_id)  # containers' host: see metadata/__main__
     pb.version_grpc.add_VersionServicer_to_server(VersionServicer(_revision()), server)
     health.register(server)
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)

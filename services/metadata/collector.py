@@ -81,8 +81,8 @@ async def farm_exclusive(store: MetadataStore) -> AsyncIterator[Collecting]:
         held = await asyncio.shield(acquiring)
     except asyncio.CancelledError:
         def give_back(done: asyncio.Future[Collecting]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                store.gc_release(done.result())
+            if not done.cancelled() and done.exception() is None:  # a database call: not on the loop
+                asyncio.get_running_loop().run_in_executor(None, store.gc_release, done.result())
         acquiring.add_done_callback(give_back)
         raise
     try:

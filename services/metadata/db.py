@@ -8,6 +8,7 @@ from sqlalchemy import (BigInteger, Column, ForeignKey, ForeignKeyConstraint, La
                         Table, Text, create_engine, inspect, text)
 from sqlalchemy.engine import Connection, Engine
 
+from flotilla.libs import postgres
 from flotilla.libs.sqlite import open_sqlite
 
 meta = MetaData()
@@ -88,7 +89,7 @@ def open_engine(url: str, host: str = "") -> tuple[Engine, Engine]:
     if url.startswith("sqlite:///"):
         engines = open_sqlite(Path(url[len("sqlite:///"):]), meta, foreign_keys=True, busy_timeout=30)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=postgres.KEEPALIVES)
         meta.create_all(engine)
         engines = engine, engine
     _add_container_host(*engines, host)

@@ -101,7 +101,10 @@ class MetadataServer:
         if host and (len(host) > 64 or token(host) != host):
             raise InvalidArgument(f"host {host[:80]!r}: not a host id (letters, digits, '-' and '_'): "
                                   "invalid argument")
-        return host or self.cfg.host
+        if not host and not self.store.sqlite:
+            # on a farm's database an instance of any host may answer: the caller must say whose
+            raise InvalidArgument("a container call on a farm must name its host: invalid argument")
+        return host or self.cfg.host_id
 
     async def c_get(self, req: api.ContainerRef) -> api.Container:
         return await asyncio.to_thread(self.store.get_container, req.namespace, req.id, self._host(req.host))

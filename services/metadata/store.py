@@ -33,8 +33,8 @@ _NAMESPACE_LABELS = select(db.namespace_labels.c.key, db.namespace_labels.c.valu
 class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, IntegrityMixin):
     @classmethod
     def open(cls, url: str, host: str = "") -> "MetadataStore":
-        """``host``: this metadata instance's (cfg.host), the owner of containers asked for
-        with no host."""
+        """``host``: this metadata instance's (cfg.host_id, "" on a single host), the owner
+        of containers asked for with no host."""
         return cls(db.open_engine(url, host), host)
 
     # -- namespaces --------------------------------------------------------------------

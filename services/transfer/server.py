@@ -55,7 +55,7 @@ class TransferServer:
         try:
             await self.bus.publish(events_subject(self.cfg.prefix), Event(
                 topic=PROGRESS_TOPIC, namespace=namespace, type_url=STRUCT_TYPE_URL,
-                timestamp_ns=time.time_ns(), value=payload.SerializeToString()))
+                timestamp_ns=time.time_ns(), value=payload.SerializeToString(), host=self.cfg.host))
         except Exception:  # progress is best effort; the pull goes on
             log.warning("progress event lost", exc_info=True)
 

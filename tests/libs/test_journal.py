@@ -63,3 +63,16 @@ def test_a_released_call_runs_again(journals: tuple[Journal, Journal]) -> None:
     b.record("r3", b"x")
     b.release("r3")                                          # a recorded answer stays
     assert a.reply("r3") == b"x"
+
+
+def test_a_dropped_postgresql_connection_is_made_again(postgres: PostgresServer | None) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL is installed by make test")
+    url = postgres.new_database()
+    journal = Journal.at(url)
+    journal.claim("before", "a")
+    database = url.rsplit("/", 1)[1]
+    postgres.sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'")
+    assert journal.claim("after", "a") == Claim()   # the server dropped it: made again, once
+    assert journal.claim("before", "b") == Claim(runner="a")
+    journal.close()
