@@ -188,7 +188,7 @@ class Collector:
             return [snap for snaps in per for snap in snaps]
 
         listed_blobs, snaps, records = await asyncio.gather(
-            blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns, host=self.cfg.host))
+            blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns))
         content_up = listed_blobs is not None
         blobs = listed_blobs or []
         keep_content, keep_snaps = mark(records, blobs, snaps)

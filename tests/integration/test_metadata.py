@@ -43,7 +43,9 @@ def md(request: pytest.FixtureRequest) -> Iterator[PrivateSuite]:
     """A private suite per backend: the same tests run on SQLite and on PostgreSQL."""
     env = {}
     if request.param == "postgres":
+        # a host sharing a PostgreSQL database names itself: its containers are its own
         env["FLOTILLA_DB_URL"] = request.getfixturevalue("pg").new_database()
+        env["FLOTILLA_HOST_ID"] = "host1"
     with PrivateSuite(**env) as suite:
         yield suite
 
