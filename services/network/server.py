@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flotilla.libs.bus import Bus
@@ -17,6 +19,16 @@ from .engine import Engine
 
 log = logging.getLogger("flotilla.network")
 SWEEP_INTERVAL = 5.0  # seconds; a task deleted through the gateway is detached at once anyway
+# Undoing a gone task's interfaces (the plugins' DEL, iptables) is nobody's wait: it runs in
+# one thread at this nice value, which its plugin processes inherit, so that on a busy host it
+# takes the CPU the calls clients wait for leave over (measured: 50 networked stops 1.57x
+# containerd's with the DELs at the calls' priority).
+TEARDOWN_NICE = 10
+
+
+def _lower_priority() -> None:
+    # Linux: the nice value is per thread, and a process forked from this thread inherits it
+    os.setpriority(os.PRIO_PROCESS, 0, TEARDOWN_NICE)
 
 
 class NetworkServer:
@@ -24,6 +36,7 @@ class NetworkServer:
         self.bus, self.cfg, self.engine = bus, cfg, engine
         self._sweeper: asyncio.Task[None] | None = None
         self._detaching: set[asyncio.Future[bool]] = set()  # detaches answered, their DEL running
+        self._teardowns = ThreadPoolExecutor(1, "network-teardown", initializer=_lower_priority)
 
     async def create(self, r: api.NetworkSpec) -> api.Network:
         return await asyncio.to_thread(self.engine.create_network, r)
@@ -46,7 +59,8 @@ class NetworkServer:
         is gone by then (Tasks.Delete calls this), and its client need not wait for the
         bridge plugin's and iptables' work: a killed service's recovery finishes it."""
         if await asyncio.to_thread(self.engine.begin_detach, r.namespace, r.container_id, r.pid):
-            work = asyncio.ensure_future(asyncio.to_thread(self.engine.detach, r.namespace, r.container_id, r.pid))
+            work = asyncio.get_running_loop().run_in_executor(
+                self._teardowns, self.engine.detach, r.namespace, r.container_id, r.pid)
             self._detaching.add(work)
             work.add_done_callback(self._detach_done)
 
@@ -84,7 +98,7 @@ class NetworkServer:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                released = await asyncio.to_thread(self.engine.sweep)
+                released = await asyncio.get_running_loop().run_in_executor(self._teardowns, self.engine.sweep)
                 if released:
                     log.info("released the interfaces of %d exited task(s)", released)
             except Exception:  # the next round tries again
@@ -94,3 +108,4 @@ class NetworkServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self._detached(timeout=20.0)  # else the next instance's recovery finishes them
+        self._teardowns.shutdown(wait=False, cancel_futures=True)
