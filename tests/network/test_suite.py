@@ -232,12 +232,13 @@ def _cni_conflist(tmp: Path) -> Path:
 
 def ctr_cni_script(tmp: Path, conf: Path, runs: list[str]) -> list[str]:
     """ctr's own CNI reads /etc/cni/net.d and caches in /var/lib/cni: both are overlaid in a
-    mount namespace of this command's own, so the machine's directories stay untouched."""
+    mount namespace of this command's own, so the machine's directories stay untouched
+    (the machine may have a net.d of its own: containerd's CRI plugin makes one; the overlay hides it)."""
     for d in ("etc-up", "etc-work", "lib-up", "lib-work"):
         (tmp / d).mkdir()
     script = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={tmp}/etc-up,workdir={tmp}/etc-work /etc && "
               f"mount -t overlay overlay -o lowerdir=/var/lib,upperdir={tmp}/lib-up,workdir={tmp}/lib-work "
-              f"/var/lib && mkdir -p /etc/cni && cp -r {conf} /etc/cni/net.d && " + " && ".join(runs))
+              f"/var/lib && rm -rf /etc/cni/net.d && mkdir -p /etc/cni && cp -r {conf} /etc/cni/net.d && " + " && ".join(runs))
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
