@@ -9,6 +9,7 @@ re-adopts what is still running and reports exits that happened meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from flotilla.libs.api.runtime import (
     TaskMetrics, task_not_found,
 )
 from flotilla.libs.errors import (
-    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
+    AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unknown,
 )
 from flotilla.libs.identifiers import validate_identifier
 
@@ -35,6 +36,7 @@ from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, sav
 log = logging.getLogger("flotilla.runtime")
 
 Publish = Callable[[str, ev.EventRecord], Awaitable[None]]  # (namespace, event)
+KILL_RACE_WAIT = 2.0  # seconds a failed kill waits for the exit that may explain it
 
 
 def _set_console_size(process_json: Path, width: int, height: int) -> None:
@@ -398,7 +400,16 @@ class Engine:
             return
         if proc.exit is not None:
             raise NotFound("process already finished: not found")
-        await task.oci.kill(id, signal, all)
+        try:
+            await task.oci.kill(id, signal, all)
+        except Unknown:
+            # a process exiting as the kill came may have its runtime state half gone (crun:
+            # "error opening file .../status"): once its exit is in, that is "already finished"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.exited.wait(), KILL_RACE_WAIT)
+            if proc.exit is not None:
+                raise NotFound("process already finished: not found") from None
+            raise
 
     async def pause(self, ns: str, id: str) -> None:
         task = self._task(ns, id)
