@@ -139,10 +139,17 @@ class Suite:
     # (flotilla/testing/farm.py). Only the network is entered, so the host's processes share
     # one mount namespace with each other and with the containers they leave running
     netns: str = ""
+    # where the gateway listens, if not <state>/flotilla.sock (a containerd stand-in listens
+    # at the address containerd was given: flotilla/testing/daemon.py)
+    listen: Path | None = None
+    # every program dies with supervisord, even a SIGKILLed one (a parent-death signal,
+    # setpriv's): for a suite that runs in the foreground as one daemon. Processes the
+    # programs start (containers' supervisors) have none and stay
+    pdeathsig: bool = False
 
     @property
     def socket(self) -> Path:
-        return self.state / "flotilla.sock"
+        return self.listen or self.state / "flotilla.sock"
 
     @property
     def logs(self) -> Path:
@@ -288,6 +295,8 @@ groups = gateway
             env = {**env, "FLOTILLA_INSTANCE": "%(process_num)d"}
             head += f"numprocs={numprocs}\nprocess_name=%(program_name)s-%(process_num)d\n"
         envline = ",".join(f'{k}="{v}"' for k, v in env.items())
+        if self.pdeathsig:
+            command = f"{shutil.which('setpriv') or 'setpriv'} --pdeathsig KILL -- {command}"
         return head + f"""\
 command={command}
 priority={priority}
