@@ -150,6 +150,21 @@ static int read_pid(void) {
     return n > 0 ? atoi(buf) : -1;
 }
 
+/* As containerd's shims: one above the OOM score the daemon's runtime service passed down (capped
+ * at 1000), so under memory pressure the kernel picks a supervisor and its container, which
+ * inherits the score, before the daemon. Raising needs no privilege. */
+static void raise_oom_score(void) {
+    char buf[16] = {0};
+    int fd = open("/proc/self/oom_score_adj", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return;
+    if (read(fd, buf, sizeof buf - 1) > 0) {
+        int score = atoi(buf) + 1;
+        int n = snprintf(buf, sizeof buf, "%d", score > 1000 ? 1000 : score);
+        if (pwrite(fd, buf, (size_t)n, 0) < 0) { /* left as inherited */ }
+    }
+    close(fd);
+}
+
 static void cleanup_console(void) {
     if (console_path[0]) unlink(console_path);
     if (console_dir[0]) rmdir(console_dir);
@@ -200,6 +215,7 @@ int main(int argc, char **argv) {
     int sfd = sync[1];
     setsid();
     prctl(PR_SET_CHILD_SUBREAPER, 1);
+    raise_oom_score();
     signal(SIGPIPE, SIG_IGN);
     int dn = open_devnull(O_RDWR);
     dup2(dn, 0); dup2(dn, 1); dup2(dn, 2);
