@@ -14,7 +14,7 @@ from ..bus import Bus
 from ..errors import DeadlineExceeded, NotFound, Unavailable
 from .. import subjects
 from ..routes import Route, method_name
-from .types import Mount  # noqa: F401  (part of this contract)
+from .types import Descriptor, Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "runtime"
 R = TypeVar("R")
@@ -25,6 +25,11 @@ RUNTIME_V1 = "io.containerd.runtime.v1."
 
 # task and process states, as containerd names them
 CREATED, RUNNING, STOPPED, PAUSED, PAUSING, UNKNOWN = "created", "running", "stopped", "paused", "pausing", "unknown"
+
+# a checkpoint in the content store, as containerd 1.6 writes it: CRIU's image directory as a
+# tar, and the container's spec (a protobuf Any) beside it
+CHECKPOINT_TAR = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
+CHECKPOINT_CONFIG = "application/vnd.containerd.container.checkpoint.config.v1+proto"
 
 
 def task_not_found(id: str) -> NotFound:
@@ -64,6 +69,7 @@ class CreateTask:
     rootfs: list[Mount] = field(default_factory=list)
     stdio: Stdio = field(default_factory=Stdio)
     checkpoint: str = ""                   # a directory of CRIU images to restore from
+    checkpoint_blob: Descriptor | None = None  # or a CHECKPOINT_TAR blob of the content store
     # the rest of the runc options (containerd.runc.v1.Options, or v1's RuncOptions and CreateOptions)
     root: str = ""                         # Root / RuntimeRoot: the runtime's --root, per namespace below it
     systemd_cgroup: bool = False           # SystemdCgroup: the runtime's --systemd-cgroup
@@ -148,14 +154,19 @@ class PidInfo:
 class Checkpoint:
     namespace: str
     id: str
-    path: str = ""                         # image directory; "" = a new one under the state dir
+    path: str = ""                         # image directory; "" = into the content store
     exit: bool = False                     # stop the task after checkpointing
     work_path: str = ""                    # CRIU's work dir (logs); "" = one in the bundle
+    # into the content store only: the lease holding the blobs, and the container's spec as
+    # containerd stores it (a protobuf Any), written as the CHECKPOINT_CONFIG blob
+    lease: str = ""
+    config: bytes = b""
 
 
 @dataclass
 class CheckpointResult:
-    path: str
+    path: str = ""                         # the image directory (with a path asked)
+    descriptors: list[Descriptor] = field(default_factory=list)  # the blobs (into the content store)
 
 
 @dataclass

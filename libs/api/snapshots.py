@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from ..bus import Bus
 from .. import subjects
 from ..routes import Route, method_name
-from .types import Mount  # noqa: F401  (part of this contract)
+from .types import Descriptor, Mount  # noqa: F401  (part of this contract)
 
 SERVICE = "snapshots"
 
@@ -58,14 +58,6 @@ class Info:
 class Usage:
     size: int = 0                   # bytes
     inodes: int = 0
-
-
-@dataclass
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

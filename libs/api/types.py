@@ -13,3 +13,12 @@ class Mount:
     source: str
     target: str = ""
     options: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Descriptor:
+    """An OCI content descriptor: a blob of the content store and what it holds."""
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
