@@ -30,6 +30,7 @@ from flotilla.libs.identifiers import validate_identifier
 
 from . import cgroups, mounts, supervisor
 from .choice import binary_for, create_failed, default_binary, spawn_error, unknown
+from .initproc import spawn_init
 from .oci import OciRuntime, RuntimeFailed, exec_error
 from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
 
@@ -210,35 +211,15 @@ class Engine:
                 # runc's check, done here for every runtime: crun fails later, on a confusing cgroup error
                 raise create_failed(rec.runtime_name, f"OCI runtime create failed: {oci.name} create failed: "
                                      f"invalid rootfs: stat {root}: no such file or directory")
-            logf = bundle / "log.json"
-            if rec.checkpoint:
-                cmd = ["restore", "--detach", "--image-path", rec.checkpoint, "--work-path", str(bundle / "criu"),
-                       "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
-            else:
-                cmd = ["create", "--bundle", str(bundle), "--pid-file", str(bundle / "pid")]
-            if rec.init.stdio.terminal:
-                cmd += ["--console-socket", "@CONSOLE@"]
-            argv = oci.argv("--log", str(logf), "--log-format", "json", *cmd, rec.id)
-            try:
-                started = await supervisor.spawn(self.shim, bundle, rec.init.stdio, argv, oci.hides_cgroup2)
-            except supervisor.SupervisorFailed as exc:
-                text = await asyncio.to_thread(spawn_error, logf, oci, exc)
-                verb = "restore" if rec.checkpoint else "create"
-                # runc's message already says "runc create failed: ...", as containerd shows it
-                raise create_failed(rec.runtime_name, f"OCI runtime {verb} failed: {text}") from None
-            rec.init.pid, rec.init.shim_pid = started.pid, started.shim_pid
-            if rec.shim_cgroup:
-                try:
-                    await asyncio.to_thread(cgroups.join, rec.shim_cgroup, started.shim_pid)
-                except cgroups.JoinFailed as exc:  # containerd fails its shim's start so
-                    raise unknown(f"failed to start shim: start failed: {exc}") from None
-            rec.init.started = bool(rec.checkpoint)
-            task.init.status = RUNNING if rec.checkpoint else CREATED
+            if not rec.checkpoint:  # a restore runs at the start (initproc)
+                await spawn_init(self.shim, task, oci)
+            task.init.status = CREATED
             await asyncio.to_thread(task.save)
         except BaseException:
             await self._undo_create(oci, rec.id, bundle, rec.init.shim_pid)
             raise
-        self._watch(task, task.init)
+        if rec.init.shim_pid:
+            self._watch(task, task.init)
 
     async def _undo_create(self, oci: OciRuntime, id: str, bundle: Path, shim_pid: int = 0) -> None:
         """Leave nothing of a create that failed half-way (container, supervisor, rootfs mount,
@@ -264,12 +245,18 @@ class Engine:
                 raise unknown(f"cannot start a {'running' if proc.status == RUNNING else 'paused'} process")
             if proc.status == STOPPED:
                 raise unknown("cannot start a stopped process")
-            try:
-                await task.oci.start(id)
-            except RuntimeFailed as exc:
-                raise unknown(f"OCI runtime start failed: {exc.text}") from None
+            if task.rec.checkpoint and not proc.rec.shim_pid:
+                await spawn_init(self.shim, task, task.oci)  # restored now, running at once
+                proc.rec.started = True
+                await asyncio.to_thread(task.save)
+                self._watch(task, proc)
+            else:
+                try:
+                    await task.oci.start(id)
+                except RuntimeFailed as exc:
+                    raise unknown(f"OCI runtime start failed: {exc.text}") from None
+                proc.rec.started = True  # not saved: after a restart, runc state says running
             proc.status = RUNNING
-            proc.rec.started = True  # not saved: after a restart, runc state says running
             await self._event(ns, ev.TaskStart(id, proc.rec.pid))
         return proc.info(id)
 
@@ -333,12 +320,13 @@ class Engine:
             except RuntimeFailed as exc:
                 task.released = None  # the next delete tries again
                 raise unknown(f"failed to delete task: {exc.text}") from None
-            if created:
+            if created and proc.rec.shim_pid:  # (a restore not yet started has no process)
                 await proc.exited.wait()  # set once its watcher has reported the exit
             await mounts.remove_bundle(task.bundle)
             task.deleted = True
             self.tasks.pop((ns, id), None)
-        exit_ = proc.exit or Exit(True, proc.rec.pid, 255, time.time_ns())
+        # a restore never started ran no process: containerd reports it as exited 0
+        exit_ = proc.exit or Exit(True, proc.rec.pid, 255 if proc.rec.shim_pid else 0, time.time_ns())
         await self._event(ns, ev.TaskDelete(id, exit_.pid, exit_.exit_status, exit_.exited_at_ns))
         return exit_
 
