@@ -61,7 +61,8 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
             publish=(events, *content_read, *content_write),
             subscribe=(f"{prefix}.snapshots.{h}.>",)),
         "runtime": Permissions(
-            publish=(events,),
+            # checkpoints are written into (and restores read from) the content store
+            publish=(events, *content_read, *content_write),
             subscribe=(f"{prefix}.runtime.{h}.>",)),
         "transfer": Permissions(
             # progress goes to the caller's inbox (the request's ``progress`` subject)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from flotilla.libs import events
+from flotilla.libs.api.content import ContentClient
 from flotilla.libs.api.events import EventRecord
 from flotilla.libs.bus import Bus, replaying
 from flotilla.libs.config import Config
@@ -13,6 +16,7 @@ from flotilla.libs.errors import NotFound
 from flotilla.libs.routes import Route
 
 from . import api
+from .checkpoints import Checkpoints
 from .engine import Engine, Publish
 
 UNKNOWN_EXIT_STATUS = 255
@@ -21,24 +25,51 @@ UNKNOWN_EXIT_STATUS = 255
 class RuntimeServer:
     def __init__(self, bus: Bus, cfg: Config, engine: Engine) -> None:
         self.bus, self.cfg, self.engine = bus, cfg, engine
+        # checkpoint images on the persistent disk (they can be as big as the task's memory)
+        self.checkpoints = Checkpoints(ContentClient(bus, cfg.prefix, host=cfg.host),
+                                       cfg.root / "runtime" / "checkpoints")
+        # the images unpacked for a task created from the content store, until its start has
+        # restored it (or its delete); a restart of the service loses both (see Engine.recover)
+        self._restores: dict[tuple[str, str], Path] = {}
 
     async def create(self, r: api.CreateTask) -> api.ProcessInfo:
+        if r.checkpoint_blob is None:
+            return await self._create(r, r.checkpoint)
+        images = await self.checkpoints.unpacked(r.namespace, r.checkpoint_blob)
+        try:
+            info = await self._create(r, str(images))
+        except BaseException:
+            await self.checkpoints.discard(images)
+            raise
+        self._restores[(r.namespace, r.id)] = images
+        return info
+
+    async def _create(self, r: api.CreateTask, checkpoint: str) -> api.ProcessInfo:
         return await self.engine.create(r.namespace, r.id, r.spec, r.runtime, r.binary, r.rootfs, r.stdio,
-                                        r.checkpoint, root=r.root, systemd_cgroup=r.systemd_cgroup,
+                                        checkpoint, root=r.root, systemd_cgroup=r.systemd_cgroup,
                                         shim_cgroup=r.shim_cgroup)
 
+    async def _discard_images(self, r: api.ProcessRef) -> None:
+        images = self._restores.pop((r.namespace, r.id), None) if not r.exec_id else None
+        if images is not None:
+            await self.checkpoints.discard(images)
+
     async def start(self, r: api.ProcessRef) -> api.ProcessInfo:
-        return await self.engine.start(r.namespace, r.id, r.exec_id)
+        info = await self.engine.start(r.namespace, r.id, r.exec_id)
+        await self._discard_images(r)  # (a failed restore may be started again, as containerd's)
+        return info
 
     async def delete(self, r: api.ProcessRef) -> api.Exit:
         try:
-            return await self.engine.delete(r.namespace, r.id, r.exec_id)
+            exit_ = await self.engine.delete(r.namespace, r.id, r.exec_id)
         except NotFound:
             if not replaying():
                 raise
             # the instance that had this call died after deleting: the task is gone as asked,
             # and its exit status with it (containerd's UnknownExitStatus)
-            return api.Exit(exited=True, exit_status=UNKNOWN_EXIT_STATUS)
+            exit_ = api.Exit(exited=True, exit_status=UNKNOWN_EXIT_STATUS)
+        await self._discard_images(r)
+        return exit_
 
     async def get(self, r: api.ProcessRef) -> api.ProcessInfo:
         return self.engine.get(r.namespace, r.id, r.exec_id)
@@ -69,7 +100,10 @@ class RuntimeServer:
         return await self.engine.pids(r.namespace, r.id)
 
     async def checkpoint(self, r: api.Checkpoint) -> api.CheckpointResult:
-        return await self.engine.checkpoint(r.namespace, r.id, r.path, r.exit, r.work_path)
+        if r.path:
+            return await self.engine.checkpoint(r.namespace, r.id, r.path, r.exit, r.work_path)
+        return api.CheckpointResult(descriptors=await self.checkpoints.checkpoint(
+            self.engine, r.namespace, r.id, r.exit, r.work_path, r.lease, r.config))
 
     async def update(self, r: api.Update) -> None:
         await self.engine.update(r.namespace, r.id, r.resources)
@@ -90,6 +124,7 @@ class RuntimeServer:
         ]
 
     async def start_serving(self) -> None:
+        await asyncio.to_thread(self.checkpoints.clear)
         await self.bus.serve_routes(api.stem(self.cfg.prefix, self.cfg.host), self.routes())
 
 
