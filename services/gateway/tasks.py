@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, empty_pb2, message_factory
@@ -17,18 +21,20 @@ from grpc import aio
 
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2 as pbt
 from flotilla._api.containerd.api.services.tasks.v1 import tasks_pb2_grpc as pbt_grpc
+from flotilla._api.containerd.api.types import descriptor_pb2 as oci_descriptor_pb2
 from flotilla._api.containerd.api.types.task import task_pb2
 from flotilla._api.containerd.runtime.linux.runctypes import runc_pb2
 from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
 from flotilla.libs.api import events as ev
+from flotilla.libs.api.metadata import Lease
 from flotilla.libs.api.runtime import (
-    Checkpoint, CloseIO, CreateTask, Exec, Exit, Kill, MetricsQuery, Mount, ProcessInfo, ProcessRef, Resize,
-    RUNTIME_V1, RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
+    CHECKPOINT_TAR, Checkpoint, CloseIO, CreateTask, Descriptor, Exec, Exit, Kill, MetricsQuery, Mount,
+    ProcessInfo, ProcessRef, Resize, RUNTIME_V1, RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
 )
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
-from flotilla.libs.errors import InvalidArgument, NotFound, Unimplemented, Unknown
+from flotilla.libs.errors import FlotillaError, InvalidArgument, NotFound, Unknown
 
 from .containers import ContainerRecords
 from .events import EventHub
@@ -36,13 +42,19 @@ from .network import NetworkClient, TaskNetworks
 from .protomsg import fill, set_timestamp
 from .records import RecordCache, event_key
 from .rpc import namespace, timeout, unary
+from .snapshots import lease
 
+log = logging.getLogger("flotilla.gateway.tasks")
 _STATUS = {"unknown": task_pb2.UNKNOWN, "created": task_pb2.CREATED, "running": task_pb2.RUNNING,
            "stopped": task_pb2.STOPPED, "paused": task_pb2.PAUSED, "pausing": task_pb2.PAUSING}
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 RUNC_V1_OPTIONS = "containerd.linux.runc.RuncOptions"      # v1 linux runtime: the container's
 RUNC_V1_CREATE = "containerd.linux.runc.CreateOptions"     # v1 linux runtime: the task's
 PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
+# a checkpoint into the content store without a lease of its caller's is held by one of its
+# own for as long as containerd's client keeps its default lease, then collected
+CHECKPOINT_LEASE_S = 24 * 3600
+LABEL_EXPIRE = "containerd.io/gc.expire"
 
 
 # containerd's cgroup metrics types (containerd/cgroups stats/v1 and v2 metrics.proto) are not in
@@ -141,6 +153,24 @@ def _runc_options(runtime: str, task_opts: Any, container_opts: Any) -> dict[str
             "shim_cgroup": opts.shim_cgroup}
 
 
+def _restore_path(runtime: str, task_opts: Any) -> str:
+    """The task options' CriuImagePath (containerd's getRestorePath): restore from that directory."""
+    if runtime.startswith(RUNTIME_V1):
+        return _decode(task_opts, runc_pb2.CreateOptions).criu_image_path \
+            if _type_name(task_opts) == RUNC_V1_CREATE else ""
+    return _decode(task_opts, oci_pb2.Options).criu_image_path if _type_name(task_opts) == RUNC_OPTIONS else ""
+
+
+def _checkpoint_blob(request: pbt.CreateTaskRequest) -> Descriptor | None:
+    """The checkpoint image's CRIU tar to restore from, checked as containerd's tasks service does."""
+    if not request.HasField("checkpoint"):
+        return None
+    d = request.checkpoint
+    if d.media_type != CHECKPOINT_TAR:
+        raise Unknown(f'unsupported checkpoint type "{d.media_type}"')
+    return Descriptor(d.media_type, d.digest, d.size, dict(d.annotations))
+
+
 def _with_container_check(fn):  # type: ignore[no-untyped-def]
     """containerd looks the container up before the task: when the runtime has no such task and
     no such container exists either, answer with the container's NotFound as containerd does.
@@ -204,18 +234,16 @@ class TasksServicer(pbt_grpc.TasksServicer):
         ns = namespace(context)
         self._deleted.drop((ns, request.container_id))
         container = await self.containers.get(ns, request.container_id, timeout(context, self.default_timeout))
-        opts = _runc_options(container.runtime.name, request.options if request.HasField("options") else None,
-                             container.runtime.options)
+        task_opts = request.options if request.HasField("options") else None
+        opts = _runc_options(container.runtime.name, task_opts, container.runtime.options)
         binary = request.runtime_path or opts.pop("binary", "")
-        checkpoint = ""
-        if request.HasField("checkpoint") and request.checkpoint.digest:
-            raise Unimplemented("restore from a checkpoint image: not implemented by flotilla yet")
+        checkpoint = _restore_path(container.runtime.name, task_opts)
         info = await self.runtime.create(CreateTask(
             namespace=ns, id=request.container_id, spec=container.spec.value if container.spec else b"",
             runtime=container.runtime.name, binary=binary,
             rootfs=[Mount(m.type, m.source, m.target, list(m.options)) for m in request.rootfs],
             stdio=Stdio(request.stdin, request.stdout, request.stderr, request.terminal), checkpoint=checkpoint,
-            **opts))
+            checkpoint_blob=None if checkpoint else _checkpoint_blob(request), **opts))
         if self.networks is not None:
             await self.networks.created(ns, container, info.pid)
         return pbt.CreateTaskResponse(container_id=request.container_id, pid=info.pid)
@@ -319,19 +347,44 @@ class TasksServicer(pbt_grpc.TasksServicer):
     @unary("Tasks.Checkpoint")
     @_with_container_check
     async def Checkpoint(self, request: pbt.CheckpointTaskRequest, context: aio.ServicerContext) -> pbt.CheckpointTaskResponse:
+        ns, id = namespace(context), request.container_id
         opts = oci_pb2.CheckpointOptions()
         if request.HasField("options") and request.options.value:
             try:
                 opts = oci_pb2.CheckpointOptions.FromString(request.options.value)
             except DecodeError:
                 raise InvalidArgument("invalid task checkpoint option for runc: invalid argument") from None
-        if not opts.image_path:
-            # containerd would pack the images into its content store as a checkpoint image
-            raise Unimplemented("checkpoint into the content store: not implemented by flotilla yet; "
-                                "give an image path (ctr task checkpoint --image-path)")
-        await self.runtime.checkpoint(Checkpoint(namespace(context), request.container_id, opts.image_path,
-                                                 opts.exit, opts.work_path))
-        return pbt.CheckpointTaskResponse()
+        if opts.image_path:  # the images stay there: nothing goes into the content store
+            await self.runtime.checkpoint(Checkpoint(ns, id, opts.image_path, opts.exit, opts.work_path))
+            return pbt.CheckpointTaskResponse()
+        container = await self.containers.get(ns, id, timeout(context, self.default_timeout))
+        spec = container.spec
+        config = any_pb2.Any(type_url=spec.type_url, value=spec.value).SerializeToString() if spec else b""
+        held = lease(context)
+        own = "" if held else await self._checkpoint_lease(ns)
+        try:
+            result = await self.runtime.checkpoint(Checkpoint(ns, id, "", opts.exit, opts.work_path, held or own,
+                                                              config))
+        except BaseException:
+            if own:  # its blobs, if any were committed, go with it
+                await asyncio.shield(self._drop_lease(ns, own))
+            raise
+        return pbt.CheckpointTaskResponse(descriptors=[
+            oci_descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
+                                          annotations=d.annotations) for d in result.descriptors])
+
+    async def _checkpoint_lease(self, ns: str) -> str:
+        expires = datetime.fromtimestamp(time.time() + CHECKPOINT_LEASE_S, timezone.utc)
+        made = await self.containers.metadata.create_lease(ns, Lease(
+            f"flotilla-checkpoint-{uuid.uuid4().hex[:12]}",
+            {LABEL_EXPIRE: expires.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+        return made.id
+
+    async def _drop_lease(self, ns: str, id: str) -> None:
+        try:
+            await self.containers.metadata.delete_lease(ns, id)
+        except FlotillaError as exc:  # it expires anyway
+            log.warning("deleting the checkpoint lease %s: %s", id, exc)
 
     @unary("Tasks.Update")
     @_with_container_check
