@@ -262,7 +262,8 @@ class TasksServicer(pbt_grpc.TasksServicer):
                                       self.runtime.delete(ProcessRef(ns, request.container_id)))
         exit_ = await (deleting if self.networks is None else self.networks.delete(
             ns, request.container_id, timeout(context, self.default_timeout), deleting))
-        out = pbt.DeleteResponse(id=request.container_id, pid=exit_.pid, exit_status=exit_.exit_status)
+        # no id: containerd's Tasks.Delete leaves it empty (DeleteProcess names the exec)
+        out = pbt.DeleteResponse(pid=exit_.pid, exit_status=exit_.exit_status)
         set_timestamp(out.exited_at, exit_.exited_at_ns)
         return out
 

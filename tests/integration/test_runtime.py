@@ -200,8 +200,9 @@ def _codes(address: str, rootfs: Path) -> list[str]:
 
         def code(call) -> str:  # type: ignore[no-untyped-def]
             try:
-                call()
-                return "OK"
+                reply = call()
+                # a reply's id too: containerd's Tasks.Delete leaves it empty
+                return "OK" + (f" id={reply.id}" if hasattr(reply, "id") else "")
             except grpc.RpcError as exc:
                 return f"{exc.code().name}|{exc.details()}"
 
