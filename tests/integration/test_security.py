@@ -26,7 +26,7 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
 
 # who calls whom, by the contract (docs/security.md); the gateway calls everyone
 CALLS = {"metadata": {"content", "snapshots"}, "content": set(), "snapshots": {"content"},
-         "runtime": set(), "transfer": {"content", "metadata", "snapshots"}}
+         "runtime": {"content"}, "transfer": {"content", "metadata", "snapshots"}}  # runtime: checkpoints
 SERVICES = ("metadata", "content", "snapshots", "runtime", "transfer")
 
 
