@@ -330,7 +330,7 @@ stdout_logfile_backups=2
         started = time.monotonic()
         if self.pid() is None:
             self.render()
-            subprocess.run([*self.enter(), self.python, "-m", "supervisor.supervisord", "-c", str(self.conf)],
+            subprocess.run([*self.enter(), self.python, "-m", "flotilla.deploy.supervise", "-c", str(self.conf)],
                            check=True)
         self.wait_ready(timeout)
         return time.monotonic() - started

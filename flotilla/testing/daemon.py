@@ -107,31 +107,9 @@ def main(argv: list[str]) -> None:
 
 
 def supervise(conf: Path) -> None:
-    """Become the suite's supervisord, in the foreground, in this process.
-
-    supervisord makes an fcgi-program's socket once to check it, closes it (the file stays:
-    "connection refused") and makes it again for good a few milliseconds later; containerd's
-    client gives up at once on a refused dial. Kept open from its first making, the socket
-    goes from absent (a client waits) to accepting (connections queue for the gateway)."""
-    from supervisor import poller, socket_manager, supervisord
-
-    get_socket = socket_manager.SocketManager.get_socket
-
-    def get_and_keep(self: socket_manager.SocketManager) -> object:
-        proxy = get_socket(self)
-        self.__dict__.setdefault("_kept", proxy)
-        return proxy
-
-    socket_manager.SocketManager.get_socket = get_and_keep  # type: ignore[method-assign]
-
-    # supervisord spawns its programs after its loop's first wait (1 s); the first returns at once
-    poll, first = poller.Poller.poll, [True]
-
-    def poll_first_at_once(self: poller.Poller, timeout: float) -> object:
-        return poll(self, 0 if first and first.pop() else timeout)
-
-    poller.Poller.poll = poll_first_at_once  # type: ignore[method-assign]
-    supervisord.main(["-n", "-c", str(conf)])
+    """Become the suite's supervisord, in the foreground, in this process."""
+    from flotilla.deploy import supervise as supervisor
+    supervisor.main(["-n", "-c", str(conf)])
 
 
 if __name__ == "__main__":
