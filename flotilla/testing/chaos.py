@@ -116,11 +116,13 @@ class Chaos:
             code = i % 7
             call = self.ctr("run", "run", "--rm", self.image, f"rm-{uuid.uuid4().hex[:8]}",
                             "sh", "-c", f"exit {code}")
-            # ctr exits with the container's exit code; a call that failed says why on stderr
-            if call.returncode != code and not call.stderr:
+            # ctr exits with the container's exit code; a call that failed says why on stderr,
+            # and exits 1: "exit 1" with an error is a failure, not the container's code
+            failed = "ctr: " in call.stderr
+            if call.returncode != code and not failed:
                 with self.record.lock:
                     self.record.wrong_exit_codes.append(f"exit {code} returned {call.returncode}")
-            elif call.returncode == code:
+            elif call.returncode == code and not failed:
                 object.__setattr__(call, "returncode", 0)  # the call did what it should
 
     def _detached(self) -> None:

@@ -388,16 +388,19 @@ class Engine:
             return
         if proc.exit is not None:
             raise NotFound("process already finished: not found")
+        asked = time.time_ns()
         try:
             await task.oci.kill(id, signal, all)
         except Unknown:
-            # a process exiting as the kill came may have its runtime state half gone (crun:
-            # "error opening file .../status"): once its exit is in, that is "already finished"
+            # a process that exits as the kill comes (of the kill, or on its own) has its
+            # runtime state half gone by the release (crun: "error opening file .../status"):
+            # once its exit is in, it is dead as asked, or was already
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.exited.wait(), KILL_RACE_WAIT)
-            if proc.exit is not None:
+            if proc.exit is None:
+                raise
+            if proc.exit.exited_at_ns < asked:
                 raise NotFound("process already finished: not found") from None
-            raise
 
     async def pause(self, ns: str, id: str) -> None:
         task = self._task(ns, id)
