@@ -20,9 +20,11 @@ which are emptied after each test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -192,6 +194,18 @@ def table(by_daemon: dict[str, dict[str, tuple[str, str]]]) -> str:
     return "\n".join(lines) + "\n\n" + "; ".join(totals)
 
 
+def stop_registry() -> None:
+    """End the registry the suite's script started (it leaves it running for the next run)."""
+    pid_file = WORK / "registry.pid"
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    pid_file.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="peer-suite", description=__doc__)
     parser.add_argument("-k", dest="pattern", default=".", help="a regular expression of test names")
@@ -211,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="peer-suite-bin-") as bin_dir:
             stand_in(Path(bin_dir))
             results["flotilla"].update(run_daemon_tests("flotilla", args.pattern, Path(bin_dir)))
+    stop_registry()
     print(table(results))
     return 0
 
