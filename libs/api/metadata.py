@@ -3,7 +3,9 @@ over the bus."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from ..bus import Bus
@@ -164,11 +166,22 @@ class ImageDelete:
     sync: bool = False  # wait for a garbage collection before answering
 
 
+# a lease whose label's time (RFC 3339) has passed holds nothing: the collector removes it
+LABEL_EXPIRE = "containerd.io/gc.expire"
+
+
 @dataclass
 class Lease:
     id: str
     labels: dict[str, str] = field(default_factory=dict)
     created_at: int = 0
+
+
+def expiring_lease(name: str, ttl: timedelta) -> Lease:
+    """A new lease ``<name>-<random>`` that the collector ends after ``ttl`` if its holder,
+    which deletes it when done, dies first."""
+    expire = (datetime.now(timezone.utc) + ttl).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return Lease(f"{name}-{uuid.uuid4().hex}", {LABEL_EXPIRE: expire})
 
 
 @dataclass

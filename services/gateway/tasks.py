@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
-import uuid
-from datetime import datetime, timezone
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, empty_pb2, message_factory
@@ -27,7 +25,7 @@ from flotilla._api.containerd.runtime.linux.runctypes import runc_pb2
 from flotilla._api.containerd.runtime.v2.runc.options import oci_pb2
 from flotilla.libs import filters
 from flotilla.libs.api import events as ev
-from flotilla.libs.api.metadata import Lease
+from flotilla.libs.api.metadata import expiring_lease
 from flotilla.libs.api.runtime import (
     CHECKPOINT_TAR, Checkpoint, CloseIO, CreateTask, Descriptor, Exec, Exit, Kill, MetricsQuery, Mount,
     ProcessInfo, ProcessRef, Resize, RUNTIME_V1, RuntimeClient, Stdio, Update, is_task_not_found, task_not_found,
@@ -53,8 +51,7 @@ RUNC_V1_CREATE = "containerd.linux.runc.CreateOptions"     # v1 linux runtime: t
 PROCESS_DETAILS = "containerd.runc.v1.ProcessDetails"
 # a checkpoint into the content store without a lease of its caller's is held by one of its
 # own for as long as containerd's client keeps its default lease, then collected
-CHECKPOINT_LEASE_S = 24 * 3600
-LABEL_EXPIRE = "containerd.io/gc.expire"
+CHECKPOINT_LEASE = timedelta(hours=24)
 
 
 # containerd's cgroup metrics types (containerd/cgroups stats/v1 and v2 metrics.proto) are not in
@@ -375,10 +372,8 @@ class TasksServicer(pbt_grpc.TasksServicer):
                                           annotations=d.annotations) for d in result.descriptors])
 
     async def _checkpoint_lease(self, ns: str) -> str:
-        expires = datetime.fromtimestamp(time.time() + CHECKPOINT_LEASE_S, timezone.utc)
-        made = await self.containers.metadata.create_lease(ns, Lease(
-            f"flotilla-checkpoint-{uuid.uuid4().hex[:12]}",
-            {LABEL_EXPIRE: expires.isoformat(timespec="seconds").replace("+00:00", "Z")}))
+        made = await self.containers.metadata.create_lease(ns, expiring_lease("flotilla-checkpoint",
+                                                                              CHECKPOINT_LEASE))
         return made.id
 
     async def _drop_lease(self, ns: str, id: str) -> None:

@@ -25,13 +25,14 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from flotilla.libs.api.metadata import LABEL_EXPIRE
+
 from . import db
 from .common import StoreBase, load_map
 
 LABEL_ROOT = "containerd.io/gc.root"
 LABEL_CONTENT_REF = "containerd.io/gc.ref.content"
 LABEL_SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
-LABEL_EXPIRE = "containerd.io/gc.expire"
 LABEL_FLAT = "containerd.io/gc.flat"
 
 CONTENT, SNAPSHOT = "content", "snapshot"

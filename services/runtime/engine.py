@@ -516,14 +516,16 @@ class Engine:
         except RuntimeFailed as exc:
             raise unknown(exc.text) from None
 
-    async def checkpoint(self, ns: str, id: str, path: str = "", exit: bool = False,
+    async def checkpoint(self, ns: str, id: str, path: str, exit: bool = False,
                          work_path: str = "") -> CheckpointResult:
+        """CRIU's images of the task into directory ``path`` (the caller's, or the one
+        checkpoints.py writes into the content store)."""
         task = self._task(ns, id)
         if task.init.status == CREATED:
             raise unknown("cannot checkpoint a task in created state")
         if task.init.status == STOPPED:
             raise unknown("cannot checkpoint a stopped container")
-        image = Path(path) if path else task.bundle / "checkpoint" / str(time.time_ns())
+        image = Path(path)
         work = Path(work_path) if work_path else task.bundle / "criu-work"
         await asyncio.to_thread(image.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from flotilla.libs.api.content import ContentClient, Info
 from flotilla.libs.api.metadata import Descriptor as MdDescriptor
-from flotilla.libs.api.metadata import Image, Lease, MetadataClient
+from flotilla.libs.api.metadata import Image, MetadataClient, expiring_lease
 from flotilla.libs.api.snapshots import Descriptor as SnDescriptor
 from flotilla.libs.api.snapshots import SnapshotsClient
 from flotilla.libs.api.transfer import PullProgress, PullRequest, PullResult
@@ -274,9 +274,7 @@ class Puller:
         return parse_manifest(data, desc.media_type, f"{self.ref} {desc.digest}"), data
 
     async def run(self) -> PullResult:
-        expire = (_dt.datetime.now(_dt.timezone.utc) + LEASE_EXPIRE).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        lease = await self.metadata.create_lease(self.ns, Lease(f"flotilla-transfer-{uuid.uuid4().hex}",
-                                                                {"containerd.io/gc.expire": expire}))
+        lease = await self.metadata.create_lease(self.ns, expiring_lease("flotilla-transfer", LEASE_EXPIRE))
         self.lease = lease.id
         try:
             return await self._run()
