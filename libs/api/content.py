@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import re
 import time
@@ -30,7 +31,7 @@ from typing import Any, TypeVar, cast
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
 from ..bus import MAX_CHUNK, Bus, InstanceGone
-from ..errors import AlreadyExists, FlotillaError, NotFound, Unavailable
+from ..errors import AlreadyExists, DataLoss, FlotillaError, NotFound, Unavailable
 from .. import subjects
 from ..routes import Route, method_name
 from ..subjects import shared
@@ -42,6 +43,8 @@ from ._content_records import (
     NamespaceRequest, ReadRequest, RefRequest, SessionRequest, Status, SyncRequest, UpdateRequest, WriterOpen,
     WriterSession,
 )
+
+log = logging.getLogger(__name__)
 
 SERVICE = "content"
 CHUNK = MAX_CHUNK          # bytes per bus message
@@ -236,6 +239,43 @@ class Writer:
                                       f"{session.offset} bytes, expected {first} to {self.offset}: unavailable")
                 self._resumed_at = session.offset
             self.session = session
+            if self.local and self._disk is not None:
+                await self._take_file()
+                # behind the appends queued so far, on the disk thread
+                await asyncio.wrap_future(self._disk.submit(self._carry_over, session))
+
+    def _carry_over(self, session: WriterSession) -> None:
+        """On the disk thread, after a reopen: the bytes this writer put in the data file
+        must be in the file the ingest has now. Where the new instance found another file
+        (a new inode), what it lacks is copied from the one we still hold open; where it
+        found ours shorter than we wrote, the bytes are lost and the write fails clearly
+        rather than at the commit's size check."""
+        old = self._file
+        if old is None or session.file is None:
+            return  # nothing written yet, or the blob is committed already (a shared session)
+        st = os.fstat(old.fd)
+        if (st.st_dev, st.st_ino) == (session.file.dev, session.file.ino):
+            if st.st_size < old.written:
+                raise DataLoss(f"ingest {session.ref}: its data file holds {st.st_size} bytes, "
+                               f"{old.written} were written: data loss")
+            return
+        if session.offset > old.written:
+            raise DataLoss(f"ingest {session.ref}: the content service's data file holds {session.offset} "
+                           f"bytes, {old.written} were written here: data loss")
+        log.warning("ingest %s: opened again on another data file (%d of %d bytes); copying the rest",
+                    session.ref, session.offset, old.written)
+        new = Appender(session.file.path, session.offset)
+        try:
+            while new.written < old.written:
+                piece = os.pread(old.fd, min(LOCAL_CHUNK, old.written - new.written), new.written)
+                if not piece:
+                    raise DataLoss(f"ingest {session.ref}: the data file written here ends at "
+                                   f"{new.written} of {old.written} bytes: data loss")
+                new.append(piece)
+            # the appends queued behind this one hold ``old``: its descriptor becomes the new file's
+            os.dup2(new.fd, old.fd)
+        finally:
+            new.close()
 
     async def status(self) -> WriterSession:
         if not self._changed:  # nothing happened since the service last said: no round trip

@@ -34,6 +34,10 @@ class IngestMeta:
     # "updatedat" file, since the data file's mtime may come a tick early or, for bytes
     # written behind the writer's answer, late
     updated_at: int = 0
+    # the digest a commit is moving into place (opened with no expected digest, as
+    # containerd's metadata opens its backend's writers): what the ingest became if its
+    # instance died between that move and the blob's record
+    committing: str = ""
 
 
 def ingest_dir(root: Path, namespace: str, ref: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -34,6 +35,8 @@ from flotilla.libs.identifiers import validate_labels
 
 from . import db
 from .ingest import Hasher, IngestMeta, ingest_dir, lock, read_meta, start_meta, write_meta
+
+log = logging.getLogger(__name__)
 
 
 def check_digest(digest: str) -> None:
@@ -356,7 +359,8 @@ class ContentStore:
         meta = read_meta(s.path)
         if meta is not None and meta.ref == req.ref and meta.namespace == req.namespace \
                 and not (req.total > 0 and meta.total > 0 and req.total != meta.total):
-            if self._committed_unrecorded(s, meta.expected or req.expected):
+            if self._committed_unrecorded(s, meta.committing or meta.expected or req.expected):
+                log.info("ingest %s/%s: committed by a killed instance, not recorded: finishing it", s.namespace, s.ref)
                 return
             # resume: the data file is the truth; hash it again (hashlib has no saved state)
             s.started_at, s.total, s.updated_at = meta.started_at, meta.total or req.total, meta.updated_at
@@ -367,7 +371,12 @@ class ContentStore:
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT, 0o644)
             s.hasher.catch_up(s.fd, os.fstat(s.fd).st_size)
             s.offset = s.hasher.offset
+            if s.offset:
+                log.info("ingest %s/%s: resumed at %d", s.namespace, s.ref, s.offset)
         else:
+            if meta is not None or (s.path / "data").exists():
+                log.info("ingest %s/%s: started afresh over %s", s.namespace, s.ref,
+                         "another ingest's meta" if meta is not None else "a data file with no meta")
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             start_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
 
@@ -492,6 +501,8 @@ class ContentStore:
             if expected and expected != actual:
                 raise FailedPrecondition(f"unexpected commit digest {actual}, expected {expected}: "
                                          "failed precondition")
+            if not s.expected:
+                self._note_committing(s, actual)
             os.fsync(s.fd)  # durable before it is visible
             s.hasher.synced(s.fd)
             try:
@@ -501,6 +512,15 @@ class ContentStore:
                 raise
             self._end(s, remove=True)
             return info
+
+    def _note_committing(self, s: Session, digest: str) -> None:
+        """Name the digest in the ingest's meta before its data moves into place: killed
+        between the move and the record, the next instance must know which blob the ingest
+        became (_committed_unrecorded)."""
+        meta = read_meta(s.path)
+        if meta is not None and meta.committing != digest:
+            meta.committing = digest
+            write_meta(s.path, meta)
 
     def _own(self, s: Session, digest: str, size: int, labels: dict[str, str], data: Path | None) -> Info:
         """Make ``digest`` visible in the session's namespace (rename the data in if new)."""

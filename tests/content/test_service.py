@@ -221,3 +221,48 @@ async def test_several_instances_on_one_store(bus: Bus, content_procs: ContentPr
     assert await c.read_all("third", sha(twin)) == twin
     report = verify(content_procs.base / "root")
     assert report == {"corrupted": [], "orphaned": [], "missing": []}
+
+
+async def test_a_local_writer_carries_its_bytes_over_to_the_next_instances_file(
+        bus: Bus, content_procs: ContentProcs) -> None:
+    """The service dies between a local writer's bytes and its commit, and the instance that
+    opens the ingest again finds another data file (a new inode) or a shorter one: the
+    writer copies what the new file lacks from the file it still holds, or fails clearly
+    (DataLoss), never at the commit's size check with the client's bytes gone."""
+    from flotilla.libs.errors import DataLoss
+    from flotilla.services.content.ingest import ingest_dir
+
+    first = content_procs.start()
+    c = ContentClient(bus, content_procs.prefix, local=True, timeout=30)
+    ingests = content_procs.base / "root" / "content" / "ingest"
+    data = os.urandom(3 << 20)
+
+    async def written(ref: str) -> object:
+        w = await c.writer("carry", ref, len(data), sha(data))
+        assert w.local
+        for i in range(0, len(data), 1 << 20):
+            await w.write(data[i:i + (1 << 20)])
+        await w.flush()
+        return w
+
+    # another inode: the data file the writer wrote is no longer in the ingest
+    w = await written("moved")
+    content_procs.kill(first)
+    data_file = ingest_dir(ingests, "carry", "moved") / "data"
+    os.rename(data_file, data_file.with_name("elsewhere"))
+    second = content_procs.start()
+    info = await w.commit(len(data), sha(data))
+    await w.close()
+    assert (info.digest, info.size) == (sha(data), len(data))
+    assert await c.read_all("carry", sha(data)) == data
+
+    # the same inode cut short: the bytes are gone, and the writer says so
+    await c.delete("carry", sha(data))
+    w = await written("cut")
+    content_procs.kill(second)
+    os.truncate(ingest_dir(ingests, "carry", "cut") / "data", 1 << 20)
+    content_procs.start()
+    with pytest.raises(DataLoss, match="holds 1048576 bytes, 3145728 were written"):
+        await w.commit(len(data), sha(data))
+    await w.close()
+    assert not await c.exists("carry", sha(data))

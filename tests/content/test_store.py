@@ -224,23 +224,37 @@ def test_calls_that_waited_for_a_session_ended_meanwhile_find_it_gone(tmp_path: 
     store.close()
 
 
-def test_a_commit_killed_after_its_move_is_finished_by_the_next_writer(tmp_path: Path) -> None:
+class _Died(BaseException):
+    """The process' death, at a chosen point of a commit."""
+
+
+@pytest.mark.parametrize("expected_at_open", [True, False], ids=["expected-at-open", "expected-at-commit"])
+def test_a_commit_killed_after_its_move_is_finished_by_the_next_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected_at_open: bool) -> None:
     """An instance SIGKILLed between moving the data file into place and recording the blob
     leaves a blob no namespace owns and an ingest without data: the ref's next writer (the
-    same client, resuming) commits it as a shared blob, with no bytes."""
+    same client, resuming) commits it as a shared blob, with no bytes. Also when the ingest
+    was opened with no expected digest, as containerd's metadata opens its backend's."""
+    import flotilla.services.content.store as store_module
+
     data = b"layer bytes " * 1000
+    expected = sha(data) if expected_at_open else ""
     one = ContentStore(tmp_path)
-    s = one.open_writer(WriterOpen("ns", "layer", len(data), sha(data), local=False))
+    s = one.open_writer(WriterOpen("ns", "layer", len(data), expected, local=False))
     one.w_write(s.session, 0, data)
-    ingest = next((tmp_path / "content" / "ingest").iterdir())
-    target = one.blob_path(sha(data))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(ingest / "data", target)  # as _own does, then the process dies:
+
+    def die(_path: Path) -> None:  # _own calls it right after the move
+        raise _Died()
+    monkeypatch.setattr(store_module, "_fsync_dir", die)
+    with pytest.raises(_Died):
+        one.w_commit(s.session, len(data), sha(data), {})
+    monkeypatch.undo()
+    assert one.blob_path(sha(data)).exists()
     dead = one.sessions.pop(s.session)   # its descriptors (and the ref's lock) go with it
     os.close(dead.fd)
     os.close(dead.lock_fd)
     again = ContentStore(tmp_path)
-    resumed = again.open_writer(WriterOpen("ns", "layer", len(data), sha(data), local=False))
+    resumed = again.open_writer(WriterOpen("ns", "layer", len(data), expected, local=False))
     assert resumed.offset == len(data) and resumed.shared
     info = again.w_commit(resumed.session, len(data), sha(data), {})
     assert (info.digest, info.size) == (sha(data), len(data))
