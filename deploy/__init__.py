@@ -146,6 +146,9 @@ class Suite:
     # setpriv's): for a suite that runs in the foreground as one daemon. Processes the
     # programs start (containers' supervisors) have none and stay
     pdeathsig: bool = False
+    # the programs' output goes to supervisord's own stdout, not to files: a suite run in the
+    # foreground as one daemon, whose output is its log (containerd's stand-in)
+    console: bool = False
 
     @property
     def socket(self) -> Path:
@@ -297,6 +300,9 @@ groups = gateway
         envline = ",".join(f'{k}="{v}"' for k, v in env.items())
         if self.pdeathsig:
             command = f"{shutil.which('setpriv') or 'setpriv'} --pdeathsig KILL -- {command}"
+        output = "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0" if self.console else (
+            f"stdout_logfile={self.logs / (name + ('-%(process_num)d' if numprocs > 1 else '') + '.log')}\n"
+            "stdout_logfile_maxbytes=20MB\nstdout_logfile_backups=2")
         return head + f"""\
 command={command}
 priority={priority}
@@ -309,9 +315,7 @@ stopwaitsecs={STOP_WAIT.get(name, 10)}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile={self.logs / (name + ('-%(process_num)d' if numprocs > 1 else '') + '.log')}
-stdout_logfile_maxbytes=20MB
-stdout_logfile_backups=2
+{output}
 {('environment=' + envline) if envline else ''}
 """
 

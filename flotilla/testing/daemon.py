@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
                   # one gateway: a second serves while the first restarts, and this daemon only
                   # ever restarts whole; at a cold start it took the CPU the first one needs
                   # (health answered after 2.0-2.2 s with one, 2.6-5.9 s with two, here)
-                  pdeathsig=True, instances={"gateway": 1})
+                  pdeathsig=True, console=True, instances={"gateway": 1})
     address.parent.mkdir(parents=True, exist_ok=True)
     suite.render()
     try:

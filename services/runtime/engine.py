@@ -28,7 +28,7 @@ from flotilla.libs.errors import (
 )
 from flotilla.libs.identifiers import validate_identifier
 
-from . import cgroups, mounts, supervisor
+from . import cgroups, mounts, shimlog, supervisor
 from .choice import binary_for, create_failed, default_binary, spawn_error, unknown
 from .initproc import spawn_init
 from .oci import OciRuntime, RuntimeFailed, exec_error
@@ -38,6 +38,9 @@ log = logging.getLogger("flotilla.runtime")
 
 Publish = Callable[[str, ev.EventRecord], Awaitable[None]]  # (namespace, event)
 KILL_RACE_WAIT = 2.0  # seconds a failed kill waits for the exit that may explain it
+# tasks' bundles, where containerd's runtime v2 keeps them (<state>/<this>/<ns>/<id>): its client
+# suite looks there (the log pipe); tasks of releases before this lived in runtime/tasks
+TASKS_DIR, LEGACY_TASKS_DIR = "io.containerd.runtime.v2.task", "runtime/tasks"
 
 
 def _set_console_size(process_json: Path, width: int, height: int) -> None:
@@ -48,7 +51,8 @@ def _set_console_size(process_json: Path, width: int, height: int) -> None:
 
 class Engine:
     def __init__(self, state: Path, publish: Publish, shim: Path | None = None) -> None:
-        self.base = state / "runtime"
+        self.state, self.base = state, state / "runtime"
+        self.logs = shimlog.ShimLogs()
         self.publish = publish
         self.shim = shim or supervisor.locate()
         self.tasks: dict[tuple[str, str], Task] = {}
@@ -56,8 +60,8 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _bundle(self, ns: str, id: str) -> Path:
-        return self.base / "tasks" / ns / id
+    def bundle(self, ns: str, id: str) -> Path:
+        return self.state / TASKS_DIR / ns / id
 
     def _task(self, ns: str, id: str) -> Task:
         task = self.tasks.get((ns, id))
@@ -169,7 +173,7 @@ class Engine:
             raise unknown(f"failed to start shim: invalid OCI spec: {exc}") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("process"), dict):
             raise unknown("failed to start shim: invalid OCI spec: no process")
-        bundle = self._bundle(ns, id)
+        bundle = self.bundle(ns, id)
         name = binary_for(runtime_name, binary, root)
         # a Root option is the runtime's root for every namespace, as containerd's shims use it
         oci = OciRuntime(name, Path(root) / ns if root else self.base / "oci" / Path(name).name / ns,
@@ -202,6 +206,7 @@ class Engine:
             if not exec_error(oci.binary):  # a binary that cannot run gets no root dir left behind
                 oci.root.mkdir(parents=True, exist_ok=True)
             (bundle / "config.json").write_bytes(spec_json)
+            shimlog.make(bundle)
             if rec.rootfs:
                 mounts.mount_rootfs(rec.rootfs, bundle / "rootfs")
             task.save()
@@ -218,6 +223,7 @@ class Engine:
         except BaseException:
             await self._undo_create(oci, rec.id, bundle, rec.init.shim_pid)
             raise
+        self.logs.follow(bundle)
         if rec.init.shim_pid:
             self._watch(task, task.init)
 
@@ -233,6 +239,7 @@ class Engine:
                 await asyncio.wait_for(supervisor.watch(shim_pid), 10)
             except asyncio.TimeoutError:
                 log.warning("the supervisor of %s outlived its failed create", id)
+        self.logs.forget(bundle)
         await mounts.remove_bundle(bundle)
 
     async def start(self, ns: str, id: str, exec_id: str = "") -> ProcessInfo:
@@ -322,6 +329,7 @@ class Engine:
                 raise unknown(f"failed to delete task: {exc.text}") from None
             if created and proc.rec.shim_pid:  # (a restore not yet started has no process)
                 await proc.exited.wait()  # set once its watcher has reported the exit
+            self.logs.forget(task.bundle)
             await mounts.remove_bundle(task.bundle)
             task.deleted = True
             self.tasks.pop((ns, id), None)
@@ -556,8 +564,8 @@ class Engine:
     async def recover(self) -> int:
         """Re-adopt every task under the state dir; report exits missed while we were down."""
         await asyncio.to_thread(default_binary)  # its one probe runs here, not on a create
-        root = self.base / "tasks"
-        found = await asyncio.to_thread(lambda: sorted(root.glob("*/*/task.json")) if root.exists() else [])
+        found = await asyncio.to_thread(lambda: sorted(
+            path for d in (TASKS_DIR, LEGACY_TASKS_DIR) for path in (self.state / d).glob("*/*/task.json")))
         for path in found:
             bundle = path.parent
             try:
@@ -576,6 +584,7 @@ class Engine:
                     continue
                 task.execs[proc.rec.exec_id] = proc
             self.tasks[(task.rec.namespace, task.rec.id)] = task
+            self.logs.follow(bundle)
             await self._adopt(task, task.init)
             for proc in task.execs.values():
                 if proc.rec.started:
@@ -595,5 +604,6 @@ class Engine:
             await self._exited(task, proc)
 
     async def close(self) -> None:
+        self.logs.close()
         for fut in list(self._watchers):
             fut.cancel()

@@ -115,7 +115,7 @@ def test_image_run_through_snapshots_matches_containerd(suite: PrivateSuite, con
     id = _uid("imgd")
     suite.ctr("run", "-d", image, id, "sleep", "1000", check=True, timeout=120)
     try:
-        bundle = str(suite.suite.state / "runtime" / "tasks" / "default" / id / "rootfs")
+        bundle = str(suite.suite.state / "io.containerd.runtime.v2.task" / "default" / id / "rootfs")
         with open("/proc/self/mountinfo") as f:
             assert any(line.split()[4] == bundle for line in f)
         res = suite.ctr("task", "exec", "--exec-id", "x", id, "cat", "/etc/passwd")

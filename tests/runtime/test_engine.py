@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from flotilla.libs.errors import AlreadyExists, FailedPrecondition, NotFound, Un
 from flotilla.libs.api.types import Mount
 from flotilla.libs.mount import is_mounted
 from flotilla.services.runtime import cgroups
-from flotilla.services.runtime.engine import Engine
+from flotilla.services.runtime.engine import TASKS_DIR, Engine
 from flotilla.services.runtime.oci import OciRuntime
 
 from .conftest import Recorder, fifo_paths, make_spec, process_spec
@@ -50,7 +51,7 @@ async def test_output_exit_code_and_event_order(engine: tuple[Engine, Recorder],
     assert rec.topics(id) == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
     with pytest.raises(NotFound):
         eng.get(NS, id)
-    assert not (eng.base / "tasks" / NS / id).exists()
+    assert not (eng.bundle(NS, id)).exists()
 
 
 async def test_exit_releases_runtime_state_and_rootfs_before_delete(engine: tuple[Engine, Recorder], rootfs: Path,
@@ -62,7 +63,7 @@ async def test_exit_releases_runtime_state_and_rootfs_before_delete(engine: tupl
     spec = make_spec("rootfs", ["sh", "-c", "exit 7"])
     mounts = [Mount("bind", str(rootfs), options=["rbind", "ro"])]
     await eng.create(NS, id, spec, rootfs=mounts)
-    bundle = eng.base / "tasks" / NS / id
+    bundle = eng.bundle(NS, id)
     assert is_mounted(str(bundle / "rootfs"))
     task = eng.tasks[(NS, id)]
     await eng.start(NS, id)
@@ -152,11 +153,29 @@ async def test_bad_spec_and_missing_rootfs_leave_nothing(engine: tuple[Engine, R
     with pytest.raises(Unknown, match="OCI runtime create failed"):
         await eng.create(NS, id, make_spec(str(tmp_path / "missing"), ["true"]))
     assert eng.list(NS) == []
-    assert not (eng.base / "tasks" / NS / id).exists()
+    assert not (eng.bundle(NS, id)).exists()
+
+
+async def _logged(capfd: pytest.CaptureFixture[str], bundle: Path, text: str) -> None:
+    """Write ``text`` into the task's log pipe, as a shim would; it must reach our stderr."""
+    fd = os.open(bundle / "log", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, text.encode() + b"\n")
+    finally:
+        os.close(fd)
+    seen = ""
+    for _ in range(250):
+        await asyncio.sleep(0.02)
+        seen += capfd.readouterr().err
+        if text in seen:
+            return
+    raise AssertionError(f"{text!r} not copied from {bundle / 'log'}")
 
 
 async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, oci_runtime: str, rootfs: Path,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """... and follows each task's log pipe again (containerd's client suite writes into it
+    after a restart and looks for the text in the daemon's output)."""
     rec = Recorder()
     state = tmp_path / "state"
     first = Engine(state, rec, shim_binary)
@@ -166,10 +185,11 @@ async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, oci_r
     for id, args in ((keep, ["sleep", "1000"]), (gone, ["sh", "-c", script])):
         await first.create(NS, id, make_spec(str(rootfs), args))
         await first.start(NS, id)
+    await _logged(capfd, first.bundle(NS, keep), "written in the first life")
     await first.close()  # the service "dies"; supervisors live on
     del first
     flag.touch()  # the container exits while no service watches it
-    exit_file = state / "runtime" / "tasks" / NS / gone / "exit"
+    exit_file = state / TASKS_DIR / NS / gone / "exit"
     while not exit_file.exists():
         await asyncio.sleep(0.02)
     rec.events.clear()
@@ -178,6 +198,7 @@ async def test_restart_readopts_and_reports_missed_exit(shim_binary: Path, oci_r
         assert await second.recover() == 2
         assert second.get(NS, keep).status == RUNNING
         assert second.get(NS, gone).status == STOPPED
+        await _logged(capfd, second.bundle(NS, keep), "written in the second life")
         assert (await second.wait(NS, gone)).exit_status == 5
         assert rec.topics(gone) == ["/tasks/exit"]
         assert rec.events[0][2]["exit_status"] == 5
@@ -244,7 +265,7 @@ async def test_delete_of_a_created_task_kills_it_with_one_runtime_delete(
     monkeypatch.setattr(OciRuntime, "delete", counted)
     spec = make_spec("rootfs", ["sleep", "1000"])
     info = await eng.create(NS, id, spec, rootfs=[Mount("bind", str(rootfs), options=["rbind", "ro"])])
-    bundle = eng.base / "tasks" / NS / id
+    bundle = eng.bundle(NS, id)
     assert info.status == CREATED and is_mounted(str(bundle / "rootfs"))
     deleted = await eng.delete(NS, id)
     assert deletes == [(id, True)]

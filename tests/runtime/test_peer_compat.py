@@ -159,7 +159,7 @@ async def test_missing_runtime_binary_fails_as_containerd_and_leaves_nothing(
     (the cleanup's own runtime delete failed too, and hid the unmount)."""
     eng, rec = engine
     id = _id()
-    bundle = eng.base / "tasks" / NS / id
+    bundle = eng.bundle(NS, id)
     spec = make_spec("rootfs", ["true"])
     with pytest.raises(Unknown) as err:
         await eng.create(NS, id, spec, runtime_name, binary,
@@ -256,7 +256,7 @@ async def test_missing_shim_cgroup_fails_the_create_and_leaves_nothing(
     eng, _ = engine
     id = _id()
     path = f"/flotilla-test/none-{uuid.uuid4().hex[:10]}"
-    bundle = eng.base / "tasks" / NS / id
+    bundle = eng.bundle(NS, id)
     with pytest.raises(Unknown) as err:
         await eng.create(NS, id, make_spec("rootfs", ["sleep", "1000"]), shim_cgroup=path,
                          rootfs=[Mount("bind", str(rootfs), options=["rbind", "ro"])])
