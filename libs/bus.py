@@ -31,8 +31,8 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from . import metrics
 from .errors import (
-    Aborted, Canceled, DeadlineExceeded, FlotillaError, Internal, InvalidArgument, ResourceExhausted, Unavailable,
-    Unknown,
+    Aborted, Canceled, DeadlineExceeded, FlotillaError, InstanceGone, Internal, InvalidArgument, ResourceExhausted,
+    Unavailable, Unknown,
 )
 from .journal import Journal
 from .routes import Route
@@ -45,8 +45,6 @@ R = TypeVar("R")
 Handler = Callable[[Any], Awaitable[Any]]
 EventHandler = Callable[[Any], Awaitable[None]]
 
-# NATS' own limit is 8 MB in our server config; chunks stay well under it.
-MAX_CHUNK = 1 << 20
 _BACKOFF_START, _BACKOFF_MAX = 0.02, 0.5
 _FIRST_ATTEMPT = 1.0  # seconds an idempotent call waits before asking again
 REQUEST_ID = "Flotilla-Request"    # header: a non-idempotent call's id, the same on every resend
@@ -54,10 +52,6 @@ DEADLINE = "Flotilla-Deadline"     # header: when its caller gives up (unix seco
 # outcomes a repeat must not be given again: the next attempt may well succeed
 _TRANSIENT = frozenset(cls.code for cls in (Unavailable, DeadlineExceeded, Aborted, Canceled, Internal, Unknown))
 _REPLAYING: contextvars.ContextVar[bool] = contextvars.ContextVar("flotilla_replaying", default=False)
-
-
-class InstanceGone(Unavailable):
-    """A call to one instance's own subjects found nobody there: it stopped or died."""
 
 
 def replaying() -> bool:

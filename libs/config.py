@@ -15,6 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# set by deploy for a program started at another niceness for its start only (the gateway:
+# its imports get the CPU first while every program of a suite starts at once); the service
+# takes that back once it serves (libs/service.end_start_priority)
+START_NICE = "FLOTILLA_START_NICE"
+
 
 @dataclass(frozen=True)
 class Config:
@@ -31,6 +36,11 @@ class Config:
     request_timeout: float = 10.0                   # default deadline of a bus call, seconds
     proxy_consumers: str = ""                       # containerds served as proxy plugins: "a,b" (docs/integrators.md)
     proxy_snapshotters: str = "flotilla=overlayfs"  # their snapshot proxy's name=Flotilla snapshotter, ...
+    # seconds a stopping gateway gives the calls it runs; new calls already go to another gateway
+    # (or wait in the socket's backlog for the next one), so this is what a graceful restart
+    # costs no client (supervisord's stopwaitsecs is longer). 0: cut them at once, as a
+    # containerd stopping does (its stand-in: flotilla/testing/daemon.py)
+    drain_grace: float = 20.0
 
     @property
     def socket_path(self) -> str:

@@ -86,6 +86,10 @@ class Unavailable(FlotillaError):
     code, suffix = 14, "unavailable"
 
 
+class InstanceGone(Unavailable):
+    """A call to one instance's own subjects found nobody there: it stopped or died."""
+
+
 class DataLoss(FlotillaError):
     code, suffix = 15, "data loss"
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api.events import EventRecord
-from .bus import Bus
 from .subjects import events as events_subject
 from .wire import to_wire
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from .bus import Bus
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ class Journal:
         import psycopg2  # only a farm's services need it
 
         def connect() -> Any:
-            conn = psycopg2.connect(postgres.libpq_url(url), **postgres.KEEPALIVES)
+            conn = psycopg2.connect(postgres.libpq_url(url), **postgres.CONNECT_ARGS)
             conn.autocommit = True
             return conn
         journal = cls(connect(), psycopg2.IntegrityError, "%s")

@@ -14,7 +14,7 @@ from . import config as config_mod
 from . import log as log_mod
 from . import metrics
 from .bus import Bus
-from .config import Config
+from .config import START_NICE, Config
 from .journal import Journal
 from .subjects import stem
 
@@ -63,6 +63,7 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     logger.info("%s ready", name)
+    end_start_priority(logger)
     await stop.wait()
     logger.info("%s stopping", name)
     # in this order: no new requests, the running ones answered, then what they used goes
@@ -91,6 +92,23 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE))
+
+
+def end_start_priority(logger: logging.Logger) -> None:
+    """Take back the priority given for the start, in every thread (on Linux a niceness is a
+    thread's: the pools' threads started meanwhile have it too)."""
+    try:
+        shift = int(os.environ.pop(START_NICE, "0") or 0)
+    except ValueError:
+        return
+    if not shift:
+        return
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            now = os.getpriority(os.PRIO_PROCESS, int(tid))
+            os.setpriority(os.PRIO_PROCESS, int(tid), now - shift)
+        except OSError as exc:  # a thread that ended meanwhile, or no right to lower it
+            logger.debug("start priority of thread %s: %s", tid, exc)
 
 
 def run(name: str, setup: Setup, *, host_local: bool = False) -> None:

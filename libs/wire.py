@@ -21,6 +21,10 @@ from .errors import InvalidArgument
 
 T = TypeVar("T")
 
+# bytes of payload per bus message: NATS' own limit is 8 MB in our server config; chunks
+# stay well under it
+MAX_CHUNK = 1 << 20
+
 
 class WireError(InvalidArgument):
     """Bytes or a map that do not make the record they should."""

@@ -26,16 +26,15 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
 from ..directio import Appender
-from ..bus import MAX_CHUNK, Bus, InstanceGone
-from ..errors import AlreadyExists, DataLoss, FlotillaError, NotFound, Unavailable
+from ..errors import AlreadyExists, DataLoss, FlotillaError, InstanceGone, NotFound, Unavailable
 from .. import subjects
 from ..routes import Route, method_name
 from ..subjects import shared
-from ..wire import from_wire
+from ..wire import MAX_CHUNK, from_wire
 
 # the records live apart to keep this file short; they are part of this contract
 from ._content_records import (
@@ -43,6 +42,9 @@ from ._content_records import (
     NamespaceRequest, ReadRequest, RefRequest, SessionRequest, Status, SyncRequest, UpdateRequest, WriterOpen,
     WriterSession,
 )
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from ..bus import Bus
 
 log = logging.getLogger(__name__)
 

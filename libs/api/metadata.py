@@ -6,13 +6,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..bus import Bus
 from .. import subjects
 from ..routes import Route, method_name
 from ..subjects import shared
 from ..wire import from_wire
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from ..bus import Bus
 
 SERVICE = "metadata"
 R = TypeVar("R")

@@ -13,12 +13,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import subjects
-from ..bus import Bus
 from ..errors import InvalidArgument
 from ..routes import Route, method_name
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from ..bus import Bus
 
 SERVICE = "network"
 R = TypeVar("R")

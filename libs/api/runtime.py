@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..bus import Bus
 from ..errors import DeadlineExceeded, NotFound, Unavailable
 from .. import subjects
 from ..routes import Route, method_name
 from .types import Descriptor, Mount  # noqa: F401  (part of this contract)
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from ..bus import Bus
 
 SERVICE = "runtime"
 R = TypeVar("R")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from flotilla.libs.bus import Bus
 from flotilla.libs import subjects
 from flotilla.libs.routes import Route, method_name
 from flotilla.libs.wire import from_wire
+
+if TYPE_CHECKING:  # the bus (nats) is not imported for a contract's records and subjects
+    from flotilla.libs.bus import Bus
 
 SERVICE = "transfer"
 PULL_TIMEOUT = 3600.0

@@ -11,11 +11,6 @@ from flotilla.libs.service import Cleanup, run
 from . import proxy_sockets, ttrpc
 from .server import MAX_MESSAGE, build, listen
 
-# seconds a stopping gateway gives the calls it runs; new calls already go to another
-# gateway (or wait in the socket's backlog for the next one), so this is what a graceful
-# restart costs no client (supervisord's stopwaitsecs is longer)
-DRAIN_GRACE = 20.0
-
 
 async def setup(bus: Bus, cfg: Config) -> Cleanup:
     ttrpc_server = ttrpc.Server()
@@ -27,8 +22,8 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
 
     async def stop() -> None:
         await stop_accepting()
-        await asyncio.gather(ttrpc_server.stop(grace=DRAIN_GRACE), server.stop(grace=DRAIN_GRACE),
-                             stop_proxies(DRAIN_GRACE))
+        grace = cfg.drain_grace
+        await asyncio.gather(ttrpc_server.stop(grace=grace), server.stop(grace=grace), stop_proxies(grace))
 
     return stop
 
