@@ -89,7 +89,7 @@ def open_engine(url: str, host: str = "") -> tuple[Engine, Engine]:
     if url.startswith("sqlite:///"):
         engines = open_sqlite(Path(url[len("sqlite:///"):]), meta, foreign_keys=True, busy_timeout=30)
     else:
-        engine = create_engine(url, pool_pre_ping=True, connect_args=postgres.KEEPALIVES)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=postgres.CONNECT_ARGS)
         meta.create_all(engine)
         engines = engine, engine
     _add_container_host(*engines, host)
