@@ -4,8 +4,10 @@ content and snapshots services.
 A store that does not answer its ping is not part of this deployment: it is skipped, never
 an error. Writes to the metadata store wait while a collection marks and sweeps (as
 containerd's GC holds its database lock), so nothing referenced mid-collection is swept:
-in this process at the WriteGate, and with PostgreSQL on every host of the farm at the
-database's advisory lock (gcmark.Collecting), which also lets one collection run at a time.
+in this process at the WriteGate, then in every process on the store (common.Collecting):
+with SQLite, the instances of one host, at an flock on the database's gc-lock file; with
+PostgreSQL, every host of the farm, at the database's advisory lock, which also lets one
+collection run at a time.
 
 Snapshots are this host's (listed and swept through its own snapshots service); content is
 the farm's, so every host's containers hold content, only this host's hold snapshots.
@@ -27,7 +29,8 @@ from flotilla.libs.errors import FlotillaError, NotFound
 from flotilla.libs.subjects import local, shared
 
 from .api import GCStats
-from .gcmark import Blob, Collecting, Snap, mark, removal_order
+from .common import Collecting
+from .gcmark import Blob, Snap, mark, removal_order
 from .store import MetadataStore
 
 log = logging.getLogger("flotilla.metadata.gc")

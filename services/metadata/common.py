@@ -3,9 +3,12 @@ label maps in rows, containerd's digest and label checks."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
@@ -106,6 +109,17 @@ def refuse_consumer_namespace(name: str) -> None:
                                  "(docs/integrators.md): failed precondition")
 
 
+@dataclass
+class Collecting:
+    """A collection's hold on the store, so that no write runs meanwhile: with PostgreSQL,
+    the session-level advisory lock (exclusive) on a connection of its own, which the
+    collection's own writes use (every host of a farm); with SQLite, an exclusive ``flock``
+    on the database's gc-lock file, which every write of every process on it holds shared
+    (metadata instances on one host). The in-process WriteGate comes first."""
+    conn: Connection | None = None
+    lock_fd: int = -1
+
+
 class StoreBase:
     """The engine and its transactions.
 
@@ -122,23 +136,32 @@ class StoreBase:
         self.engine, self.reader = engines
         self.host = host
         self.sqlite = self.engine.dialect.name == "sqlite"
+        self.gc_lock_path = f"{self.engine.url.database}.gc-lock" if self.sqlite else ""
 
     def close(self) -> None:
         self.engine.dispose()
         self.reader.dispose()  # the same engine for PostgreSQL: disposing twice is harmless
 
     @contextmanager
-    def _write(self, held: Connection | None = None) -> Iterator[Connection]:
-        """A write transaction; ``held`` is a collection's own connection (gcmark.Collecting),
-        whose session holds the collection lock: its writes must not wait for themselves."""
-        if held is not None:
-            with held.begin():
-                yield held
+    def _write(self, held: Collecting | None = None) -> Iterator[Connection]:
+        """A write transaction; ``held``: the collection's own write, which must not wait
+        for its own lock."""
+        if held is not None and held.conn is not None:
+            with held.conn.begin():
+                yield held.conn
             return
-        with self.engine.begin() as conn:
-            if not self.sqlite:
-                conn.execute(_WRITE_LOCK)
-            yield conn
+        gate = -1
+        if self.sqlite and held is None:  # a collection in another process: wait for its end
+            gate = os.open(self.gc_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(gate, fcntl.LOCK_SH)
+        try:
+            with self.engine.begin() as conn:
+                if not self.sqlite:
+                    conn.execute(_WRITE_LOCK)
+                yield conn
+        finally:
+            if gate >= 0:
+                os.close(gate)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

@@ -17,18 +17,19 @@ is left unmarked.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, select, text
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from flotilla.libs.api.metadata import LABEL_EXPIRE
 
 from . import db
-from .common import StoreBase, load_map
+from .common import Collecting, StoreBase, load_map
 
 LABEL_ROOT = "containerd.io/gc.root"
 LABEL_CONTENT_REF = "containerd.io/gc.ref.content"
@@ -181,14 +182,6 @@ def removal_order(snaps: list[Snap], keep: set[str]) -> list[Snap]:
     return sorted(doomed, key=depth, reverse=True)
 
 
-@dataclass
-class Collecting:
-    """A collection's hold on the farm: with PostgreSQL, the session-level advisory lock
-    (exclusive) on a connection of its own, which the collection's own writes use; with
-    SQLite (one host) nothing: the in-process WriteGate is enough."""
-    conn: Connection | None = None
-
-
 _GC_LOCK = text("SELECT pg_advisory_lock(:key)").bindparams(key=db.GC_LOCK)
 _GC_UNLOCK = text("SELECT pg_advisory_unlock(:key)").bindparams(key=db.GC_LOCK)
 
@@ -198,7 +191,13 @@ class GCMixin(StoreBase):
         """Wait until no other collection runs anywhere in the farm and no write is in
         progress (writes hold the lock shared), then hold it until ``gc_release``."""
         if self.sqlite:
-            return Collecting()
+            fd = os.open(self.gc_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # once no write of any process runs
+            except BaseException:
+                os.close(fd)
+                raise
+            return Collecting(lock_fd=fd)
         conn = self.engine.connect()
         try:
             conn.execute(_GC_LOCK)
@@ -210,6 +209,8 @@ class GCMixin(StoreBase):
         return Collecting(conn)
 
     def gc_release(self, held: Collecting) -> None:
+        if held.lock_fd >= 0:
+            os.close(held.lock_fd)  # the flock goes with it
         if held.conn is None:
             return
         try:
@@ -254,7 +255,7 @@ class GCMixin(StoreBase):
         """Drop expired leases (GC's sweep of leases), within the collection ``held``."""
         if not ids:
             return
-        with self._write(held.conn if held else None) as conn:
+        with self._write(held) as conn:
             conn.execute(delete(db.lease_resources).where((db.lease_resources.c.namespace == namespace)
                                                           & db.lease_resources.c.lease.in_(ids)))
             conn.execute(delete(db.leases).where((db.leases.c.namespace == namespace) & db.leases.c.id.in_(ids)))

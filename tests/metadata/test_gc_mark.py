@@ -67,3 +67,39 @@ def test_leases_hold_resources_and_writes_until_they_expire(store: MetadataStore
     assert snapshots == {"overlayfs/s1", "overlayfs/s2"}
     store.remove_leases("ns", ["old"])
     assert sorted(x.id for x in store.list_leases("ns")) == ["bad-expiry", "flat", "live"]
+
+
+def test_a_collection_holds_the_writes_of_every_instance_on_the_store(db_url: str) -> None:
+    """Two instances on one store (two metadata processes of a host on its SQLite file, or
+    two hosts on PostgreSQL): while one collects, the other's writes wait for its end, so
+    nothing it did not see (an image made, then its pull's lease dropped) is swept."""
+    import threading
+    import time
+
+    collector, writer = MetadataStore.open(db_url), MetadataStore.open(db_url)
+    try:
+        held = collector.gc_acquire()
+        done = threading.Event()
+
+        def write() -> None:
+            writer.create_image("gc-gate", Image("app:v1", {}, Descriptor(MT, d("a"), 10)))
+            done.set()
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            assert not done.wait(0.5)  # held while the collection runs
+        finally:
+            released = time.monotonic()
+            collector.gc_release(held)
+        thread.join(10)
+        assert done.is_set() and time.monotonic() - released < 5
+        assert [i.name for i in writer.list_images("gc-gate")] == ["app:v1"]
+        # the collection's own writes do not wait for its own hold
+        held = collector.gc_acquire()
+        try:
+            collector.remove_leases("gc-gate", [], held)
+        finally:
+            collector.gc_release(held)
+    finally:
+        collector.engine.dispose()
+        writer.engine.dispose()
