@@ -16,7 +16,7 @@ from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.wire import to_wire
 
 from .events import EventHub
-from .protomsg import set_timestamp
+from .protomsg import timestamp_fields
 from .records import RecordCache, event_key
 from .rpc import namespace, streaming, timeout, unary
 
@@ -37,23 +37,16 @@ def container_from_pb(c: pbc.Container) -> Container:
     )
 
 
-def _set_any(target: any_pb2.Any, value: dict[str, Any] | None) -> None:
-    if value is not None:
-        target.type_url, target.value = value["type_url"], value["value"]
+def _constructor_fields(c: dict[str, Any]) -> dict[str, Any]:
+    """A container's wire map as protobuf's constructor takes it: the same names (an absent
+    Any is None), timestamps as maps. Changed in place (the caller's own, fresh from the bus)."""
+    c["created_at"], c["updated_at"] = timestamp_fields(c["created_at"]), timestamp_fields(c["updated_at"])
+    return c
 
 
 def wire_to_pb(c: dict[str, Any]) -> pbc.Container:
-    """A container's wire map into protobuf, without the dataclass on the way (lists)."""
-    out = pbc.Container(id=c["id"], labels=c["labels"], image=c["image"], snapshotter=c["snapshotter"],
-                        snapshot_key=c["snapshot_key"])
-    out.runtime.name = c["runtime"]["name"]
-    _set_any(out.runtime.options, c["runtime"].get("options"))
-    _set_any(out.spec, c.get("spec"))
-    set_timestamp(out.created_at, c["created_at"])
-    set_timestamp(out.updated_at, c["updated_at"])
-    for k, v in c["extensions"].items():
-        _set_any(out.extensions[k], v)
-    return out
+    """A container's wire map into protobuf, without the dataclass on the way."""
+    return pbc.Container(**_constructor_fields(c))
 
 
 class ContainerRecords:
@@ -88,7 +81,8 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
     async def List(self, request: pbc.ListContainersRequest, context: aio.ServicerContext) -> pbc.ListContainersResponse:
         found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
                                                          timeout(context, self.default_timeout))
-        return pbc.ListContainersResponse(containers=[wire_to_pb(c) for c in found])
+        # one constructor call for them all: building each message in Python cost more
+        return pbc.ListContainersResponse(containers=[_constructor_fields(c) for c in found])
 
     @streaming("Containers.ListStream")
     async def ListStream(self, request: pbc.ListContainersRequest,

@@ -15,6 +15,12 @@ def set_timestamp(ts: timestamp_pb2.Timestamp, ns: int) -> None:
     ts.seconds, ts.nanos = divmod(int(ns), 1_000_000_000)
 
 
+def timestamp_fields(ns: int) -> dict[str, int]:
+    """A Timestamp as protobuf's constructors take one (a map), from nanoseconds."""
+    seconds, nanos = divmod(int(ns), 1_000_000_000)
+    return {"seconds": seconds, "nanos": nanos}
+
+
 def timestamp_ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 

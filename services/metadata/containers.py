@@ -58,14 +58,23 @@ def _any_wire(data: bytes | None) -> dict[str, Any] | None:
     return {"type_url": type_url, "value": value}
 
 
+# what a list reads of each container, in this order (row_to_wire unpacks it)
+LIST_COLUMNS = (_T.c.id, _T.c.labels, _T.c.image, _T.c.runtime_name, _T.c.runtime_options, _T.c.spec,
+                _T.c.snapshotter, _T.c.snapshot_key, _T.c.created_at, _T.c.updated_at, _T.c.extensions)
+
+
 def row_to_wire(row: Row[Any]) -> dict[str, Any]:
-    """A container as its wire map, straight from the row: lists skip the dataclasses."""
+    """A container as its wire map, straight from a row of LIST_COLUMNS: lists skip the
+    dataclasses, and unpacking the row costs a third of reading it by names."""
+    id, labels, image, runtime_name, runtime_options, spec, snapshotter, snapshot_key, created_at, updated_at, \
+        extensions = row
     return {
-        "id": row.id, "labels": load_map(row.labels), "image": row.image,
-        "runtime": {"name": row.runtime_name, "options": _any_wire(row.runtime_options)},
-        "spec": _any_wire(row.spec), "snapshotter": row.snapshotter, "snapshot_key": row.snapshot_key,
-        "created_at": row.created_at, "updated_at": row.updated_at,
-        "extensions": {k: {"type_url": t, "value": v} for k, (t, v) in unpack(row.extensions).items()},
+        "id": id, "labels": load_map(labels), "image": image,
+        "runtime": {"name": runtime_name, "options": _any_wire(runtime_options)},
+        "spec": _any_wire(spec), "snapshotter": snapshotter, "snapshot_key": snapshot_key,
+        "created_at": created_at, "updated_at": updated_at,
+        "extensions": {k: {"type_url": t, "value": v} for k, (t, v) in unpack(extensions).items()} if extensions
+        else {},
     }
 
 
@@ -85,8 +94,9 @@ def wire_lookup(c: dict[str, Any]) -> filters.Lookup:
 
 
 def _row_size(row: Row[Any]) -> int:
-    return 200 + sum(len(v or b"") for v in (row.spec, row.runtime_options, row.extensions)) + len(row.labels) \
-        + len(row.image) + len(row.snapshot_key)
+    """About a LIST_COLUMNS row's size on the wire."""
+    return 200 + len(row[1]) + len(row[2]) + len(row[4] or b"") + len(row[5] or b"") + len(row[7]) \
+        + len(row[10] or b"")
 
 
 def _values(c: Container) -> dict[str, Any]:
@@ -163,7 +173,8 @@ class ContainersMixin(StoreBase):
         wanted = parse_filters(fs)
         with self._read() as conn:
             return page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
-                        lambda c: wanted.matches(wire_lookup(c)), _row_size, _T.c.host == (host or self.host))
+                        (lambda c: wanted.matches(wire_lookup(c))) if wanted.any_of else None, _row_size,
+                        _T.c.host == (host or self.host), LIST_COLUMNS)
 
     def create_container(self, namespace: str, c: Container, host: str = "") -> Container:
         try:

@@ -30,12 +30,19 @@ def _row_to_image(row: Row[Any]) -> Image:
                  created_at=row.created_at, updated_at=row.updated_at)
 
 
+# what a list reads of each image, in this order (row_to_wire unpacks it)
+LIST_COLUMNS = (_T.c.name, _T.c.labels, _T.c.media_type, _T.c.digest, _T.c.size, _T.c.annotations,
+                _T.c.created_at, _T.c.updated_at)
+
+
 def row_to_wire(row: Row[Any]) -> dict[str, Any]:
-    """An image as its wire map, straight from the row: lists skip the dataclasses."""
-    return {"name": row.name, "labels": load_map(row.labels),
-            "target": {"media_type": row.media_type, "digest": row.digest, "size": row.size,
-                       "annotations": load_map(row.annotations)},
-            "created_at": row.created_at, "updated_at": row.updated_at}
+    """An image as its wire map, straight from a row of LIST_COLUMNS: lists skip the
+    dataclasses, and unpacking the row costs a third of reading it by names."""
+    name, labels, media_type, digest, size, annotations, created_at, updated_at = row
+    return {"name": name, "labels": load_map(labels),
+            "target": {"media_type": media_type, "digest": digest, "size": size,
+                       "annotations": load_map(annotations)},
+            "created_at": created_at, "updated_at": updated_at}
 
 
 def wire_lookup(i: dict[str, Any]) -> filters.Lookup:
@@ -125,8 +132,8 @@ class ImagesMixin(StoreBase):
         wanted = parse_filters(fs)
         with self._read() as conn:
             return page(conn, _T, _T.c.name, namespace, after, budget, row_to_wire,
-                        lambda i: wanted.matches(wire_lookup(i)),
-                        lambda r: 200 + len(r.name) + len(r.labels) + len(r.annotations) + len(r.digest))
+                        (lambda i: wanted.matches(wire_lookup(i))) if wanted.any_of else None,
+                        lambda r: 200 + len(r[0]) + len(r[1]) + len(r[3]) + len(r[5]), columns=LIST_COLUMNS)
 
     def create_image(self, namespace: str, i: Image) -> Image:
         if not i.name:  # the service's own check comes before the store's

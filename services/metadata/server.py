@@ -16,6 +16,7 @@ from flotilla.libs.bus import Bus, replaying
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound
 from flotilla.libs.subjects import token
+from flotilla.libs.wire import Wired
 
 from . import api
 from .collector import Collector
@@ -109,10 +110,10 @@ class MetadataServer:
     async def c_get(self, req: api.ContainerRef) -> api.Container:
         return await asyncio.to_thread(self.store.get_container, req.namespace, req.id, self._host(req.host))
 
-    async def c_list(self, req: api.ListRequest) -> api.ListPage | list[dict[str, Any]]:
+    async def c_list(self, req: api.ListRequest) -> Wired | list[dict[str, Any]]:
         items, after = await asyncio.to_thread(self.store.list_containers_page, req.namespace, req.filters,
                                                req.after, req.budget, self._host(req.host))
-        return api.ListPage(items, after) if req.budget else items
+        return api.ListPage(items, after).wired() if req.budget else items
 
     async def c_create(self, req: api.ContainerCreate) -> api.Container:
         ns, id, host = req.namespace, req.container.id, self._host(req.host)
@@ -139,10 +140,10 @@ class MetadataServer:
     async def i_get(self, req: api.ImageRef) -> api.Image:
         return await asyncio.to_thread(self.store.get_image, req.namespace, req.name)
 
-    async def i_list(self, req: api.ListRequest) -> api.ListPage | list[dict[str, Any]]:
+    async def i_list(self, req: api.ListRequest) -> Wired | list[dict[str, Any]]:
         items, after = await asyncio.to_thread(self.store.list_images_page, req.namespace, req.filters,
                                                req.after, req.budget)
-        return api.ListPage(items, after) if req.budget else items
+        return api.ListPage(items, after).wired() if req.budget else items
 
     async def i_create(self, req: api.ImageCreate) -> api.Image:
         ns, name = req.namespace, req.image.name
