@@ -180,26 +180,31 @@ class Collector:
                 log.warning("gc: content of %s not listed: %s", ns, exc.message)
                 return None
 
-        async def snaps_of() -> list[Snap]:
-            async def one(sn: str) -> list[Snap]:
+        async def snaps_of() -> list[Snap] | None:
+            async def one(sn: str) -> list[Snap] | None:
                 try:
                     return [Snap(sn, i.name, i.parent, i.labels, i.leases) for i in await self.snapshots.list(ns, sn)]
                 except FlotillaError as exc:
                     log.warning("gc: %s snapshots of %s not listed: %s", sn, ns, exc.message)
-                    return []
+                    return None
             per = await asyncio.gather(*(one(sn) for sn in (SNAPSHOTTERS if snaps_up else ())))
-            return [snap for snaps in per for snap in snaps]
+            return None if None in per else [snap for snaps in per if snaps for snap in snaps]
 
-        listed_blobs, snaps, records = await asyncio.gather(
+        listed_blobs, listed_snaps, records = await asyncio.gather(
             blobs_of(), snaps_of(), asyncio.to_thread(self.store.gc_records, ns))
-        content_up = listed_blobs is not None
-        blobs = listed_blobs or []
+        blobs, snaps = listed_blobs or [], listed_snaps or []
         keep_content, keep_snaps = mark(records, blobs, snaps)
+        # what one store holds may be reachable only through the other's labels (an image's
+        # layers: through its config blob's): with either not listed (not deployed, or down:
+        # a ping does not tell them apart), the other is not swept on this mark, or a killed
+        # content service would cost a running suite its images' snapshots
+        sweep_content = listed_blobs is not None and listed_snaps is not None
+        sweep_snaps = listed_blobs is not None
         expired = [lease.id for lease in records.leases if lease.expired]
         if expired:
             await asyncio.to_thread(self.store.remove_leases, ns, expired, held)
         stats.leases_expired += len(expired)
-        if content_up:
+        if sweep_content:
             for blob in blobs:
                 if blob.digest not in keep_content:
                     try:
@@ -209,7 +214,7 @@ class Collector:
                         pass
                     except FlotillaError as exc:
                         log.warning("gc: blob %s in %s not removed: %s", blob.digest, ns, exc.message)
-        for snap in removal_order(snaps, keep_snaps):
+        for snap in removal_order(snaps, keep_snaps) if sweep_snaps else ():
             try:
                 await self.snapshots.remove(ns, snap.snapshotter, snap.name)
                 stats.snapshots_removed += 1

@@ -325,11 +325,14 @@ def _gc_fixture(address: str, ns: str) -> dict[str, object]:
     return {"a": a, "b": b, "held": sha256(held), "pulled": sha256(pulled)}
 
 
+def _state_snapshots(address: str, ns: str) -> list[str]:
+    return sorted(line.split()[0] for line in ctr(address, "snapshots", "ls", namespace=ns, check=True)
+                  .stdout.splitlines()[1:])
+
+
 def _state(address: str, ns: str) -> tuple[list[str], list[str]]:
     content = sorted(ctr(address, "content", "ls", "-q", namespace=ns, check=True).stdout.split())
-    snaps = sorted(line.split()[0] for line in ctr(address, "snapshots", "ls", namespace=ns, check=True)
-                   .stdout.splitlines()[1:])
-    return content, snaps
+    return content, _state_snapshots(address, ns)
 
 
 def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd: ContainerdPeer) -> None:
@@ -366,6 +369,34 @@ def test_gc_after_image_rm_sync_matches_containerd(md: PrivateSuite, containerd:
     _same(md, containerd, [["images", "rm", "--sync", "gc/b:1"]], ns)
     assert _state(md.address, ns) == _state(containerd.address, ns) == ([], [])
     _same(md, containerd, [["namespaces", "rm", ns]], "default")
+
+
+def test_a_collection_while_content_is_down_sweeps_no_snapshot(md: PrivateSuite) -> None:
+    """An image's snapshots are reachable only through its config blob's labels: a collection
+    that cannot list the content store (stopped here; killed, in the chaos test that found
+    it) must not take them, nor any blob; the next one, content back, collects as before."""
+    ns = "gc-down-" + uuid.uuid4().hex[:8]
+    _gc_fixture(md.address, ns)
+    content, snaps = _state(md.address, ns)
+    assert snaps == ["base", "snap-a", "snap-b"]
+    stopped = md.suite.ctl("stop", "content")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    try:
+        # a metadata-only delete, and a synchronous collection with content not answering
+        ctr(md.address, "images", "rm", "--sync", "gc/a:1", namespace=ns, check=True, timeout=120)
+        assert _state_snapshots(md.address, ns) == ["base", "snap-a", "snap-b"]
+    finally:
+        md.suite.ctl("start", "content")
+    deadline = time.monotonic() + 30
+    while ctr(md.address, "content", "ls", "-q", namespace=ns).returncode != 0:
+        assert time.monotonic() < deadline, "content did not come back"
+        time.sleep(0.2)
+    assert sorted(ctr(md.address, "content", "ls", "-q", namespace=ns, check=True).stdout.split()) == content
+    # content back: image a's blobs and snapshot go with the next collection
+    ctr(md.address, "images", "rm", "--sync", "gc/b:1", namespace=ns, check=True, timeout=120)
+    ctr(md.address, "leases", "rm", "--sync", "hold", namespace=ns, check=True, timeout=120)
+    assert _state(md.address, ns) == ([], [])
+    ctr(md.address, "namespaces", "rm", ns, check=True)
 
 
 def _kill_metadata(suite: PrivateSuite) -> None:
