@@ -374,9 +374,6 @@ class ContentStore:
             if s.offset:
                 log.info("ingest %s/%s: resumed at %d", s.namespace, s.ref, s.offset)
         else:
-            if meta is not None or (s.path / "data").exists():
-                log.info("ingest %s/%s: started afresh over %s", s.namespace, s.ref,
-                         "another ingest's meta" if meta is not None else "a data file with no meta")
             s.fd = os.open(s.path / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             start_meta(s.path, IngestMeta(req.namespace, req.ref, req.total, req.expected, req.lease, s.started_at))
 
@@ -514,9 +511,8 @@ class ContentStore:
             return info
 
     def _note_committing(self, s: Session, digest: str) -> None:
-        """Name the digest in the ingest's meta before its data moves into place: killed
-        between the move and the record, the next instance must know which blob the ingest
-        became (_committed_unrecorded)."""
+        """Name the digest in the meta before the data moves: killed between the move and the
+        record, the next instance must know which blob the ingest became."""
         meta = read_meta(s.path)
         if meta is not None and meta.committing != digest:
             meta.committing = digest

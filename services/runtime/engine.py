@@ -32,21 +32,15 @@ from . import cgroups, mounts, shimlog, supervisor
 from .choice import binary_for, create_failed, default_binary, spawn_error, unknown
 from .initproc import spawn_init
 from .oci import OciRuntime, RuntimeFailed, exec_error
-from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc
+from .state import Proc, ProcRecord, Task, TaskRecord, load_proc, read_exit, save_proc, set_console_size
 
 log = logging.getLogger("flotilla.runtime")
 
 Publish = Callable[[str, ev.EventRecord], Awaitable[None]]  # (namespace, event)
 KILL_RACE_WAIT = 2.0  # seconds a failed kill waits for the exit that may explain it
-# tasks' bundles, where containerd's runtime v2 keeps them (<state>/<this>/<ns>/<id>): its client
-# suite looks there (the log pipe); tasks of releases before this lived in runtime/tasks
+# tasks' bundles where containerd's runtime v2 keeps them (its client suite looks there for
+# the log pipe): <state>/<this>/<ns>/<id>; earlier releases kept them in runtime/tasks
 TASKS_DIR, LEGACY_TASKS_DIR = "io.containerd.runtime.v2.task", "runtime/tasks"
-
-
-def _set_console_size(process_json: Path, width: int, height: int) -> None:
-    process = json.loads(process_json.read_bytes())
-    process["consoleSize"] = {"width": width, "height": height}
-    process_json.write_text(json.dumps(process))
 
 
 class Engine:
@@ -277,7 +271,7 @@ class Engine:
             if proc.rec.stdio.terminal and proc.pending_size is not None:
                 # the runtime sizes the pty before the process runs: a resize sent after could
                 # come too late for a process that asks at once
-                await asyncio.to_thread(_set_console_size, proc.dir / "process.json", *proc.pending_size)
+                await asyncio.to_thread(set_console_size, proc.dir / "process.json", *proc.pending_size)
             cmd = ["exec", "--detach", "--process", str(proc.dir / "process.json"),
                    "--pid-file", str(proc.dir / "pid")]
             if proc.rec.stdio.terminal:

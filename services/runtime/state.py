@@ -129,3 +129,10 @@ def save_proc(proc: Proc) -> None:
 
 def load_proc(d: Path) -> Proc:
     return Proc(d, from_wire(ProcRecord, json.loads((d / "proc.json").read_text())))
+
+
+def set_console_size(process_json: Path, width: int, height: int) -> None:
+    """Record a resize asked before the process started, in its process spec."""
+    process = json.loads(process_json.read_bytes())
+    process["consoleSize"] = {"width": width, "height": height}
+    process_json.write_text(json.dumps(process))
