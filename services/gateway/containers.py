@@ -16,7 +16,7 @@ from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.wire import to_wire
 
 from .events import EventHub
-from .protomsg import timestamp_fields
+from .protomsg import constructor_fields
 from .records import RecordCache, event_key
 from .rpc import namespace, streaming, timeout, unary
 
@@ -37,16 +37,9 @@ def container_from_pb(c: pbc.Container) -> Container:
     )
 
 
-def _constructor_fields(c: dict[str, Any]) -> dict[str, Any]:
-    """A container's wire map as protobuf's constructor takes it: the same names (an absent
-    Any is None), timestamps as maps. Changed in place (the caller's own, fresh from the bus)."""
-    c["created_at"], c["updated_at"] = timestamp_fields(c["created_at"]), timestamp_fields(c["updated_at"])
-    return c
-
-
 def wire_to_pb(c: dict[str, Any]) -> pbc.Container:
     """A container's wire map into protobuf, without the dataclass on the way."""
-    return pbc.Container(**_constructor_fields(c))
+    return pbc.Container(**constructor_fields(c))
 
 
 class ContainerRecords:
@@ -82,7 +75,7 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
         found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
                                                          timeout(context, self.default_timeout))
         # one constructor call for them all: building each message in Python cost more
-        return pbc.ListContainersResponse(containers=[_constructor_fields(c) for c in found])
+        return pbc.ListContainersResponse(containers=[constructor_fields(c) for c in found])
 
     @streaming("Containers.ListStream")
     async def ListStream(self, request: pbc.ListContainersRequest,

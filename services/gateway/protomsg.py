@@ -21,6 +21,15 @@ def timestamp_fields(ns: int) -> dict[str, int]:
     return {"seconds": seconds, "nanos": nanos}
 
 
+def constructor_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's wire map (an image's, a container's) as protobuf's constructor takes it:
+    the same names, its timestamps as maps. Changed in place: the map is the caller's own,
+    fresh from the bus."""
+    record["created_at"] = timestamp_fields(record["created_at"])
+    record["updated_at"] = timestamp_fields(record["updated_at"])
+    return record
+
+
 def timestamp_ns(ts: timestamp_pb2.Timestamp) -> int:
     return ts.seconds * 1_000_000_000 + ts.nanos
 

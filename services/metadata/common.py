@@ -74,15 +74,16 @@ _WRITE_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)").bindparams(key=d
 
 
 def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, budget: int,
-         decode: Callable[[Any], T], keep: Callable[[T], bool] | None, size: Callable[[Any], int],
-         scope: Any = None, columns: tuple[Any, ...] = ()) -> tuple[list[T], str]:
+         decode: Callable[[Any], T], wanted: filters.Filter, lookup: Callable[[T], filters.Lookup],
+         size: Callable[[Any], int], scope: Any = None, columns: tuple[Any, ...] = ()) -> tuple[list[T], str]:
     """Records of ``namespace`` (and ``scope``, a further condition) after key ``after``, in
-    key order, until about ``budget`` bytes (0: all); ``keep`` None: every one. Returns them
-    and the key to continue after ("" when done): a list too big for one bus message travels
-    in pages. ``columns``: those only, in that order (``decode`` unpacks the row as a tuple,
+    key order, that ``wanted`` matches (through ``lookup``), until about ``budget`` bytes (0:
+    all). Returns them and the key to continue after ("" when done): a list too big for one
+    bus message travels in pages. ``columns``: those only, in that order (``decode`` unpacks the row as a tuple,
     faster than by name), else every column of ``table``."""
     out: list[T] = []
     used = 0
+    keep = (lambda record: wanted.matches(lookup(record))) if wanted.any_of else None  # none: no call
     while True:
         query = (select(*columns) if columns else select(table)).where(table.c.namespace == namespace)
         if scope is not None:
@@ -153,10 +154,8 @@ class StoreBase:
             with held.conn.begin():
                 yield held.conn
             return
-        gate = -1
-        if self.sqlite and held is None:  # a collection in another process: wait for its end
-            gate = os.open(self.gc_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(gate, fcntl.LOCK_SH)
+        # SQLite: a collection in another process holds the gc-lock: wait for its end
+        gate = self._gc_flock(fcntl.LOCK_SH) if self.sqlite and held is None else -1
         try:
             with self.engine.begin() as conn:
                 if not self.sqlite:
@@ -165,6 +164,17 @@ class StoreBase:
         finally:
             if gate >= 0:
                 os.close(gate)
+
+    def _gc_flock(self, mode: int) -> int:
+        """A descriptor of the SQLite database's gc-lock file holding ``mode`` (waited for);
+        its close gives the lock back."""
+        fd = os.open(self.gc_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

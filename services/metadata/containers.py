@@ -173,7 +173,7 @@ class ContainersMixin(StoreBase):
         wanted = parse_filters(fs)
         with self._read() as conn:
             return page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
-                        (lambda c: wanted.matches(wire_lookup(c))) if wanted.any_of else None, _row_size,
+                        wanted, wire_lookup, _row_size,
                         _T.c.host == (host or self.host), LIST_COLUMNS)
 
     def create_container(self, namespace: str, c: Container, host: str = "") -> Container:

@@ -191,13 +191,7 @@ class GCMixin(StoreBase):
         """Wait until no other collection runs anywhere in the farm and no write is in
         progress (writes hold the lock shared), then hold it until ``gc_release``."""
         if self.sqlite:
-            fd = os.open(self.gc_lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # once no write of any process runs
-            except BaseException:
-                os.close(fd)
-                raise
-            return Collecting(lock_fd=fd)
+            return Collecting(lock_fd=self._gc_flock(fcntl.LOCK_EX))  # once no write of any process runs
         conn = self.engine.connect()
         try:
             conn.execute(_GC_LOCK)

@@ -132,7 +132,7 @@ class ImagesMixin(StoreBase):
         wanted = parse_filters(fs)
         with self._read() as conn:
             return page(conn, _T, _T.c.name, namespace, after, budget, row_to_wire,
-                        (lambda i: wanted.matches(wire_lookup(i))) if wanted.any_of else None,
+                        wanted, wire_lookup,
                         lambda r: 200 + len(r[0]) + len(r[1]) + len(r[3]) + len(r[5]), columns=LIST_COLUMNS)
 
     def create_image(self, namespace: str, i: Image) -> Image:
