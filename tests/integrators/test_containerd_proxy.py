@@ -10,7 +10,7 @@ from flotilla.testing.peers import ContainerdPeer
 
 from .helpers import (
     SNAPSHOTTER, CountingProxy, blob_file, consumer_socket, content_digest, digests, flotilla_content,
-    flotilla_snapshots, image_of_its_own, pull, pushed, run,
+    flotilla_snapshots, image_of_its_own, pull, pushed, run, wait_for,
 )
 
 
@@ -42,6 +42,10 @@ def test_stock_containerd_pulls_runs_and_removes_through_flotilla(proxy_suite: P
         assert set(digests(image)) <= flotilla_content(proxy_suite, "solo")
         for digest in digests(image):
             assert blob_file(proxy_suite, digest).is_file()
+        # the container's rootfs goes from Flotilla when containerd's collector, run after
+        # ``run --rm`` returned, removes it from its backend: wait for that (bounded)
+        wait_for("containerd's collector removing the container's snapshot",
+                 lambda: len(flotilla_snapshots(proxy_suite, "solo")) == 1)
         snaps = flotilla_snapshots(proxy_suite, "solo")
         assert len(snaps) == 1 and snaps[0].endswith(keys[0].split()[0])  # "<ns>/<id>/<key>": containerd's backend key
         assert _own_stores(peer.root) == []
