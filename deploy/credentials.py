@@ -25,6 +25,7 @@ from pathlib import Path
 import nkeys
 
 from flotilla.libs.api import content as c
+from flotilla.libs.api import content_farm as cf
 from flotilla.libs.api import metadata as md
 from flotilla.libs import subjects
 from flotilla.libs.subjects import inbox, token
@@ -55,7 +56,9 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
             publish=(events, f"{prefix}.content.>", f"{prefix}.snapshots.{h}.>"),
             subscribe=(f"{prefix}.metadata.>",)),
         "content": Permissions(
-            publish=(events, f"{prefix}.content.changed"),
+            # on a farm: the other hosts' instances, the hosts' beats, a blob gone (content_farm.py)
+            publish=(events, f"{prefix}.content.changed", f"{prefix}.content.h.*.>",
+                     cf.notice_subject(prefix, cf.BEAT), cf.notice_subject(prefix, cf.GONE)),
             subscribe=(f"{prefix}.content.>",)),
         "snapshots": Permissions(
             publish=(events, *content_read, *content_write),

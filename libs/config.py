@@ -41,6 +41,12 @@ class Config:
     # costs no client (supervisord's stopwaitsecs is longer). 0: cut them at once, as a
     # containerd stopping does (its stand-in: flotilla/testing/daemon.py)
     drain_grace: float = 20.0
+    # the content store's records: "" keeps them in SQLite under root (one host); a farm's
+    # PostgreSQL makes the store the farm's, its bytes on every host (docs/farm.md)
+    content_db_url: str = ""
+    content_copies: int = 2           # hosts holding a written blob before its commit is acked (farm)
+    content_cache: int = 32 << 30     # bytes of copies a host keeps beyond those it must (farm, LRU)
+    host_lost_after: float = 30.0     # seconds a content host is unheard before its copies are made again
 
     @property
     def socket_path(self) -> str:

@@ -89,10 +89,11 @@ class FarmHost:
 
 @dataclass
 class Farm(Peer):
-    """``size`` hosts; the content service runs on the hosts in ``content_hosts`` (its store
-    is one host's disk until content moves between hosts), metadata on every host."""
+    """``size`` hosts, each running every service; the content store is the farm's (its
+    records in the farm's database, its bytes on the hosts' disks), as is the metadata."""
     size: int = 3
-    content_hosts: tuple[int, ...] = (0,)
+    # seconds a host is unheard before its copies are made again (the default is 30)
+    host_lost_after: float = 5.0
     tls: bool = True
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="flotilla-farm-")))
     prefix: str = field(default_factory=lambda: "farm" + uuid.uuid4().hex[:6])
@@ -131,13 +132,15 @@ class Farm(Peer):
             tls_dir = home / "tls"
             make_cert(ca, net.name, [net.address], out_dir=tls_dir)
         others = tuple(f"{h.address}:{ROUTE_PORT}" for h in self.network.hosts if h != net)  # type: ignore[union-attr]
-        services = tuple(n for n, _ in SERVICES if n != "content" or index in self.content_hosts)
+        services = tuple(n for n, _ in SERVICES)
         suite = Suite(root=home / "root", state=home / "state", nats_port=NATS_PORT, metrics_base=0,
                       prefix=self.prefix, isolated=True,
                       cluster=Cluster(f"{net.address}:{ROUTE_PORT}", others, tls_dir, cert_name=net.name,
                                       name=self.prefix),
                       instances={}, services=services, netns=net.name,
-                      extra_env={"FLOTILLA_HOST_ID": f"host{index + 1}", "FLOTILLA_DB_URL": self.db_url})
+                      extra_env={"FLOTILLA_HOST_ID": f"host{index + 1}", "FLOTILLA_DB_URL": self.db_url,
+                                 "FLOTILLA_CONTENT_DB_URL": self.db_url,
+                                 "FLOTILLA_HOST_LOST_AFTER": str(self.host_lost_after)})
         suite.credentials.grant(TESTER, Permissions((">",), (">",)))
         return FarmHost(index, net, suite)
 

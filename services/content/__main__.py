@@ -13,7 +13,10 @@ from .store import ContentStore
 
 
 async def setup(bus: Bus, cfg: Config) -> Cleanup:
-    store = await asyncio.to_thread(ContentStore, cfg.root, "", cfg.host)
+    if cfg.content_db_url and not cfg.host_id:
+        # a farm's copies are recorded by host: a hostname may change, or repeat
+        raise SystemExit("content: FLOTILLA_HOST_ID is required with FLOTILLA_CONTENT_DB_URL")
+    store = await asyncio.to_thread(ContentStore, cfg.root, "", cfg.host, cfg.content_db_url, cfg.content_copies)
     server = ContentServer(bus, cfg, store)
     await server.start()
     return server.stop

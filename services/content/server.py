@@ -8,11 +8,13 @@ import contextlib
 import logging
 
 from flotilla.libs import events
+from flotilla.libs.api import content_farm as cf
 from flotilla.libs.api import events as ev
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 
 from . import api
+from .farm import Farm
 from .store import ContentStore
 
 log = logging.getLogger("flotilla.content")
@@ -27,6 +29,8 @@ class ContentServer:
         self.bus, self.cfg, self.store = bus, cfg, store
         self.order: dict[str, asyncio.Condition] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # a farm's store: ingests, reads and commits go through its hosts (farm.py)
+        self.farm = Farm(bus, cfg, store) if store.farm else None
 
     # -- shared methods ----------------------------------------------------------------
 
@@ -43,22 +47,38 @@ class ContentServer:
         return info
 
     async def delete(self, r: api.DigestRequest) -> None:
-        await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
+        gone = await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
+        if gone and self.farm is not None:
+            await self.bus.publish(cf.notice_subject(self.cfg.prefix, cf.GONE), cf.BlobGone(r.digest))
         await events.publish(self.bus, self.cfg.prefix, r.namespace, ev.ContentDelete(r.digest))
 
+    async def _here(self, namespace: str, digest: str) -> None:
+        """On a farm, a right copy of the namespace's blob on this host (fetched if need be)."""
+        if self.farm is not None:
+            await asyncio.to_thread(self.store.info, namespace, digest)  # NotFound before any fetch
+            await self.farm.ensure_local(digest)
+
     async def read(self, r: api.ReadRequest) -> bytes:
+        await self._here(r.namespace, r.digest)
         return await asyncio.to_thread(self.store.read, r.namespace, r.digest, r.offset, r.size)
 
     async def local_path(self, r: api.DigestRequest) -> api.LocalFile:
+        await self._here(r.namespace, r.digest)
         return await asyncio.to_thread(self.store.local_file, r.namespace, r.digest)
 
     async def status(self, r: api.RefRequest) -> api.Status:
+        if self.farm is not None:
+            return await self.farm.status(r)
         return await asyncio.to_thread(self.store.status, r.namespace, r.ref)
 
     async def list_statuses(self, r: api.ListRequest) -> list[api.Status]:
+        if self.farm is not None:
+            return await self.farm.list_statuses(r)
         return await asyncio.to_thread(self.store.list_statuses, r.namespace, r.filters)
 
     async def abort(self, r: api.RefRequest) -> None:
+        if self.farm is not None:
+            return await self.farm.abort(r)
         await asyncio.to_thread(self.store.abort, r.namespace, r.ref)
 
     async def namespace_held(self, r: api.NamespaceRequest) -> bool:
@@ -71,6 +91,8 @@ class ContentServer:
         return await asyncio.to_thread(self.store.release_lease, r.namespace, r.lease)
 
     async def writer_open(self, r: api.WriterOpen) -> api.WriterSession:
+        if self.farm is not None:
+            return await self.farm.open_writer(r)
         return await asyncio.to_thread(self.store.open_writer, r)
 
     # -- session methods (this instance only) ------------------------------------------
@@ -103,8 +125,15 @@ class ContentServer:
         return await asyncio.to_thread(self.store.w_truncate, r.session)
 
     async def w_commit(self, r: api.CommitRequest) -> api.Info:
-        info = await asyncio.to_thread(self.store.w_commit, r.session, r.size, r.expected, r.labels)
-        await self._forget(r.session)
+        session = self.store.sessions.get(r.session)
+        digest = ""
+        try:
+            info = await asyncio.to_thread(self.store.w_commit, r.session, r.size, r.expected, r.labels)
+            digest = info.digest
+        finally:
+            await self._forget(r.session)
+            if self.farm is not None and session is not None and r.session not in self.store.sessions:
+                await self.farm.committed(session.namespace, session.ref, digest)
         return info
 
     async def w_close(self, r: api.SessionRequest) -> None:
@@ -139,8 +168,12 @@ class ContentServer:
             (api.W_TRUNCATE, self.w_truncate), (api.W_COMMIT, self.w_commit), (api.W_CLOSE, self.w_close),
         ], queue="", label="content.")
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.farm is not None:
+            await self.farm.start()
 
     async def stop(self) -> None:
+        if self.farm is not None:
+            await self.farm.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Row
 from flotilla.libs import filters
 from flotilla.libs.afterwards import Afterwards
 from flotilla.libs.api.content import (
-    ALGORITHMS, CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error,
+    CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error,
 )
 from flotilla.libs.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -34,6 +34,7 @@ from flotilla.libs.errors import (
 from flotilla.libs.identifiers import validate_labels
 
 from . import db
+from .copies import from_registry, record_blob
 from .ingest import Hasher, IngestMeta, ingest_dir, lock, read_meta, start_meta, write_meta
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def _info(row: Row[Any]) -> Info:
 # built once: composing a statement per call costs more than the query (on every Info)
 _OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namespace"))
                                      & (db.owners.c.digest == bindparam("digest")))
+_OWNER_ROW_FOR_UPDATE = _OWNER_ROW.with_for_update()
 _OWNERS = select(db.owners).where(db.owners.c.digest == bindparam("digest"))
+_HELD = select(db.copies.c.host).where(db.copies.c.digest == bindparam("digest")).limit(1)
 _INSERT_OWNER = insert(db.owners)
 # one owner row; the columns it sets are the parameters given with it (labels, or leases)
 _UPDATE_OWNER = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
@@ -113,9 +116,13 @@ def _clear(trash: Path | None, lock_fd: int) -> None:
 
 
 class ContentStore:
-    def __init__(self, root: Path, instance: str = "", host: str = "") -> None:
+    def __init__(self, root: Path, instance: str = "", host: str = "", db_url: str = "",
+                 copies: int = 2) -> None:
         self.root = root / "content"
         self.host = host  # tags the files it hands out: only its own host reads them directly
+        # a farm's store (records in its database): a blob's bytes may be on other hosts
+        # only (services/content/copies.py); ``copies``: hosts that hold a written blob
+        self.farm, self.copies = bool(db_url), copies
         self.blobs = self.root / "blobs"
         self.ingests = self.root / "ingest"
         # ended ingests wait here for the clearing thread (and a kill leaves them here)
@@ -125,7 +132,7 @@ class ContentStore:
         for old in self.trash.iterdir():  # left by a killed instance; another one's go as well, harmlessly
             shutil.rmtree(old, ignore_errors=True)
         self._clearing = Afterwards("content-clear")
-        self.engine, self.reader = db.open_engines(self.root / "owners.db")
+        self.engine, self.reader = db.open_engines(self.root / "owners.db", db_url)
         self.instance = instance or uuid.uuid4().hex[:12]
         self.sessions: dict[str, Session] = {}
 
@@ -142,8 +149,15 @@ class ContentStore:
 
     # -- ownership records -------------------------------------------------------------
 
-    def _row(self, conn: Connection, namespace: str, digest: str) -> Row[Any] | None:
-        return conn.execute(_OWNER_ROW, {"namespace": namespace, "digest": digest}).first()
+    def _row(self, conn: Connection, namespace: str, digest: str, for_update: bool = False) -> Row[Any] | None:
+        return conn.execute(_OWNER_ROW_FOR_UPDATE if for_update else _OWNER_ROW,
+                            {"namespace": namespace, "digest": digest}).first()
+
+    def stored(self, conn: Connection, digest: str) -> bool:
+        """The blob's bytes are here, or (a farm) on some host."""
+        if self.blob_path(digest).exists():
+            return True
+        return self.farm and conn.execute(_HELD, {"digest": digest}).first() is not None
 
     def _owned(self, namespace: str, digest: str) -> bool:
         with self.reader.connect() as conn:
@@ -173,7 +187,7 @@ class ContentStore:
     def update(self, namespace: str, info: Info, paths: list[str]) -> Info:
         check_digest(info.digest)
         with self.engine.begin() as conn:
-            row = self._row(conn, namespace, info.digest)
+            row = self._row(conn, namespace, info.digest, for_update=True)
             if row is None:
                 raise not_found(info.digest)
             labels: dict[str, str] = json.loads(row.labels)
@@ -198,9 +212,11 @@ class ContentStore:
         updated.labels, updated.updated_at = labels, now
         return updated
 
-    def delete(self, namespace: str, digest: str) -> None:
+    def delete(self, namespace: str, digest: str) -> bool:
+        """Forget the namespace's record; True when that was the last and the blob went."""
         check_digest(digest)
         with self.engine.begin() as conn:
+            db.lock_digest(conn, digest)
             gone = conn.execute(delete(db.owners).where(
                 (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).rowcount
             if not gone:
@@ -209,11 +225,16 @@ class ContentStore:
             # same digest waits for us and then finds no file, so it renames its own
             left = conn.execute(select(func.count()).select_from(db.owners)
                                 .where(db.owners.c.digest == digest)).scalar()
-            if not left:
-                try:
-                    os.unlink(self.blob_path(digest))
-                except FileNotFoundError:
-                    pass
+            if left:
+                return False
+            if self.farm:  # every host's copy goes: each host unlinks its own (copies.py)
+                conn.execute(delete(db.copies).where(db.copies.c.digest == digest))
+                conn.execute(delete(db.blobs).where(db.blobs.c.digest == digest))
+            try:
+                os.unlink(self.blob_path(digest))
+            except FileNotFoundError:
+                pass
+            return True
 
     def namespace_held(self, namespace: str) -> bool:
         with self.reader.connect() as conn:
@@ -248,7 +269,7 @@ class ContentStore:
 
     def _add_lease(self, namespace: str, digest: str, lease: str) -> None:
         with self.engine.begin() as conn:
-            row = self._row(conn, namespace, digest)
+            row = self._row(conn, namespace, digest, for_update=True)
             if row is None:
                 return
             leases = json.loads(row.leases)
@@ -337,8 +358,10 @@ class ContentStore:
                     self._add_lease(req.namespace, req.expected, req.lease)
                 raise AlreadyExists(f"content {req.expected}: already exists")
             # containerd's "shared" policy: stored for another namespace, so no bytes needed
-            if other is not None and (req.total in (0, other.size)) and self.blob_path(req.expected).exists():
-                shared = _info(other)
+            if other is not None and (req.total in (0, other.size)):
+                with self.reader.connect() as conn:
+                    if self.stored(conn, req.expected):
+                        shared = _info(other)
         path = ingest_dir(self.ingests, req.namespace, req.ref)
         lock_fd = lock(path, req.namespace, req.ref)
         try:
@@ -523,12 +546,17 @@ class ContentStore:
         target = self.blob_path(digest)
         now = time.time_ns()
         with self.engine.begin() as conn:
+            db.lock_digest(conn, digest)
             if not target.exists():
                 if data is None:
-                    raise NotFound(f"content digest {digest}: not found")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(data, target)
-                _fsync_dir(target.parent)
+                    if not self.stored(conn, digest):  # a farm's copies are elsewhere
+                        raise NotFound(f"content digest {digest}: not found")
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(data, target)
+                    _fsync_dir(target.parent)
+            if self.farm:
+                record_blob(conn, self.host, digest, size, target, 1 if from_registry(s.ref) else self.copies)
             if self._row(conn, s.namespace, digest) is not None:
                 raise AlreadyExists(f"content {digest}: already exists")
             leases = [s.lease] if s.lease else []
@@ -577,38 +605,3 @@ class ContentStore:
         for sid in old:
             self.w_close(sid)
         return old
-
-    # -- checking ----------------------------------------------------------------------
-
-    def verify(self, rehash: bool = True) -> dict[str, list[str]]:
-        """Blobs whose bytes do not match their digest, blob files nobody owns, and
-        records whose file is missing."""
-        with self.reader.connect() as conn:
-            owned = {r.digest: r.size for r in conn.execute(select(db.owners.c.digest, db.owners.c.size))}
-        report: dict[str, list[str]] = {"corrupted": [], "orphaned": [], "missing": []}
-        on_disk: set[str] = set()
-        for alg in ALGORITHMS:
-            d = self.blobs / alg
-            if not d.is_dir():
-                continue
-            for p in d.iterdir():
-                digest = f"{alg}:{p.name}"
-                on_disk.add(digest)
-                if digest not in owned:
-                    report["orphaned"].append(digest)
-                    continue
-                if p.stat().st_size != owned[digest]:
-                    report["corrupted"].append(digest)
-                elif rehash:
-                    h = Hasher(alg)
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        h.catch_up(fd, owned[digest])
-                    finally:
-                        os.close(fd)
-                    if h.digest() != digest:
-                        report["corrupted"].append(digest)
-        report["missing"] = sorted(set(owned) - on_disk)
-        for v in report.values():
-            v.sort()
-        return report

@@ -1,0 +1,27 @@
+"""A farm test that fails prints what each host's content service warned of."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Generator, Iterator
+
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.failed_call = report.failed  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def content_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if not getattr(request.node, "failed_call", False) or "farm" not in request.fixturenames:
+        return
+    for host in request.getfixturevalue("farm").hosts:
+        log = host.suite.logs / "content.log"
+        tail = subprocess.run(["grep", "-v", '"level": "debug"', str(log)], capture_output=True, text=True).stdout
+        print(f"===== {host.id}: {log}\n" + "\n".join(tail.splitlines()[-30:]))
