@@ -34,6 +34,7 @@ log = logging.getLogger("flotilla.content.farm")
 R = TypeVar("R")
 MAINTAIN_EVERY = 5.0   # seconds between looks for blobs held by too few hosts, and for eviction
 GATHER_WAIT = 3.0      # seconds a listing waits for another host's part
+HEAR_OTHERS = 0.3      # seconds a starting instance listens for the hosts up before it serves
 
 
 def _append(fd: int, hasher: "hashlib._Hash", data: bytes, at: int) -> None:
@@ -69,8 +70,17 @@ class Farm:
 
     async def _on_beat(self, data: Any) -> None:
         beat = from_wire(cf.HostBeat, data)
-        if beat.host != self.host:
-            self.heard[beat.host] = time.monotonic()
+        if beat.host == self.host:
+            return
+        now = time.monotonic()
+        new = now - self.heard.get(beat.host, -cf.LIVE_WITHIN) >= cf.LIVE_WITHIN
+        self.heard[beat.host] = now
+        if new:  # a host (re)starting learns at once who is up
+            await self._say_up()
+
+    async def _say_up(self) -> None:
+        with contextlib.suppress(FlotillaError):
+            await self.bus.publish(cf.notice_subject(self.prefix, cf.BEAT), cf.HostBeat(self.host, self.store.instance))
 
     async def _on_gone(self, data: Any) -> None:
         await asyncio.to_thread(self.copies.forget, from_wire(cf.BlobGone, data).digest)
@@ -94,6 +104,7 @@ class Farm:
         ], label="content.h.")
         await asyncio.to_thread(self.copies.reconcile)
         self._tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._maintain())]
+        await asyncio.sleep(HEAR_OTHERS)  # the others answer the first beat at once
 
     async def stop(self) -> None:
         for task in [*self._tasks, *self._fetches.values()]:
@@ -102,10 +113,8 @@ class Farm:
                 await task
 
     async def _beat(self) -> None:
-        beat = cf.HostBeat(self.host, self.store.instance)
         while True:
-            with contextlib.suppress(FlotillaError):
-                await self.bus.publish(cf.notice_subject(self.prefix, cf.BEAT), beat)
+            await self._say_up()
             await asyncio.sleep(cf.BEAT_EVERY)
 
     async def copy_read(self, r: cf.CopyRead) -> bytes:

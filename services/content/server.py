@@ -155,6 +155,8 @@ class ContentServer:
                 log.info("closed idle write session %s", sid)
 
     async def start(self) -> None:
+        if self.farm is not None:  # knows the hosts up before it takes a call
+            await self.farm.start()
         await self.bus.serve_routes(api.stem(self.cfg.prefix), [
             (api.INFO, self.info), (api.LIST, self.list), (api.UPDATE, self.update), (api.DELETE, self.delete),
             (api.READ, self.read), (api.LOCAL_PATH, self.local_path), (api.STATUS, self.status),
@@ -168,8 +170,6 @@ class ContentServer:
             (api.W_TRUNCATE, self.w_truncate), (api.W_COMMIT, self.w_commit), (api.W_CLOSE, self.w_close),
         ], queue="", label="content.")
         self._sweeper = asyncio.create_task(self._sweep())
-        if self.farm is not None:
-            await self.farm.start()
 
     async def stop(self) -> None:
         if self.farm is not None:

@@ -1,4 +1,5 @@
-"""A farm test that fails prints what each host's content service warned of."""
+"""One farm of three hosts for the package's tests; a test that fails prints what each
+host's content service said."""
 
 from __future__ import annotations
 
@@ -6,6 +7,23 @@ import subprocess
 from collections.abc import Generator, Iterator
 
 import pytest
+
+from flotilla.testing.farm import Farm
+from flotilla.testing.images import busybox_image
+from flotilla.testing.postgres import available
+
+
+@pytest.fixture(scope="package")
+def farm() -> Iterator[Farm]:
+    if not available():
+        pytest.skip("PostgreSQL is installed by make test")
+    with Farm(3) as f:
+        yield f
+
+
+@pytest.fixture(scope="package")
+def busybox(farm: Farm) -> str:
+    return farm.push("busybox", "farm", busybox_image())
 
 
 @pytest.hookimpl(hookwrapper=True)

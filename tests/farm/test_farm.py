@@ -12,32 +12,20 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from flotilla.testing.chaos import Chaos
 from flotilla.testing.farm import Farm, FarmHost
-from flotilla.testing.images import busybox_image, random_layers_image
+from flotilla.testing.images import random_layers_image
 from flotilla.testing.peers import CTR, terminate
 from flotilla.testing.postgres import available
 
 pytestmark = pytest.mark.skipif(not available(), reason="PostgreSQL is installed by make test")
 
 
-@pytest.fixture(scope="module")
-def farm() -> Iterator[Farm]:
-    with Farm(3) as f:
-        yield f
-
-
-@pytest.fixture(scope="module")
-def busybox(farm: Farm) -> str:
-    return farm.push("busybox", "farm", busybox_image())
-
-
-def ok(host: FarmHost, *args: str, namespace: str = "default", timeout: float = 120) -> str:
-    out = host.ctr(*args, namespace=namespace, timeout=timeout)
+def ok(host: FarmHost, *args: str, namespace: str = "default", timeout: float = 120, input: str | None = None) -> str:
+    out = host.ctr(*args, namespace=namespace, timeout=timeout, input=input)
     assert out.returncode == 0, f"{host.id}: ctr {' '.join(args)}: {out.stderr}"
     return out.stdout
 
