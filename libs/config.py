@@ -47,6 +47,7 @@ class Config:
     content_copies: int = 2           # hosts holding a written blob before its commit is acked (farm)
     content_cache: int = 32 << 30     # bytes of copies a host keeps beyond those it must (farm, LRU)
     host_lost_after: float = 30.0     # seconds a content host is unheard before its copies are made again
+    content_peer_listen: str = ""     # address:port this host's copies are served on to other hosts ("": over the bus)
 
     @property
     def socket_path(self) -> str:

@@ -38,6 +38,7 @@ from .peers import CTR, Peer, Registry, _pids_naming, _with_descendants
 from .postgres import PostgresServer
 
 PG_PORT = 5432            # inside the database's own namespace
+BULK_PORT = 7480          # each host's content copies, on its own address
 TESTER = "tester"         # a credential on every host that may say anything (tests' probes)
 STATE_FILE = Path("/run/flotilla-farm/farm.json")
 
@@ -140,7 +141,8 @@ class Farm(Peer):
                       instances={}, services=services, netns=net.name,
                       extra_env={"FLOTILLA_HOST_ID": f"host{index + 1}", "FLOTILLA_DB_URL": self.db_url,
                                  "FLOTILLA_CONTENT_DB_URL": self.db_url,
-                                 "FLOTILLA_HOST_LOST_AFTER": str(self.host_lost_after)})
+                                 "FLOTILLA_HOST_LOST_AFTER": str(self.host_lost_after),
+                                 "FLOTILLA_CONTENT_PEER_LISTEN": f"{net.address}:{BULK_PORT}"})
         suite.credentials.grant(TESTER, Permissions((">",), (">",)))
         return FarmHost(index, net, suite)
 

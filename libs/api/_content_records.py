@@ -95,6 +95,7 @@ class WriterOpen:
     expected: str = ""
     lease: str = ""                # the containerd-lease of the caller, kept with the blob
     local: bool = True             # the caller may use the data file directly
+    host: str = ""                 # a farm: the caller's host (its session ends when that host is lost)
 
 
 @dataclass

@@ -26,9 +26,15 @@ class CopyRead:
 
 
 @dataclass
-class CopyTake:
-    """Hold a copy of ``digest`` (fetched from the hosts that have one) before answering."""
+class Blob:
     digest: str
+
+
+@dataclass
+class CopyTicket:
+    """Where and with what to fetch a copy over a socket (services/content/bulk.py)."""
+    token: str
+    address: str                 # host:port
 
 
 @dataclass
@@ -37,14 +43,12 @@ class HostBeat:
     instance: str
 
 
-@dataclass
-class BlobGone:
-    digest: str
-
-
 # this host's copy's bytes (a right copy, or NotFound)
 COPY_READ: Route[CopyRead, bytes] = Route("copy.read", CopyRead, None, idempotent=True)
-COPY_TAKE: Route[CopyTake, None] = Route("copy.take", CopyTake, None, idempotent=True, timeout=600.0)
+# a ticket for this host's copy over its socket (NotFound: no right copy; Unavailable: no socket)
+COPY_OPEN: Route[Blob, CopyTicket] = Route("copy.open", Blob, CopyTicket)
+# hold a copy of the blob (fetched from the hosts that have one) before answering
+COPY_TAKE: Route[Blob, None] = Route("copy.take", Blob, None, idempotent=True, timeout=600.0)
 # the ingest's own host: the same methods as the shared subject's, without placing again
 WRITER_OPEN = c.WRITER_OPEN
 STATUS = c.STATUS
@@ -52,7 +56,7 @@ ABORT = c.ABORT
 LIST_STATUSES = c.LIST_STATUSES
 
 BEAT = "beat"        # published on <prefix>.content.beat, a HostBeat
-GONE = "gone"        # published on <prefix>.content.gone, a BlobGone: every host drops its copy
+GONE = "gone"        # published on <prefix>.content.gone, a Blob deleted: every host drops its copy
 
 
 def host_stem(prefix: str, host: str) -> str:

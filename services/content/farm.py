@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, TypeVar
 
 from flotilla.libs.api import content_farm as cf
@@ -27,6 +29,7 @@ from flotilla.libs.errors import DataLoss, FlotillaError, InstanceGone, NotFound
 from flotilla.libs.routes import Route
 from flotilla.libs.wire import from_wire
 
+from . import bulk
 from .copies import Blob, Copies, rank
 from .store import ContentStore
 
@@ -54,6 +57,7 @@ class Farm:
         self.started = time.monotonic()
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.bulk: bulk.BulkServer | None = None
 
     # -- who is up -----------------------------------------------------------------------
 
@@ -83,7 +87,7 @@ class Farm:
             await self.bus.publish(cf.notice_subject(self.prefix, cf.BEAT), cf.HostBeat(self.host, self.store.instance))
 
     async def _on_gone(self, data: Any) -> None:
-        await asyncio.to_thread(self.copies.forget, from_wire(cf.BlobGone, data).digest)
+        await asyncio.to_thread(self.copies.forget, from_wire(cf.Blob, data).digest)
 
     async def _call(self, host: str, route: Route[Any, R], request: Any, timeout: float | None = None) -> R:
         """Another host's instances; InstanceGone at once if none answers there."""
@@ -98,15 +102,19 @@ class Farm:
         await self.bus.subscribe(cf.notice_subject(self.prefix, cf.BEAT), self._on_beat)
         await self.bus.subscribe(cf.notice_subject(self.prefix, cf.GONE), self._on_gone)
         await self.bus.serve_routes(cf.host_stem(self.prefix, self.host), [
-            (cf.COPY_READ, self.copy_read), (cf.COPY_TAKE, self.copy_take),
+            (cf.COPY_READ, self.copy_read), (cf.COPY_OPEN, self.copy_open), (cf.COPY_TAKE, self.copy_take),
             (cf.WRITER_OPEN, self.open_here), (cf.STATUS, self.status_here), (cf.ABORT, self.abort_here),
             (cf.LIST_STATUSES, self.statuses_here),
         ], label="content.h.")
         await asyncio.to_thread(self.copies.reconcile)
+        if self.cfg.content_peer_listen:
+            self.bulk = await asyncio.to_thread(bulk.BulkServer, self.cfg.content_peer_listen, self._right_copy)
         self._tasks = [asyncio.create_task(self._beat()), asyncio.create_task(self._maintain())]
         await asyncio.sleep(HEAR_OTHERS)  # the others answer the first beat at once
 
     async def stop(self) -> None:
+        if self.bulk is not None:
+            self.bulk.close()
         for task in [*self._tasks, *self._fetches.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -120,7 +128,18 @@ class Farm:
     async def copy_read(self, r: cf.CopyRead) -> bytes:
         return await asyncio.to_thread(self.copies.read, r.digest, r.offset, min(r.size, CHUNK))
 
-    async def copy_take(self, r: cf.CopyTake) -> None:
+    async def copy_open(self, r: cf.Blob) -> cf.CopyTicket:
+        if self.bulk is None:
+            raise Unavailable(f"host {self.host} serves no copy socket: unavailable")
+        if not await asyncio.to_thread(self.copies.check, r.digest, True):
+            raise NotFound(f"content {r.digest}: no right copy on host {self.host}: not found")
+        return cf.CopyTicket(self.bulk.ticket(r.digest), self.bulk.address)
+
+    def _right_copy(self, digest: str) -> Path | None:
+        """For the socket's threads: this host's copy of ``digest`` if it is right."""
+        return self.store.blob_path(digest) if self.copies.check(digest) else None
+
+    async def copy_take(self, r: cf.Blob) -> None:
         await self.ensure_local(r.digest)
 
     async def open_here(self, r: WriterOpen) -> WriterSession:
@@ -139,6 +158,7 @@ class Farm:
     # -- ingests: on their placed host -----------------------------------------------------
 
     async def open_writer(self, r: WriterOpen) -> WriterSession:
+        r = dataclasses.replace(r, host=r.host or self.host)
         for _ in range(3):
             host = await asyncio.to_thread(self.copies.place, r.namespace, r.ref, self.live(), self.host)
             if host == self.host:
@@ -148,6 +168,12 @@ class Farm:
             except InstanceGone:
                 self.heard.pop(host, None)  # it went since its last beat: placed again
         raise Unavailable(f"ref {r.ref}: no host takes the ingest: unavailable")
+
+    def orphaned(self) -> list[str]:
+        """Sessions whose writer's host is lost: their refs are free at once for another
+        host to take the ingest over (not after the idle timeout)."""
+        live = self.live()
+        return [sid for sid, s in list(self.store.sessions.items()) if s.caller and s.caller not in live]
 
     async def _at_placed(self, namespace: str, ref: str) -> str:
         host = await asyncio.to_thread(self.copies.placed, namespace, ref)
@@ -192,7 +218,7 @@ class Farm:
             if need <= 0:
                 return
             try:
-                await self._call(host, cf.COPY_TAKE, cf.CopyTake(digest))
+                await self._call(host, cf.COPY_TAKE, cf.Blob(digest))
                 need -= 1
             except FlotillaError as exc:
                 log.warning("host %s took no copy of %s: %s", host, digest, exc.message)
@@ -242,9 +268,31 @@ class Farm:
             await asyncio.sleep(0.2)
 
     async def _pull(self, source: str, blob: Blob) -> None:
-        """``blob``'s bytes from ``source``, several chunks in flight, hashed as they come,
-        kept only if they match."""
+        """``blob``'s bytes from ``source``, kept here only if they match: over its socket
+        when it has one, else as chunks over the bus."""
         tmp = self.copies.incoming_file()
+        try:
+            try:
+                ticket = await self._call(source, cf.COPY_OPEN, cf.Blob(blob.digest))
+            except Unavailable:
+                ticket = None  # that host serves no socket
+            how = "socket"
+            if ticket is not None:
+                try:
+                    await asyncio.to_thread(bulk.receive, ticket.address, ticket.token, blob.digest, blob.size, tmp)
+                except (Unavailable, DataLoss) as exc:
+                    log.warning("socket copy from %s failed (%s): over the bus instead", source, exc.message)
+                    ticket = None
+            if ticket is None:
+                await self._pull_chunks(source, blob, tmp)
+                how = "bus"
+            await asyncio.to_thread(self.copies.admit, tmp, blob.digest, blob.size)
+            log.info("copied %s (%d bytes) from %s over its %s", blob.digest, blob.size, source, how)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def _pull_chunks(self, source: str, blob: Blob, tmp: Path) -> None:
+        """Several chunks in flight, hashed as they come."""
         fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         hasher = hashlib.new(blob.digest.split(":", 1)[0])
         queue: deque[asyncio.Future[bytes]] = deque()
@@ -270,13 +318,10 @@ class Farm:
             if f"{hasher.name}:{hasher.hexdigest()}" != blob.digest:
                 raise DataLoss(f"copy of {blob.digest} from {source} does not match its digest: data loss")
             await asyncio.to_thread(os.fsync, fd)
-            await asyncio.to_thread(self.copies.admit, tmp, blob.digest, blob.size)
-            log.info("copied %s (%d bytes) from %s", blob.digest, blob.size, source)
         finally:
             for fut in queue:
                 fut.cancel()
             os.close(fd)
-            tmp.unlink(missing_ok=True)
 
     # -- upkeep ----------------------------------------------------------------------------
 

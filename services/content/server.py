@@ -49,7 +49,7 @@ class ContentServer:
     async def delete(self, r: api.DigestRequest) -> None:
         gone = await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
         if gone and self.farm is not None:
-            await self.bus.publish(cf.notice_subject(self.cfg.prefix, cf.GONE), cf.BlobGone(r.digest))
+            await self.bus.publish(cf.notice_subject(self.cfg.prefix, cf.GONE), cf.Blob(r.digest))
         await events.publish(self.bus, self.cfg.prefix, r.namespace, ev.ContentDelete(r.digest))
 
     async def _here(self, namespace: str, digest: str) -> None:
@@ -149,10 +149,15 @@ class ContentServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(IDLE / 4)
+            # a farm knows a writer's host lost within seconds: its sessions end then
+            await asyncio.sleep(IDLE / 4 if self.farm is None else 1.0)
             for sid in await asyncio.to_thread(self.store.expire, IDLE):
                 await self._forget(sid)
                 log.info("closed idle write session %s", sid)
+            for sid in self.farm.orphaned() if self.farm is not None else ():
+                await asyncio.to_thread(self.store.w_close, sid)
+                await self._forget(sid)
+                log.info("closed write session %s: its writer's host is lost", sid)
 
     async def start(self) -> None:
         if self.farm is not None:  # knows the hosts up before it takes a call

@@ -104,6 +104,7 @@ class Session:
     hasher: Hasher = field(default_factory=Hasher)
     offset: int = 0                # bytes the data file holds for this session
     updated_at: int = 0            # last write said or seen here (ns), 0: the data file's mtime
+    caller: str = ""               # a farm: the writer's host
     touched: float = field(default_factory=time.monotonic)
     mutex: threading.Lock = field(default_factory=threading.Lock)
 
@@ -367,7 +368,7 @@ class ContentStore:
         try:
             s = Session(id=uuid.uuid4().hex, namespace=req.namespace, ref=req.ref, path=path,
                         lock_fd=lock_fd, lease=req.lease, started_at=time.time_ns(),
-                        total=req.total, expected=req.expected)
+                        total=req.total, expected=req.expected, caller=req.host)
             if shared is not None:
                 s.shared, s.total, s.offset = shared, shared.size, shared.size
             else:
