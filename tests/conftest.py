@@ -10,6 +10,7 @@ import pytest
 
 from flotilla.libs.bus import Bus
 from flotilla.testing import ContainerdPeer, PrivateSuite, nats_server
+from flotilla.testing.postgres import PostgresServer, available
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -28,6 +29,15 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     b = await Bus.connect(nats_url, "test")
     yield b
     await b.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL in a temporary directory, for the stores' conformance kits."""
+    if not available():
+        pytest.fail("Debian's postgresql 15 is required (make test installs it)")
+    with PostgresServer() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")

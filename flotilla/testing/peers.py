@@ -134,11 +134,12 @@ class ContainerdPeer(Peer):
     its config.toml."""
 
     def __init__(self, proxy: str | Path | None = None, *, snapshotter: str = "flotilla",
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", netns: str = "") -> None:
         self.base = Path(tempfile.mkdtemp(prefix="flotilla-containerd-"))
         self.address = str(self.base / "containerd.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.proxy, self.snapshotter, self.extra_config = proxy, snapshotter, extra_config
+        self.netns = netns  # a network namespace it runs in (a farm host's, for side-by-side figures)
 
     @property
     def root(self) -> Path:
@@ -168,7 +169,8 @@ disabled_plugins = [{", ".join(f'"{d}"' for d in disabled)}]
   address = ""
 """ + extra)
         with open(self.base / "containerd.log", "wb") as log:
-            self.proc = subprocess.Popen([shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
+            enter = ["ip", "netns", "exec", self.netns] if self.netns else []
+            self.proc = subprocess.Popen([*enter, shutil.which("containerd") or "/usr/bin/containerd", "--config", str(conf)],
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -118,6 +118,16 @@ def instance_subject(prefix: str, instance: str, method: Route[Any, Any] | str) 
     return f"{instance_stem(prefix, instance)}.{method_name(method)}"
 
 
+def session_gone(session: str) -> NotFound:
+    """The error of a call to a session its instance no longer holds: its writer opens the
+    ingest again."""
+    return NotFound(f"write session {session}: not found")
+
+
+def is_session_gone(exc: FlotillaError) -> bool:
+    return isinstance(exc, NotFound) and exc.message.startswith("write session ")
+
+
 # -- client ----------------------------------------------------------------------------
 
 
@@ -195,8 +205,10 @@ class Writer:
                     self._subject(route), dataclasses.replace(payload, session=session.session),
                     timeout=max(0.1, deadline - time.monotonic()), idempotent=route.idempotent,
                     instance_bound=True)
-            except InstanceGone:
-                if self._opened is None or self._committed or time.monotonic() >= deadline:
+            except (InstanceGone, NotFound) as exc:
+                # its instance is gone, or ended the session (idle, or this host unheard)
+                if self._opened is None or self._committed or time.monotonic() >= deadline \
+                        or not (isinstance(exc, InstanceGone) or is_session_gone(exc)):
                     raise
                 await self._reopen(session)
                 if isinstance(payload, ChunkWrite):

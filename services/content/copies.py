@@ -8,6 +8,7 @@ longer has that stamp is hashed again before it is served, and dropped if it is 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -106,11 +107,19 @@ class Copies:
             return None
         return Blob(digest, row.size, row.wanted, holders)
 
-    def blobs(self) -> list[Blob]:
+    def blobs(self, short_of: Collection[str] | None = None) -> list[Blob]:
+        """The farm's blobs; with ``short_of`` (the hosts not lost), those that fewer of
+        them hold than the blob wants (the database counts: most blobs are not)."""
+        b, c = db.blobs, db.copies
+        joined = b.outerjoin(c, c.c.digest == b.c.digest)
+        query = select(b.c.digest, b.c.size, b.c.wanted, c.c.host).select_from(joined)
+        if short_of is not None:
+            held = func.sum(case((c.c.host.in_(list(short_of)), 1), else_=0))
+            short = select(b.c.digest).select_from(joined).group_by(b.c.digest, b.c.wanted) \
+                .having(func.coalesce(held, 0) < b.c.wanted)
+            query = query.where(b.c.digest.in_(short))
         with self.engine.connect() as conn:
-            rows = conn.execute(select(db.blobs.c.digest, db.blobs.c.size, db.blobs.c.wanted, db.copies.c.host)
-                                .select_from(db.blobs.outerjoin(db.copies, db.copies.c.digest == db.blobs.c.digest))
-                                ).all()
+            rows = conn.execute(query).all()
         found: dict[str, Blob] = {}
         for digest, size, wanted, host in rows:
             b = found.get(digest) or Blob(digest, size, wanted, ())
@@ -161,15 +170,25 @@ class Copies:
         if row is not None and row.stamp == stamp:
             self._stamps[digest] = stamp
             return True
-        if row is not None and self._hash(path, row.size) == digest:
-            with self.engine.begin() as conn:
-                conn.execute(update(db.copies).where((db.copies.c.digest == digest) & (db.copies.c.host == self.host))
-                             .values(stamp=stamp))
-            self._stamps[digest] = stamp
-            return True
-        log.warning("copy of %s on this host is %s: dropped", digest, "corrupt" if row is not None else "unrecorded")
-        self.drop(digest)
+        # changed since it was verified, or not recorded (another thread's copy between its
+        # rename and its record, or a leftover): its bytes decide
+        if self._hash(path, row.size if row is not None else st.st_size) == digest:
+            return self._record(digest, st.st_size, stamp)
+        log.warning("copy of %s on this host is corrupt: dropped", digest)
+        self.drop(digest, stamp)
         return False
+
+    def _record(self, digest: str, size: int, stamp: str) -> bool:
+        """A right file at the blob's path is this host's copy, if the farm still has the blob."""
+        with self.engine.begin() as conn:
+            db.lock_digest(conn, digest)
+            if conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is None:
+                self.store.blob_path(digest).unlink(missing_ok=True)
+                return False
+            _upsert(conn, db.copies, dict(digest=digest, host=self.host, size=size, stamp=stamp,
+                                          used_at=int(time.time())), ["digest", "host"], {"stamp": stamp})
+        self._stamps[digest] = stamp
+        return True
 
     @staticmethod
     def _hash(path: Path, size: int) -> str:
@@ -183,13 +202,18 @@ class Copies:
             os.close(fd)
         return h.digest()
 
-    def drop(self, digest: str) -> None:
-        """This host's copy goes (its record first: nobody is sent here for it meanwhile)."""
+    def drop(self, digest: str, stamp: str = "") -> None:
+        """This host's copy goes, record and file; with ``stamp``, only the file judged
+        (another thread may have put a right one in its place since)."""
         self._stamps.pop(digest, None)
+        path = self.store.blob_path(digest)
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
+            with contextlib.suppress(FileNotFoundError):
+                if stamp and stamp_of(os.stat(path)) != stamp:
+                    return
             conn.execute(delete(db.copies).where((db.copies.c.digest == digest) & (db.copies.c.host == self.host)))
-            self.store.blob_path(digest).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
 
     def incoming_file(self) -> Path:
         return self.incoming / uuid.uuid4().hex
@@ -198,17 +222,17 @@ class Copies:
         """The verified bytes at ``tmp`` become this host's copy; False (and gone) if the
         blob was deleted meanwhile."""
         target = self.store.blob_path(digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
             if conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is None:
                 tmp.unlink(missing_ok=True)
                 return False
-            target.parent.mkdir(parents=True, exist_ok=True)
+            stamp = stamp_of(os.stat(tmp))  # a rename keeps inode and mtime
+            _upsert(conn, db.copies, dict(digest=digest, host=self.host, size=size, stamp=stamp,
+                                          used_at=int(time.time())), ["digest", "host"], {"stamp": stamp})
             os.rename(tmp, target)
-            st = os.stat(target)
-            _upsert(conn, db.copies, dict(digest=digest, host=self.host, size=size, stamp=stamp_of(st),
-                                          used_at=int(time.time())), ["digest", "host"], {"stamp": stamp_of(st)})
-        self._stamps[digest] = stamp_of(st)
+        self._stamps[digest] = stamp
         return True
 
     def touch(self, digest: str) -> None:
@@ -266,6 +290,8 @@ class Copies:
                 return str(row.host)
             choices = [h for h in live if h != caller] or [caller]
             host = max(choices, key=lambda h: rank(h, ref))
+            if row is not None:
+                log.info("ingest %s/%s moves from %s (not up) to %s", namespace, ref, row.host, host)
             _upsert(conn, db.places, dict(namespace=namespace, ref=ref, host=host), ["namespace", "ref"],
                     {"host": host})
         return host

@@ -62,8 +62,8 @@ places = Table(
 
 def open_engines(path: Path, url: str = "") -> tuple[Engine, Engine]:
     """(writer, reader): SQLite at ``path`` (see libs/sqlite.py), or the database at ``url``."""
-    if not url:
-        return open_sqlite(path, meta)
+    if not url or url.startswith("sqlite:///"):  # (a farm's records in SQLite: its tests)
+        return open_sqlite(Path(url[len("sqlite:///"):]) if url else path, meta)
     engine = create_engine(url, pool_pre_ping=True, pool_size=8, connect_args=postgres.CONNECT_ARGS)
     with engine.begin() as conn:  # the farm's hosts start together: one makes the tables
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})

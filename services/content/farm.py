@@ -190,8 +190,8 @@ class Farm:
     async def list_statuses(self, r: ListRequest) -> list[Status]:
         """Every host's ingests (a ref is on one host at a time; the newest wins a tie)."""
         others = [h for h in self.live() if h != self.host]
-        parts = await asyncio.gather(self.statuses_here(r), *(
-            self._call(h, cf.LIST_STATUSES, r, timeout=GATHER_WAIT) for h in others), return_exceptions=True)
+        parts = [await self.statuses_here(r), *await asyncio.gather(*(
+            self._call(h, cf.LIST_STATUSES, r, timeout=GATHER_WAIT) for h in others), return_exceptions=True)]
         found: dict[str, Status] = {}
         for part in parts:
             if isinstance(part, BaseException):
@@ -339,8 +339,11 @@ class Farm:
     async def repair(self) -> None:
         """Copy here every blob held by fewer present hosts than it wants, of which this
         host is the first choice among the live hosts that hold none."""
+        if time.monotonic() - self.started < self.cfg.host_lost_after:
+            return  # which hosts are lost is not known yet
         live = self.live()
-        for blob in await asyncio.to_thread(self.copies.blobs):
+        present = [h for h in (*self.heard, self.host) if self.present(h)]
+        for blob in await asyncio.to_thread(self.copies.blobs, present):
             holding = [h for h in blob.holders if self.present(h)]
             if self.host in blob.holders or not set(holding) & set(live) \
                     or len(holding) >= min(blob.wanted, len(live)):

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection, Row
 from flotilla.libs import filters
 from flotilla.libs.afterwards import Afterwards
 from flotilla.libs.api.content import (
-    CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error,
+    CHUNK, Info, LocalFile, Status, WriterOpen, WriterSession, digest_error, session_gone,
 )
 from flotilla.libs.errors import (
     AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -433,7 +433,7 @@ class ContentStore:
     def session(self, sid: str) -> Session:
         s = self.sessions.get(sid)
         if s is None:
-            raise NotFound(f"write session {sid}: not found")
+            raise session_gone(sid)
         s.touched = time.monotonic()
         return s
 
@@ -444,7 +444,7 @@ class ContentStore:
         s = self.session(sid)
         with s.mutex:
             if self.sessions.get(sid) is not s:
-                raise NotFound(f"write session {sid}: not found")
+                raise session_gone(sid)
             yield s
 
     def w_status(self, sid: str) -> WriterSession:

@@ -1,5 +1,5 @@
 """One farm of three hosts for the package's tests; a test that fails prints what each
-host's content service said."""
+host's content, metadata and gateway said last."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def content_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     if not getattr(request.node, "failed_call", False) or "farm" not in request.fixturenames:
         return
     for host in request.getfixturevalue("farm").hosts:
-        log = host.suite.logs / "content.log"
-        tail = subprocess.run(["grep", "-v", '"level": "debug"', str(log)], capture_output=True, text=True).stdout
-        print(f"===== {host.id}: {log}\n" + "\n".join(tail.splitlines()[-30:]))
+        for name, lines in (("content", 40), ("metadata", 15), ("gateway", 15)):
+            log = host.suite.logs / f"{name}.log"
+            tail = subprocess.run(["grep", "-v", '"level": "debug"\\|"msg": "copied', str(log)], capture_output=True,
+                                  text=True).stdout
+            print(f"===== {host.id}: {log}\n" + "\n".join(tail.splitlines()[-lines:]))

@@ -10,16 +10,6 @@ import pytest
 
 from flotilla.services.metadata.store import MetadataStore
 
-from flotilla.testing.postgres import PostgresServer, available
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    if not available():
-        pytest.fail("Debian's postgresql 15 is required for the metadata suite")
-    with PostgresServer() as pg:
-        yield pg
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
