@@ -29,7 +29,7 @@ import time
 import uuid
 
 from flotilla.testing.farm import Farm, FarmHost
-from flotilla.testing.images import Image, push, random_layers_image
+from flotilla.testing.images import Image, random_layers_image
 from flotilla.testing.peers import CTR, ContainerdPeer
 
 from ..harness import Target, Workload

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, create_engine, text
+from sqlalchemy import (
+    BigInteger, Column, Integer, MetaData, String, Table, Text, bindparam, create_engine, insert, select, text, update,
+)
 from sqlalchemy.engine import Connection, Engine
 
 from flotilla.libs import postgres
@@ -58,6 +60,24 @@ places = Table(
     Column("ref", String(400), primary_key=True),
     Column("host", String(80), nullable=False),
 )
+
+
+# -- statements built once: composing one per call costs more than the query (on every Info)
+OWNER_ROW = select(owners).where((owners.c.namespace == bindparam("namespace"))
+                                 & (owners.c.digest == bindparam("digest")))
+OWNER_ROW_FOR_UPDATE = OWNER_ROW.with_for_update()
+OWNERS = select(owners).where(owners.c.digest == bindparam("digest"))
+HELD = select(copies.c.host).where(copies.c.digest == bindparam("digest")).limit(1)
+INSERT_OWNER = insert(owners)
+# one owner row; the columns it sets are the parameters given with it (labels, or leases)
+UPDATE_OWNER = update(owners).where((owners.c.namespace == bindparam("b_namespace"))
+                                    & (owners.c.digest == bindparam("b_digest")))
+# the records whose leases (a JSON list) may hold one: a prefilter, the list itself decides
+LEASED = select(owners.c.digest, owners.c.leases).where(
+    (owners.c.namespace == bindparam("namespace"))
+    & owners.c.leases.contains(bindparam("lease_json"), escape="\\"))
+IN_NAMESPACE = select(owners.c.digest, owners.c.leases).where(owners.c.namespace == bindparam("namespace"))
+LIKE_MAX = 50_000  # bytes: SQLite refuses a longer LIKE pattern
 
 
 def open_engines(path: Path, url: str = "") -> tuple[Engine, Engine]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Connection, Row
 
 from flotilla.libs import filters
@@ -62,22 +62,6 @@ def _info(row: Row[Any]) -> Info:
                 labels=json.loads(row.labels), leases=json.loads(row.leases))
 
 
-# built once: composing a statement per call costs more than the query (on every Info)
-_OWNER_ROW = select(db.owners).where((db.owners.c.namespace == bindparam("namespace"))
-                                     & (db.owners.c.digest == bindparam("digest")))
-_OWNER_ROW_FOR_UPDATE = _OWNER_ROW.with_for_update()
-_OWNERS = select(db.owners).where(db.owners.c.digest == bindparam("digest"))
-_HELD = select(db.copies.c.host).where(db.copies.c.digest == bindparam("digest")).limit(1)
-_INSERT_OWNER = insert(db.owners)
-# one owner row; the columns it sets are the parameters given with it (labels, or leases)
-_UPDATE_OWNER = update(db.owners).where((db.owners.c.namespace == bindparam("b_namespace"))
-                                        & (db.owners.c.digest == bindparam("b_digest")))
-# the records whose leases (a JSON list) may hold one: a prefilter, the list itself decides
-_LEASED = select(db.owners.c.digest, db.owners.c.leases).where(
-    (db.owners.c.namespace == bindparam("namespace"))
-    & db.owners.c.leases.contains(bindparam("lease_json"), escape="\\"))
-_IN_NAMESPACE = select(db.owners.c.digest, db.owners.c.leases).where(db.owners.c.namespace == bindparam("namespace"))
-_LIKE_MAX = 50_000  # bytes: SQLite refuses a longer LIKE pattern
 
 
 def _fsync_dir(path: Path) -> None:
@@ -151,14 +135,14 @@ class ContentStore:
     # -- ownership records -------------------------------------------------------------
 
     def _row(self, conn: Connection, namespace: str, digest: str, for_update: bool = False) -> Row[Any] | None:
-        return conn.execute(_OWNER_ROW_FOR_UPDATE if for_update else _OWNER_ROW,
+        return conn.execute(db.OWNER_ROW_FOR_UPDATE if for_update else db.OWNER_ROW,
                             {"namespace": namespace, "digest": digest}).first()
 
     def stored(self, conn: Connection, digest: str) -> bool:
         """The blob's bytes are here, or (a farm) on some host."""
         if self.blob_path(digest).exists():
             return True
-        return self.farm and conn.execute(_HELD, {"digest": digest}).first() is not None
+        return self.farm and conn.execute(db.HELD, {"digest": digest}).first() is not None
 
     def _owned(self, namespace: str, digest: str) -> bool:
         with self.reader.connect() as conn:
@@ -207,7 +191,7 @@ class ContentStore:
             labels = {k: v for k, v in labels.items() if v}  # an empty value removes the label
             _validate_labels(labels)
             now = time.time_ns()
-            conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": info.digest,
+            conn.execute(db.UPDATE_OWNER, {"b_namespace": namespace, "b_digest": info.digest,
                                          "labels": json.dumps(labels), "updated_at": now})
         updated = _info(row)
         updated.labels, updated.updated_at = labels, now
@@ -256,14 +240,14 @@ class ContentStore:
         # a lease id's "%" and "_" are no wildcards; one too long for a pattern is looked for row by row
         pattern = json.dumps(lease).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         with self.engine.begin() as conn:
-            rows = conn.execute(_LEASED, {"namespace": namespace, "lease_json": pattern}).all() \
-                if len(pattern.encode()) < _LIKE_MAX else conn.execute(_IN_NAMESPACE, {"namespace": namespace}).all()
+            rows = conn.execute(db.LEASED, {"namespace": namespace, "lease_json": pattern}).all() \
+                if len(pattern.encode()) < db.LIKE_MAX else conn.execute(db.IN_NAMESPACE, {"namespace": namespace}).all()
             for row in rows:
                 leases = json.loads(row.leases)
                 if lease not in leases:
                     continue
                 leases = [x for x in leases if x != lease]
-                conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": row.digest,
+                conn.execute(db.UPDATE_OWNER, {"b_namespace": namespace, "b_digest": row.digest,
                                              "leases": json.dumps(leases)})
                 changed += 1
         return changed
@@ -275,7 +259,7 @@ class ContentStore:
                 return
             leases = json.loads(row.leases)
             if lease not in leases:
-                conn.execute(_UPDATE_OWNER, {"b_namespace": namespace, "b_digest": digest,
+                conn.execute(db.UPDATE_OWNER, {"b_namespace": namespace, "b_digest": digest,
                                              "leases": json.dumps([*leases, lease])})
 
     # -- reading -----------------------------------------------------------------------
@@ -350,7 +334,7 @@ class ContentStore:
                 raise InvalidArgument("calculating expected blob path for writer: cannot calculate blob path "
                                       f"from invalid digest: {err}: invalid argument")
             with self.reader.connect() as conn:
-                owners = conn.execute(_OWNERS, {"digest": req.expected}).all()
+                owners = conn.execute(db.OWNERS, {"digest": req.expected}).all()
             mine = next((r for r in owners if r.namespace == req.namespace), None)
             other = owners[0] if owners else None
             if mine is not None:
@@ -561,7 +545,7 @@ class ContentStore:
             if self._row(conn, s.namespace, digest) is not None:
                 raise AlreadyExists(f"content {digest}: already exists")
             leases = [s.lease] if s.lease else []
-            conn.execute(_INSERT_OWNER, dict(namespace=s.namespace, digest=digest, size=size, created_at=now,
+            conn.execute(db.INSERT_OWNER, dict(namespace=s.namespace, digest=digest, size=size, created_at=now,
                                              updated_at=now, labels=json.dumps(labels), leases=json.dumps(leases)))
         return Info(digest, size, now, now, labels, leases)
 

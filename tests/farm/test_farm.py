@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -170,9 +171,10 @@ def test_images_rm_sync_on_one_host_never_collects_what_another_host_pulls(farm:
 
 
 def test_the_farm_fetches_each_blob_from_the_registry_once(farm: Farm) -> None:
-    """Three hosts pull one image at the same moment: the content store is the farm's, so a
-    blob one host is fetching is locked to the others (its ingest ref), which find it
-    committed when the lock goes; a host that then runs the image fetches nothing."""
+    """Three hosts pull one image at the same moment, two with ctr and one with `flotilla
+    pull` (the transfer service): the content store is the farm's, so a blob one host is
+    fetching is locked to the others (its ingest ref, on one host for the farm), which find
+    it committed when the lock goes; a host that then runs the image fetches nothing."""
     image = random_layers_image(12, layers=3)
     ref = farm.push("together", "v1", image)
     ns = "once-" + uuid.uuid4().hex[:6]
@@ -181,6 +183,11 @@ def test_the_farm_fetches_each_blob_from_the_registry_once(farm: Farm) -> None:
     results: dict[str, subprocess.CompletedProcess[str]] = {}
 
     def pull(host: FarmHost) -> None:
+        if host is farm.hosts[2]:
+            results[host.id] = subprocess.run(host.command(
+                sys.executable, "-m", "flotilla.cli", "--address", host.socket, "--namespace", ns, "pull",
+                "--plain-http", ref), capture_output=True, text=True, timeout=180)
+            return
         results[host.id] = host.ctr("images", "pull", "--plain-http", ref, namespace=ns, timeout=180)
     pullers = [threading.Thread(target=pull, args=(h,)) for h in farm.hosts]
     for t in pullers:
