@@ -28,7 +28,7 @@ from flotilla.libs.api import content as c
 from flotilla.libs.api import content_farm as cf
 from flotilla.libs.api import metadata as md
 from flotilla.libs import subjects
-from flotilla.libs.subjects import inbox, token
+from flotilla.libs.subjects import inbox, on_host, token
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -51,13 +51,17 @@ def component_permissions(prefix: str, host: str) -> dict[str, Permissions]:
     metadata_for_transfer = tuple(md.subject(prefix, m) for m in (
         "ping", md.IMAGE_GET, md.IMAGE_CREATE, md.IMAGE_UPDATE, md.LEASE_CREATE, md.LEASE_DELETE,
         md.LEASE_ADD_RESOURCE))
+    # and the same methods of this host's own instances (libs/subjects.on_host)
+    content_read, content_write, metadata_for_transfer = (
+        (*grant, *(mine for mine in (on_host(s, host) for s in grant) if mine))
+        for grant in (content_read, content_write, metadata_for_transfer))
     grants = {
         "metadata": Permissions(
             publish=(events, f"{prefix}.content.>", f"{prefix}.snapshots.{h}.>"),
             subscribe=(f"{prefix}.metadata.>",)),
         "content": Permissions(
             # on a farm: the other hosts' instances, the hosts' beats, a blob gone (content_farm.py)
-            publish=(events, f"{prefix}.content.changed", f"{prefix}.content.h.*.>",
+            publish=(events, f"{prefix}.content.changed", f"{prefix}.content.p.*.>",
                      cf.notice_subject(prefix, cf.BEAT), cf.notice_subject(prefix, cf.GONE)),
             subscribe=(f"{prefix}.content.>",)),
         "snapshots": Permissions(

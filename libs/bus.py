@@ -36,7 +36,7 @@ from .errors import (
 )
 from .journal import Journal
 from .routes import Route
-from .subjects import hello, inbox
+from .subjects import hello, host_stem, inbox, on_host
 from .wire import WireError, pack, unpack
 
 log = logging.getLogger("flotilla.bus")
@@ -67,9 +67,10 @@ def _service_of(subject: str) -> str:
 
 
 class Bus:
-    def __init__(self, nc: NATS, name: str) -> None:
+    def __init__(self, nc: NATS, name: str, host: str = "") -> None:
         self.nc = nc
         self.name = name
+        self.host = host  # calls to a shared service go to this host's instances first
         self.instance = uuid.uuid4().hex[:16]  # this process' connection, in journals and hellos
         self.journal: Journal | None = None    # where served non-idempotent calls are recorded
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,7 +82,7 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, name: str, *, credentials: str | os.PathLike[str] = "",
-                      connect_timeout: float = 5.0) -> "Bus":
+                      connect_timeout: float = 5.0, host: str = "") -> "Bus":
         """Connect as ``name``; with ``credentials`` (an nkey seed file ``<user>.nk``) sign in
         as that user, whose replies come to its own inbox ``_INBOX.<user>`` (the only one
         nats-server lets it read, docs/security.md)."""
@@ -110,7 +111,7 @@ class Bus:
             disconnected_cb=disconnected, error_cb=error,
             pending_size=64 * 1024 * 1024,
         )
-        bus = cls(nc, name)
+        bus = cls(nc, name, host)
         return bus
 
     async def stop_serving(self, grace: float = 5.0) -> None:
@@ -152,6 +153,8 @@ class Bus:
         if not idempotent:
             headers = {REQUEST_ID: uuid.uuid4().hex, DEADLINE: f"{time.time() + timeout:.3f}"}
         service = _service_of(subject)
+        # a shared service's instances on this host first; none there: any instance
+        here = on_host(subject, self.host) if self.host else None
         backoff = _BACKOFF_START
         # idempotent calls give each attempt a growing slice of the deadline so a lost one is
         # sent again, not waited out
@@ -165,7 +168,7 @@ class Bus:
                 raise DeadlineExceeded(f"{subject}: context deadline exceeded")
             unheard = False
             call = asyncio.ensure_future(self.nc.request(
-                subject, data, timeout=min(remaining, attempt) if idempotent else remaining, headers=headers))
+                here or subject, data, timeout=min(remaining, attempt) if idempotent else remaining, headers=headers))
             pending = self._pending.setdefault(service, set())
             pending.add(call)
             try:
@@ -178,6 +181,9 @@ class Bus:
                 metrics.BUS_RETRIES.labels(subject).inc()
                 continue
             except NoRespondersError:
+                if here is not None:  # nobody received it: the same call to any instance
+                    here = None
+                    continue
                 if instance_bound:
                     raise InstanceGone(f"{subject}: the instance that served it is gone: unavailable") from None
                 unheard = True  # nobody received it, so sending it again is safe for any call
@@ -332,6 +338,15 @@ class Bus:
                             handler: Callable[[Any], Awaitable[Any]] = handler) -> Any:
                 return await handler(route.decode_request(payload))
             await self.serve(f"{stem}.{route.method}", typed, queue=queue, method=label + route.method)
+
+    async def serve_shared(self, stem: str, routes: "Iterable[tuple[Route[Any, Any], Callable[[Any], Awaitable[Any]]]]",
+                           *, label: str = "") -> None:
+        """A shared service's routes for any caller (queue group ``<stem>.<method>``) and for
+        this host's callers (``<stem>.h.<host>.<method>``, see ``request``)."""
+        routes = list(routes)
+        await self.serve_routes(stem, routes, label=label)
+        if self.host:
+            await self.serve_routes(host_stem(stem, self.host), routes, label=label)
 
     async def _once(self, key: str, msg: Msg, answer: Callable[[Msg], Awaitable[tuple[bytes, int]]]
                     ) -> tuple[bytes, int]:

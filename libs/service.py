@@ -46,7 +46,7 @@ def journal_for(cfg: Config, name: str) -> Journal | None:
 
 async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     logger = logging.getLogger(f"flotilla.{name}")
-    bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}", credentials=cfg.nats_credentials)
+    bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}", credentials=cfg.nats_credentials, host=cfg.host)
     bus.journal = await asyncio.to_thread(journal_for, cfg, name)
     await bus.follow_restarts(cfg.prefix)  # its calls to other services survive their restarts
     cleanup = await setup(bus, cfg)

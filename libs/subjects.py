@@ -1,6 +1,7 @@
 """The subject scheme (see docs/subjects.md).
 
-``<prefix>.<service>.<method>`` for shared services (content, metadata);
+``<prefix>.<service>.<method>`` for shared services (content, metadata), and the same
+methods of one host's instances on ``<prefix>.<service>.h.<host>.<method>``;
 ``<prefix>.<service>.<host>.<method>`` for host-local ones (snapshots, runtime);
 ``<prefix>.events`` carries every event; ``<prefix>.hello`` says an instance (re)started.
 """
@@ -25,6 +26,26 @@ def stem(prefix: str, service: str, host: str | None = None) -> str:
 
 def shared(prefix: str, service: str, method: str) -> str:
     return f"{stem(prefix, service)}.{method}"
+
+
+SHARED_SERVICES = ("metadata", "content")
+# a host's, an instance's, a content peer's subjects; every instance answers its ping
+_NOT_METHODS = ("h", "i", "p", "ping")
+
+
+def on_host(subject: str, host: str) -> str | None:
+    """A shared service's ``subject`` as ``host``'s own instances serve it, None for any
+    other subject. nats-server picks a queue member at random across a cluster's routes,
+    so a call that should stay on its host says so."""
+    parts = subject.split(".", 2)
+    if len(parts) < 3 or parts[1] not in SHARED_SERVICES or parts[2].split(".", 1)[0] in _NOT_METHODS:
+        return None
+    return f"{parts[0]}.{parts[1]}.h.{token(host)}.{parts[2]}"
+
+
+def host_stem(stem: str, host: str) -> str:
+    """Where ``host``'s instances serve a shared service whose subjects start with ``stem``."""
+    return f"{stem}.h.{token(host)}"
 
 
 def local(prefix: str, service: str, host: str, method: str) -> str:

@@ -1,8 +1,9 @@
 """How a farm's content instances talk among themselves (docs/farm.md): the subjects of one
 host's instances, the beat that says which hosts are up, and the notice of a blob gone.
 
-A host's instances serve ``<prefix>.content.h.<host>.<method>`` in one queue group; an
-ingest placed on a host is opened there (``writer.open``) and its session goes on as any.
+A host's instances serve ``<prefix>.content.p.<host>.<method>`` ("peer") in one queue
+group; an ingest placed on a host is opened there (``writer.open``) and its session goes on as
+any.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ GONE = "gone"        # published on <prefix>.content.gone, a Blob deleted: every
 
 
 def host_stem(prefix: str, host: str) -> str:
-    return f"{c.stem(prefix)}.h.{token(host)}"
+    return f"{c.stem(prefix)}.p.{token(host)}"
 
 
 def host_subject(prefix: str, host: str, method: Route[Any, Any] | str) -> str:

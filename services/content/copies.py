@@ -78,7 +78,8 @@ def record_blob(conn: Connection, host: str, digest: str, size: int, path: Path,
 
 
 @dataclass(frozen=True)
-class Blob:
+class BlobCopies:
+    """A blob of the farm, how many hosts must hold it, and the hosts that do."""
     digest: str
     size: int
     wanted: int
@@ -99,15 +100,15 @@ class Copies:
 
     # -- what the farm has -------------------------------------------------------------
 
-    def blob(self, digest: str) -> Blob | None:
+    def blob(self, digest: str) -> BlobCopies | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(db.blobs).where(db.blobs.c.digest == digest)).first()
             holders = tuple(r[0] for r in conn.execute(select(db.copies.c.host).where(db.copies.c.digest == digest)))
         if row is None:
             return None
-        return Blob(digest, row.size, row.wanted, holders)
+        return BlobCopies(digest, row.size, row.wanted, holders)
 
-    def blobs(self, short_of: Collection[str] | None = None) -> list[Blob]:
+    def blobs(self, short_of: Collection[str] | None = None) -> list[BlobCopies]:
         """The farm's blobs; with ``short_of`` (the hosts not lost), those that fewer of
         them hold than the blob wants (the database counts: most blobs are not)."""
         b, c = db.blobs, db.copies
@@ -120,10 +121,10 @@ class Copies:
             query = query.where(b.c.digest.in_(short))
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        found: dict[str, Blob] = {}
+        found: dict[str, BlobCopies] = {}
         for digest, size, wanted, host in rows:
-            b = found.get(digest) or Blob(digest, size, wanted, ())
-            found[digest] = Blob(digest, size, wanted, b.holders + ((host,) if host else ()))
+            b = found.get(digest) or BlobCopies(digest, size, wanted, ())
+            found[digest] = BlobCopies(digest, size, wanted, b.holders + ((host,) if host else ()))
         return list(found.values())
 
     # -- this host's copies ------------------------------------------------------------

@@ -30,7 +30,7 @@ from flotilla.libs.routes import Route
 from flotilla.libs.wire import from_wire
 
 from . import bulk
-from .copies import Blob, Copies, rank
+from .copies import BlobCopies, Copies, rank
 from .store import ContentStore
 
 log = logging.getLogger("flotilla.content.farm")
@@ -58,6 +58,7 @@ class Farm:
         self._fetches: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.bulk: bulk.BulkServer | None = None
+        self._short: set[str] = set()          # blobs short of copies at the last look
 
     # -- who is up -----------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class Farm:
             (cf.COPY_READ, self.copy_read), (cf.COPY_OPEN, self.copy_open), (cf.COPY_TAKE, self.copy_take),
             (cf.WRITER_OPEN, self.open_here), (cf.STATUS, self.status_here), (cf.ABORT, self.abort_here),
             (cf.LIST_STATUSES, self.statuses_here),
-        ], label="content.h.")
+        ], label="content.p.")
         await asyncio.to_thread(self.copies.reconcile)
         if self.cfg.content_peer_listen:
             self.bulk = await asyncio.to_thread(bulk.BulkServer, self.cfg.content_peer_listen, self._right_copy)
@@ -140,7 +141,7 @@ class Farm:
         return self.store.blob_path(digest) if self.copies.check(digest) else None
 
     async def copy_take(self, r: cf.Blob) -> None:
-        await self.ensure_local(r.digest)
+        await self.ensure_local(r.digest, "asked to hold one")
 
     async def open_here(self, r: WriterOpen) -> WriterSession:
         return await asyncio.to_thread(self.store.open_writer, r)
@@ -227,18 +228,18 @@ class Farm:
 
     # -- reads: a right copy here first ------------------------------------------------
 
-    async def ensure_local(self, digest: str) -> None:
+    async def ensure_local(self, digest: str, why: str = "read here") -> None:
         """This host holds a right copy of ``digest`` when this returns."""
         if await asyncio.to_thread(self.copies.check, digest, True):
             return
         task = self._fetches.get(digest)
         if task is None:
-            task = asyncio.create_task(self._fetch(digest))
+            task = asyncio.create_task(self._fetch(digest, why))
             self._fetches[digest] = task
             task.add_done_callback(lambda _t: self._fetches.pop(digest, None))
         await asyncio.shield(task)
 
-    async def _fetch(self, digest: str) -> None:
+    async def _fetch(self, digest: str, why: str) -> None:
         blob = await asyncio.to_thread(self.copies.blob, digest)
         if blob is None:
             raise NotFound(f"content digest {digest}: not found")
@@ -246,7 +247,7 @@ class Farm:
         failures = []
         for host in sources:
             try:
-                await self._pull(host, blob)
+                await self._pull(host, blob, why)
                 return
             except FlotillaError as exc:
                 failures.append(f"{host}: {exc.message}")
@@ -254,7 +255,7 @@ class Farm:
         raise Unavailable(f"content {digest}: no live host has a right copy (held by {held}"
                           f"{'; ' if failures else ''}{'; '.join(failures)}): unavailable")
 
-    async def _sources(self, blob: Blob) -> list[str]:
+    async def _sources(self, blob: BlobCopies) -> list[str]:
         """The live hosts holding ``blob``, best first; while none is live but one is not
         lost yet (this instance just started, or that host is coming back), its beat is
         waited for a little."""
@@ -267,7 +268,7 @@ class Farm:
                 return sorted(sources, key=lambda h: rank(h, blob.digest), reverse=True)
             await asyncio.sleep(0.2)
 
-    async def _pull(self, source: str, blob: Blob) -> None:
+    async def _pull(self, source: str, blob: BlobCopies, why: str) -> None:
         """``blob``'s bytes from ``source``, kept here only if they match: over its socket
         when it has one, else as chunks over the bus."""
         tmp = self.copies.incoming_file()
@@ -287,11 +288,11 @@ class Farm:
                 await self._pull_chunks(source, blob, tmp)
                 how = "bus"
             await asyncio.to_thread(self.copies.admit, tmp, blob.digest, blob.size)
-            log.info("copied %s (%d bytes) from %s over its %s", blob.digest, blob.size, source, how)
+            log.info("copied %s (%d bytes) from %s over its %s (%s)", blob.digest, blob.size, source, how, why)
         finally:
             tmp.unlink(missing_ok=True)
 
-    async def _pull_chunks(self, source: str, blob: Blob, tmp: Path) -> None:
+    async def _pull_chunks(self, source: str, blob: BlobCopies, tmp: Path) -> None:
         """Several chunks in flight, hashed as they come."""
         fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         hasher = hashlib.new(blob.digest.split(":", 1)[0])
@@ -343,7 +344,11 @@ class Farm:
             return  # which hosts are lost is not known yet
         live = self.live()
         present = [h for h in (*self.heard, self.host) if self.present(h)]
-        for blob in await asyncio.to_thread(self.copies.blobs, present):
+        short = await asyncio.to_thread(self.copies.blobs, present)
+        # short on two looks in a row: a commit copying its blob to a second host is not
+        # raced by a third
+        seen, self._short = self._short, {b.digest for b in short}
+        for blob in (b for b in short if b.digest in seen):
             holding = [h for h in blob.holders if self.present(h)]
             if self.host in blob.holders or not set(holding) & set(live) \
                     or len(holding) >= min(blob.wanted, len(live)):
@@ -351,7 +356,7 @@ class Farm:
             if max((h for h in live if h not in blob.holders), key=lambda h: rank(h, blob.digest)) != self.host:
                 continue
             try:
-                await self.ensure_local(blob.digest)
+                await self.ensure_local(blob.digest, "too few hosts hold it")
                 log.info("made a copy of %s again (held by %s)", blob.digest, ", ".join(holding))
             except FlotillaError as exc:
                 log.warning("could not copy %s again: %s", blob.digest, exc.message)

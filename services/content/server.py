@@ -162,7 +162,7 @@ class ContentServer:
     async def start(self) -> None:
         if self.farm is not None:  # knows the hosts up before it takes a call
             await self.farm.start()
-        await self.bus.serve_routes(api.stem(self.cfg.prefix), [
+        await self.bus.serve_shared(api.stem(self.cfg.prefix), [
             (api.INFO, self.info), (api.LIST, self.list), (api.UPDATE, self.update), (api.DELETE, self.delete),
             (api.READ, self.read), (api.LOCAL_PATH, self.local_path), (api.STATUS, self.status),
             (api.LIST_STATUSES, self.list_statuses), (api.ABORT, self.abort),

@@ -268,5 +268,5 @@ class MetadataServer:
             (api.LEASE_LIST_RESOURCES, self.l_resources),
             (api.GC_RUN, self.gc_run),
         ]
-        await self.bus.serve_routes(api.stem(self.cfg.prefix), routes)
+        await self.bus.serve_shared(api.stem(self.cfg.prefix), routes)
         self.gc.start()
