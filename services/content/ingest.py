@@ -71,9 +71,19 @@ def go_duration(seconds: float) -> str:
     return f"{seconds * 1000:.6f}".rstrip("0").rstrip(".") + "ms"
 
 
+def _make_dir(path: Path) -> None:
+    for _ in range(100):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileExistsError:
+            continue  # an ended ingest's directory moved away between mkdir and its check: again
+    raise Unavailable(f"ingest directory {path} keeps changing under us: unavailable")
+
+
 def lock(path: Path, namespace: str, ref: str) -> int:
     """Take the ref's lock; raise Unavailable naming how long another writer has held it."""
-    path.mkdir(parents=True, exist_ok=True)
+    _make_dir(path)
     lock_path = path / "lock"
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -99,7 +109,7 @@ def lock(path: Path, namespace: str, ref: str) -> int:
             os.pwrite(fd, str(time.time()).encode(), 0)
             return fd
         os.close(fd)
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dir(path)
 
 
 class Hasher:

@@ -260,3 +260,34 @@ def test_a_commit_killed_after_its_move_is_finished_by_the_next_writer(
     assert (info.digest, info.size) == (sha(data), len(data))
     assert again.read("ns", sha(data), 0, -1)[:11] == b"layer bytes"
     again.close()
+
+
+def test_opens_racing_an_ingest_that_ends_get_the_lock_or_a_clear_unavailable(tmp_path: Path) -> None:
+    """Many writers of one ref at once, each committing when it gets the ref (a farm sends
+    every host's writer of a ref to one host): none sees a stray OS error."""
+    import threading
+    store = ContentStore(tmp_path)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        for _ in range(30):
+            try:
+                s = store.open_writer(WriterOpen("ns", "layer-race", local=False))
+            except (Unavailable, AlreadyExists):
+                continue
+            except BaseException as exc:  # noqa: BLE001 - what the test is for
+                errors.append(exc)
+                return
+            store.w_write(s.session, 0, b"racing")
+            try:
+                store.w_commit(s.session, 6, "", {})
+            except AlreadyExists:
+                pass
+            store.delete("ns", sha(b"racing"))
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    store.close()
+    assert errors == []
