@@ -10,17 +10,25 @@ from typing import Any
 import grpc
 
 from flotilla.libs.bus import Bus
+from flotilla.libs.subjects import SHARED_SERVICES
 from flotilla.services.gateway.records import TTL
 
 
 async def count_requests(bus: Bus, subject: str, asked: dict[str, int] | None = None) -> dict[str, int]:
     """Requests seen on ``subject`` (wildcards allowed) from now on, by subject (added to
-    ``asked`` when given)."""
+    ``asked`` when given). A shared service's are counted on its host subjects too (a caller
+    with a host asks there first, libs/subjects.on_host), under the shared subject."""
     asked = {} if asked is None else asked
 
     async def count(msg: Any) -> None:
-        asked[msg.subject] = asked.get(msg.subject, 0) + 1
-    await bus.nc.subscribe(subject, cb=count)
+        parts = msg.subject.split(".")
+        if len(parts) > 4 and parts[1] in SHARED_SERVICES and parts[2] == "h":
+            parts = parts[:2] + parts[4:]
+        name = ".".join(parts)
+        asked[name] = asked.get(name, 0) + 1
+    prefix, service, rest = subject.split(".", 2)
+    for pattern in (subject, f"{prefix}.{service}.h.*.{rest}") if service in SHARED_SERVICES else (subject,):
+        await bus.nc.subscribe(pattern, cb=count)
     await bus.nc.flush()
     return asked
 
