@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,14 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.fail("Debian's postgresql 15 is required (make test installs it)")
     with PostgresServer() as pg:
         yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store's database for its conformance kit: SQLite, then a real PostgreSQL's."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("postgres").new_database())
 
 
 @pytest.fixture(scope="session")

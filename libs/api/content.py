@@ -22,7 +22,8 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..digests import ALGORITHMS, digest_error  # noqa: F401  (part of the contract)
@@ -124,6 +125,31 @@ def is_session_gone(exc: FlotillaError) -> bool:
     return isinstance(exc, NotFound) and exc.message.startswith("write session ")
 
 
+async def windowed(fetch: Callable[[int, int], Awaitable[bytes]], start: int, end: int) -> AsyncIterator[bytes]:
+    """The bytes from ``start`` to ``end`` as ``fetch(offset, size)`` gives them, at most CHUNK
+    a call and WINDOW calls in flight, yielded in order."""
+    queue: deque[asyncio.Future[bytes]] = deque()
+    pos = start
+
+    def launch() -> None:
+        nonlocal pos
+        if pos < end:
+            n = min(CHUNK, end - pos)
+            queue.append(asyncio.ensure_future(fetch(pos, n)))
+            pos += n
+
+    try:
+        for _ in range(WINDOW):
+            launch()
+        while queue:
+            piece = await queue.popleft()
+            launch()
+            yield piece
+    finally:
+        for fut in queue:
+            fut.cancel()
+
+
 # -- client ----------------------------------------------------------------------------
 
 
@@ -215,27 +241,9 @@ class ContentClient:
             return
         info = await self.info(namespace, digest)
         end = info.size if size < 0 else min(info.size, offset + size)
-        queue: list[asyncio.Future[Any]] = []
-        pos = offset
-
-        def launch() -> None:
-            nonlocal pos
-            if pos < end:
-                n = min(CHUNK, end - pos)
-                queue.append(asyncio.ensure_future(
-                    self._call(READ, ReadRequest(namespace, digest, pos, n))))
-                pos += n
-
-        try:
-            for _ in range(WINDOW):
-                launch()
-            while queue:
-                piece = await queue.pop(0)
-                launch()
-                yield piece
-        finally:
-            for fut in queue:
-                fut.cancel()
+        async for piece in windowed(lambda at, n: self._call(READ, ReadRequest(namespace, digest, at, n)),
+                                    offset, end):
+            yield piece
 
     async def read_all(self, namespace: str, digest: str) -> bytes:
         return b"".join([piece async for piece in self.read(namespace, digest)])

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Table, case, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement
 
 from flotilla.libs.errors import NotFound
 
 from . import db
-from .ingest import Hasher
+from .ingest import file_digest
 
 if TYPE_CHECKING:
     from .store import ContentStore
@@ -62,6 +63,17 @@ def _upsert(conn: Connection, table: Table, values: dict[str, object], keys: lis
     conn.execute(_dialect(conn).insert(table).values(**values).on_conflict_do_update(index_elements=keys, set_=changes))
 
 
+def _hold(conn: Connection, host: str, digest: str, size: int, stamp: str) -> None:
+    """``host`` holds a verified copy of ``digest`` whose file has ``stamp``."""
+    now = int(time.time())
+    _upsert(conn, db.copies, dict(digest=digest, host=host, size=size, stamp=stamp, used_at=now),
+            ["digest", "host"], {"stamp": stamp, "used_at": now})
+
+
+def _farm_has(conn: Connection, digest: str) -> bool:
+    return conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is not None
+
+
 def record_blob(conn: Connection, host: str, digest: str, size: int, path: Path, wanted: int) -> None:
     """In a commit's transaction: the farm has ``digest`` (held by ``wanted`` hosts at
     least), and ``host`` a verified copy at ``path`` if it is there."""
@@ -72,9 +84,7 @@ def record_blob(conn: Connection, host: str, digest: str, size: int, path: Path,
         st = os.stat(path)
     except FileNotFoundError:
         return
-    now = int(time.time())
-    _upsert(conn, db.copies, dict(digest=digest, host=host, size=size, stamp=stamp_of(st), used_at=now),
-            ["digest", "host"], {"stamp": stamp_of(st), "used_at": now})
+    _hold(conn, host, digest, size, stamp_of(st))
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class Copies:
             mine = [r[0] for r in conn.execute(select(db.copies.c.digest).where(db.copies.c.host == self.host))]
             gone = [d for d in mine if not self.store.blob_path(d).exists()]
             for digest in gone:
-                conn.execute(delete(db.copies).where((db.copies.c.digest == digest) & (db.copies.c.host == self.host)))
+                conn.execute(delete(db.copies).where(self._mine(digest)))
         if gone:
             log.info("%d copies recorded for this host have no file: forgotten", len(gone))
 
@@ -167,13 +177,13 @@ class Copies:
             return True
         with self.engine.connect() as conn:
             row = conn.execute(select(db.copies.c.stamp, db.copies.c.size).where(
-                (db.copies.c.digest == digest) & (db.copies.c.host == self.host))).first()
+                self._mine(digest))).first()
         if row is not None and row.stamp == stamp:
             self._stamps[digest] = stamp
             return True
         # changed since it was verified, or not recorded (another thread's copy between its
         # rename and its record, or a leftover): its bytes decide
-        if self._hash(path, row.size if row is not None else st.st_size) == digest:
+        if file_digest(path, row.size if row is not None else st.st_size) == digest:
             return self._record(digest, st.st_size, stamp)
         log.warning("copy of %s on this host is corrupt: dropped", digest)
         self.drop(digest, stamp)
@@ -183,25 +193,12 @@ class Copies:
         """A right file at the blob's path is this host's copy, if the farm still has the blob."""
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
-            if conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is None:
+            if not _farm_has(conn, digest):
                 self.store.blob_path(digest).unlink(missing_ok=True)
                 return False
-            _upsert(conn, db.copies, dict(digest=digest, host=self.host, size=size, stamp=stamp,
-                                          used_at=int(time.time())), ["digest", "host"], {"stamp": stamp})
+            _hold(conn, self.host, digest, size, stamp)
         self._stamps[digest] = stamp
         return True
-
-    @staticmethod
-    def _hash(path: Path, size: int) -> str:
-        h = Hasher(path.parent.name)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if os.fstat(fd).st_size != size:
-                return ""
-            h.catch_up(fd, size)
-        finally:
-            os.close(fd)
-        return h.digest()
 
     def drop(self, digest: str, stamp: str = "") -> None:
         """This host's copy goes, record and file; with ``stamp``, only the file judged
@@ -213,8 +210,12 @@ class Copies:
             with contextlib.suppress(FileNotFoundError):
                 if stamp and stamp_of(os.stat(path)) != stamp:
                     return
-            conn.execute(delete(db.copies).where((db.copies.c.digest == digest) & (db.copies.c.host == self.host)))
+            conn.execute(delete(db.copies).where(self._mine(digest)))
             path.unlink(missing_ok=True)
+
+    def _mine(self, digest: str) -> ColumnElement[bool]:
+        """Where-clause: this host's copy of ``digest``."""
+        return (db.copies.c.digest == digest) & (db.copies.c.host == self.host)
 
     def incoming_file(self) -> Path:
         return self.incoming / uuid.uuid4().hex
@@ -226,12 +227,11 @@ class Copies:
         target.parent.mkdir(parents=True, exist_ok=True)
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
-            if conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is None:
+            if not _farm_has(conn, digest):
                 tmp.unlink(missing_ok=True)
                 return False
             stamp = stamp_of(os.stat(tmp))  # a rename keeps inode and mtime
-            _upsert(conn, db.copies, dict(digest=digest, host=self.host, size=size, stamp=stamp,
-                                          used_at=int(time.time())), ["digest", "host"], {"stamp": stamp})
+            _hold(conn, self.host, digest, size, stamp)
             os.rename(tmp, target)
         self._stamps[digest] = stamp
         return True
@@ -243,14 +243,14 @@ class Copies:
             return
         self._touched[digest] = now
         with self.engine.begin() as conn:
-            conn.execute(update(db.copies).where((db.copies.c.digest == digest) & (db.copies.c.host == self.host))
+            conn.execute(update(db.copies).where(self._mine(digest))
                          .values(used_at=int(time.time())))
 
     def forget(self, digest: str) -> None:
         """The farm deleted ``digest``: this host's file goes too, unless it is back."""
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
-            if conn.execute(select(db.blobs.c.digest).where(db.blobs.c.digest == digest)).first() is None:
+            if not _farm_has(conn, digest):
                 self.store.blob_path(digest).unlink(missing_ok=True)
                 self._stamps.pop(digest, None)
 

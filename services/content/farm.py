@@ -17,12 +17,11 @@ import hashlib
 import logging
 import os
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, TypeVar
 
 from flotilla.libs.api import content_farm as cf
-from flotilla.libs.api.content import CHUNK, WINDOW, ListRequest, RefRequest, Status, WriterOpen, WriterSession
+from flotilla.libs.api.content import CHUNK, ListRequest, RefRequest, Status, WriterOpen, WriterSession, windowed
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import DataLoss, FlotillaError, InstanceGone, NotFound, Unavailable
@@ -296,22 +295,10 @@ class Farm:
         """Several chunks in flight, hashed as they come."""
         fd = await asyncio.to_thread(os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         hasher = hashlib.new(blob.digest.split(":", 1)[0])
-        queue: deque[asyncio.Future[bytes]] = deque()
-        asked = 0
-
-        def launch() -> None:
-            nonlocal asked
-            if asked < blob.size:
-                n = min(CHUNK, blob.size - asked)
-                queue.append(asyncio.ensure_future(self._call(source, cf.COPY_READ, cf.CopyRead(blob.digest, asked, n))))
-                asked += n
+        got = 0
         try:
-            for _ in range(WINDOW):
-                launch()
-            got = 0
-            while queue:
-                piece = await queue.popleft()
-                launch()
+            async for piece in windowed(lambda at, n: self._call(source, cf.COPY_READ, cf.CopyRead(blob.digest, at, n)),
+                                        0, blob.size):
                 if not piece:
                     raise DataLoss(f"copy of {blob.digest} on {source} ends at {got} of {blob.size} bytes: data loss")
                 await asyncio.to_thread(_append, fd, hasher, piece, got)
@@ -320,8 +307,6 @@ class Farm:
                 raise DataLoss(f"copy of {blob.digest} from {source} does not match its digest: data loss")
             await asyncio.to_thread(os.fsync, fd)
         finally:
-            for fut in queue:
-                fut.cancel()
             os.close(fd)
 
     # -- upkeep ----------------------------------------------------------------------------

@@ -146,3 +146,17 @@ class Hasher:
 
     def digest(self) -> str:
         return f"{self.algorithm}:{self.h.hexdigest()}"
+
+
+def file_digest(path: Path, size: int) -> str:
+    """The digest of the file at ``path`` (its algorithm its directory's name, as blobs are
+    kept), or "" when it does not hold ``size`` bytes."""
+    h = Hasher(path.parent.name)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if os.fstat(fd).st_size != size:
+            return ""
+        h.catch_up(fd, size)
+    finally:
+        os.close(fd)
+    return h.digest()

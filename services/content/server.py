@@ -53,9 +53,11 @@ class ContentServer:
         await events.publish(self.bus, self.cfg.prefix, r.namespace, ev.ContentDelete(r.digest))
 
     async def _here(self, namespace: str, digest: str) -> None:
-        """On a farm, a right copy of the namespace's blob on this host (fetched if need be)."""
-        if self.farm is not None:
-            await asyncio.to_thread(self.store.info, namespace, digest)  # NotFound before any fetch
+        """On a farm, a right copy of the namespace's blob on this host (fetched if need be;
+        the read that follows looks its record up anyway, so that is done here only before
+        a fetch: NotFound, not a copy of another namespace's blob)."""
+        if self.farm is not None and not await asyncio.to_thread(self.farm.copies.check, digest, True):
+            await asyncio.to_thread(self.store.info, namespace, digest)
             await self.farm.ensure_local(digest)
 
     async def read(self, r: api.ReadRequest) -> bytes:

@@ -241,7 +241,8 @@ class ContentStore:
         pattern = json.dumps(lease).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         with self.engine.begin() as conn:
             rows = conn.execute(db.LEASED, {"namespace": namespace, "lease_json": pattern}).all() \
-                if len(pattern.encode()) < db.LIKE_MAX else conn.execute(db.IN_NAMESPACE, {"namespace": namespace}).all()
+                if len(pattern.encode()) < db.LIKE_MAX \
+                else conn.execute(db.IN_NAMESPACE, {"namespace": namespace}).all()
             for row in rows:
                 leases = json.loads(row.leases)
                 if lease not in leases:

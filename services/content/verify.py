@@ -9,7 +9,6 @@ the farm needs it (docs/farm.md).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,18 +18,8 @@ from flotilla.libs.digests import ALGORITHMS
 
 from . import db
 from .copies import Copies
-from .ingest import Hasher
+from .ingest import file_digest
 from .store import ContentStore
-
-
-def _digest_of(path: Path, size: int) -> str:
-    h = Hasher(path.parent.name)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        h.catch_up(fd, size)
-    finally:
-        os.close(fd)
-    return h.digest()
 
 
 def check(store: ContentStore, rehash: bool = True) -> dict[str, list[str]]:
@@ -53,7 +42,7 @@ def check(store: ContentStore, rehash: bool = True) -> dict[str, list[str]]:
             on_disk.add(digest)
             if digest not in owned:
                 report["orphaned"].append(digest)
-            elif p.stat().st_size != owned[digest] or (rehash and _digest_of(p, owned[digest]) != digest):
+            elif p.stat().st_size != owned[digest] or (rehash and file_digest(p, owned[digest]) != digest):
                 report["corrupted"].append(digest)
     report["missing"] = sorted(set(owned) - on_disk)
     for v in report.values():

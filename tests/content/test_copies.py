@@ -22,13 +22,6 @@ def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'farm.db'}"
-    return request.getfixturevalue("postgres").new_database()
-
-
 @pytest.fixture
 def hosts(tmp_path: Path, db_url: str) -> Iterator[tuple[ContentStore, ContentStore]]:
     a = ContentStore(tmp_path / "a", host="a", db_url=db_url)

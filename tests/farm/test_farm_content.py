@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from flotilla.testing.farm import Farm, FarmHost
 
+from ..integrators.helpers import wait_for
 from .test_farm import ok
 
 
@@ -32,14 +32,6 @@ def _right(host: FarmHost, digest: str) -> bool:
 
 def _holders(farm: Farm, digest: str, hosts: list[FarmHost] | None = None) -> list[FarmHost]:
     return [h for h in hosts or farm.hosts if _right(h, digest)]
-
-
-def _until(what: str, check: Callable[[], bool], timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.5)
 
 
 def _ingest(host: FarmHost, ns: str, size: int) -> tuple[str, str]:
@@ -64,12 +56,13 @@ def test_a_written_blob_is_on_two_hosts_at_its_commit_and_outlives_either(farm: 
         shutil.rmtree(lost.suite.root / "content")
         assert ok(reader, "content", "get", digest, namespace=ns) == text
         # once the host is lost for good (5 s here), the farm holds two copies again
-        _until("two live hosts hold the blob", lambda: len(_holders(farm, digest, survivors)) == 2)
+        wait_for("two live hosts hold the blob", lambda: len(_holders(farm, digest, survivors)) == 2, 40, every=0.5)
     finally:
         lost.up()
     assert ok(lost, "content", "get", digest, namespace=ns) == text  # back, empty: fetched again
     ok(h2, "content", "rm", digest, namespace=ns)
-    _until("every host dropped the deleted blob", lambda: not any(_blob(h, digest).exists() for h in farm.hosts))
+    wait_for("every host dropped the deleted blob",
+             lambda: not any(_blob(h, digest).exists() for h in farm.hosts), 40, every=0.5)
 
 
 def test_a_corrupt_copy_is_never_served_and_is_healed(farm: Farm) -> None:
@@ -96,7 +89,7 @@ def test_a_corrupt_copy_is_never_served_and_is_healed(farm: Farm) -> None:
                             timeout=60)
     assert verify.returncode == 1 and f"corrupted\t{digest}" in verify.stdout, verify.stdout + verify.stderr
     # (had it stayed recorded, the farm would count two copies and make none)
-    _until("two hosts hold a right copy again", lambda: len(_holders(farm, digest)) == 2)
+    wait_for("two hosts hold a right copy again", lambda: len(_holders(farm, digest)) == 2, 40, every=0.5)
     # and every host reads it right
     for host in farm.hosts:
         assert ok(host, "content", "get", digest, namespace=ns) == text

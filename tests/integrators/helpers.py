@@ -91,12 +91,12 @@ def content_digest(peer: ContainerdPeer, digest: str) -> str:
     return "sha256:" + hashlib.sha256(done.stdout).hexdigest()
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0, every: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 class CountingProxy:
