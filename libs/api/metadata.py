@@ -99,16 +99,21 @@ class ListRequest:
     after: str = ""
     budget: int = 0
     host: str = ""  # containers: whose (see ContainerRef); images and leases are the farm's
+    # containers and images, paged: the page's records as containerd's list answer encodes
+    # them (ListPage.encoded), not as maps
+    encoded: bool = False
 
 
 @dataclass
 class ListPage:
     items: list[dict[str, Any]]
     next: str = ""  # the key to continue after; "" when this page is the last
+    # asked ``encoded``: the records as entries of containerd's list answer, joined (items empty)
+    encoded: bytes = b""
 
     def wired(self) -> Wired:
         """The page as it travels, its items not walked again (they are plain maps)."""
-        return Wired(items=self.items, next=self.next)
+        return Wired(items=self.items, next=self.next, encoded=self.encoded)
 
 
 PAGE_BUDGET = 2 << 20  # bytes per page: well under NATS' message limit
@@ -311,34 +316,38 @@ class MetadataClient:
         return await self._call(CONTAINER_GET, ContainerRef(namespace, id, self.host), timeout)
 
     async def _pages(self, route: Route[ListRequest, Any], namespace: str, filters: list[str] | None,
-                     timeout: float | None, host: str = "") -> list[Any]:
+                     timeout: float | None, host: str = "", encoded: bool = False) -> list[Any]:
+        """Every page's items, or with ``encoded`` every page's encoded entries."""
         items: list[Any] = []
         after = ""
         while True:
-            data = await self._call(route, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET, host),
-                                    timeout)
+            data = await self._call(route, ListRequest(namespace, list(filters or []), after, PAGE_BUDGET, host,
+                                                       encoded), timeout)
             # read as a plain map: converting thousands of items field by field costs more
             # than the call itself
-            items += data["items"]
+            if encoded:
+                items.append(data["encoded"])
+            else:
+                items += data["items"]
             after = data.get("next", "")
             if not after:
                 return items
+
+    async def list_containers_encoded(self, namespace: str, filters: list[str] | None = None,
+                                      timeout: float | None = None) -> bytes:
+        """The containers as containerd's ``ListContainersResponse`` encodes them (each entry
+        also a whole ``ListContainerMessage``: libs/api/listed.py)."""
+        return b"".join(await self._pages(CONTAINER_LIST, namespace, filters, timeout, self.host, encoded=True))
+
+    async def list_images_encoded(self, namespace: str, filters: list[str] | None = None,
+                                  timeout: float | None = None) -> bytes:
+        """The images as containerd's ``ListImagesResponse`` encodes them."""
+        return b"".join(await self._pages(IMAGE_LIST, namespace, filters, timeout, encoded=True))
 
     async def list_containers(self, namespace: str, filters: list[str] | None = None,
                               timeout: float | None = None) -> list[Container]:
         data = await self._pages(CONTAINER_LIST, namespace, filters, timeout, self.host)
         return [from_wire(Container, d) for d in data]
-
-    async def list_containers_wire(self, namespace: str, filters: list[str] | None = None,
-                                   timeout: float | None = None) -> list[dict[str, Any]]:
-        """The containers as wire maps (the fields of Container): for callers that convert
-        thousands of them into another shape anyway."""
-        return await self._pages(CONTAINER_LIST, namespace, filters, timeout, self.host)
-
-    async def list_images_wire(self, namespace: str, filters: list[str] | None = None,
-                               timeout: float | None = None) -> list[dict[str, Any]]:
-        """The images as wire maps (the fields of Image)."""
-        return await self._pages(IMAGE_LIST, namespace, filters, timeout)
 
     async def create_container(self, namespace: str, container: Container,
                                timeout: float | None = None) -> Container:

@@ -11,6 +11,7 @@ from grpc import aio
 from flotilla._api.containerd.api.services.containers.v1 import containers_pb2 as pbc
 from flotilla._api.containerd.api.services.containers.v1 import containers_pb2_grpc as pbc_grpc
 from flotilla.libs.api import events as ev
+from flotilla.libs.api import listed
 from flotilla.libs.api.metadata import AnyValue, Container, MetadataClient, Runtime
 from flotilla.libs.errors import InvalidArgument
 from flotilla.libs.wire import to_wire
@@ -18,7 +19,7 @@ from flotilla.libs.wire import to_wire
 from .events import EventHub
 from .protomsg import constructor_fields
 from .records import RecordCache, event_key
-from .rpc import namespace, streaming, timeout, unary
+from .rpc import namespace, preencoded, streaming, timeout, unary
 
 
 def any_from_pb(msg: any_pb2.Any) -> AnyValue:
@@ -72,18 +73,18 @@ class ContainersServicer(pbc_grpc.ContainersServicer):
 
     @unary("Containers.List")
     async def List(self, request: pbc.ListContainersRequest, context: aio.ServicerContext) -> pbc.ListContainersResponse:
-        found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
-                                                         timeout(context, self.default_timeout))
-        # one constructor call for them all: building each message in Python cost more
-        return pbc.ListContainersResponse(containers=[constructor_fields(c) for c in found])
+        # encoded by the metadata service as containerd encodes it, sent as it is
+        found = await self.metadata.list_containers_encoded(namespace(context), list(request.filters),
+                                                            timeout(context, self.default_timeout))
+        return preencoded(context, found, pbc.ListContainersResponse)
 
     @streaming("Containers.ListStream")
     async def ListStream(self, request: pbc.ListContainersRequest,
                          context: aio.ServicerContext) -> AsyncIterator[pbc.ListContainerMessage]:
-        found = await self.metadata.list_containers_wire(namespace(context), list(request.filters),
-                                                         timeout(context, self.default_timeout))
-        for c in found:
-            yield pbc.ListContainerMessage(container=wire_to_pb(c))
+        found = await self.metadata.list_containers_encoded(namespace(context), list(request.filters),
+                                                            timeout(context, self.default_timeout))
+        for entry in listed.entries(found):  # each a whole ListContainerMessage
+            yield preencoded(context, entry, pbc.ListContainerMessage)
 
     @unary("Containers.Create")
     async def Create(self, request: pbc.CreateContainerRequest, context: aio.ServicerContext) -> pbc.CreateContainerResponse:

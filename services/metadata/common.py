@@ -73,6 +73,26 @@ _NAMESPACE_INSERT = insert(db.namespaces)
 _WRITE_LOCK = text("SELECT pg_advisory_xact_lock_shared(:key)").bindparams(key=db.GC_LOCK)
 
 
+def _keyed_rows(conn: Connection, columns: tuple[Any, ...], key: Any, namespace: str, after: str,
+                scope: Any) -> Iterator[tuple[Any, bool]]:
+    """The rows of ``namespace`` (and ``scope``) after key ``after``, in key order, read
+    _BATCH at a time; each with whether more rows may follow it."""
+    table = key.table
+    while True:
+        query = (select(*columns) if columns else select(table)).where(table.c.namespace == namespace)
+        if scope is not None:
+            query = query.where(scope)
+        if after:
+            query = query.where(key > after)
+        rows = conn.execute(query.order_by(key).limit(_BATCH)).all()
+        last = len(rows) - 1
+        for i, row in enumerate(rows):
+            yield row, i < last or len(rows) == _BATCH
+        if len(rows) < _BATCH:
+            return
+        after = getattr(rows[-1], key.name)
+
+
 def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, budget: int,
          decode: Callable[[Any], T], wanted: filters.Filter, lookup: Callable[[T], filters.Lookup],
          size: Callable[[Any], int], scope: Any = None, columns: tuple[Any, ...] = ()) -> tuple[list[T], str]:
@@ -84,25 +104,28 @@ def page(conn: Connection, table: Any, key: Any, namespace: str, after: str, bud
     out: list[T] = []
     used = 0
     keep = (lambda record: wanted.matches(lookup(record))) if wanted.any_of else None  # none: no call
-    while True:
-        query = (select(*columns) if columns else select(table)).where(table.c.namespace == namespace)
-        if scope is not None:
-            query = query.where(scope)
-        if after:
-            query = query.where(key > after)
-        rows = conn.execute(query.order_by(key).limit(_BATCH)).all()
-        name = key.name
-        for i, row in enumerate(rows):
-            after = getattr(row, name)
-            record = decode(row)
-            if keep is None or keep(record):
-                out.append(record)
-                used += size(row)
-                if budget and used >= budget:
-                    more = i + 1 < len(rows) or len(rows) == _BATCH
-                    return out, after if more else ""
-        if len(rows) < _BATCH:
-            return out, ""
+    for row, more in _keyed_rows(conn, columns, key, namespace, after, scope):
+        record = decode(row)
+        if keep is None or keep(record):
+            out.append(record)
+            used += size(row)
+            if budget and used >= budget:
+                return out, getattr(row, key.name) if more else ""
+    return out, ""
+
+
+def encoded_page(conn: Connection, key: Any, columns: tuple[Any, ...], namespace: str, after: str,
+                 budget: int, scope: Any = None) -> tuple[list[Any], str]:
+    """Rows of ``columns`` (``key`` first, the record's encoding last) as ``page`` reads
+    records, for an unfiltered encoded list: nothing else is read, decoded or walked."""
+    out: list[Any] = []
+    used = 0
+    for row, more in _keyed_rows(conn, columns, key, namespace, after, scope):
+        out.append(row)
+        used += 200 + len(row[-1] or b"")
+        if budget and used >= budget:
+            return out, row[0] if more else ""
+    return out, ""
 
 
 def refuse_consumer_namespace(name: str) -> None:

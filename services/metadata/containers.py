@@ -7,16 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs import filters
+from flotilla.libs.api import listed
 from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
 from flotilla.libs.identifiers import validate_identifier
+from flotilla.libs.wire import from_wire
 
 from . import db
 from .api import AnyValue, Container, Runtime
-from .common import StoreBase, page, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
+from .common import StoreBase, encoded_page, page, parse_filters, check_labels, dump_map, kept, load_map, pack, unpack
 
 _T = db.containers
 # built once: composing a statement per call costs more than the lookup
@@ -26,6 +28,7 @@ _GET = select(_T).where(_KEY)
 _GET_FOR_UPDATE = _GET.with_for_update()
 _INSERT = insert(_T)
 _DELETE = delete(_T).where(_KEY)
+_UNLISTED = select(_T).where(_T.c.listed.is_(None))
 # the fields a full replace (no field mask) may change
 _REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
 
@@ -61,6 +64,8 @@ def _any_wire(data: bytes | None) -> dict[str, Any] | None:
 # what a list reads of each container, in this order (row_to_wire unpacks it)
 LIST_COLUMNS = (_T.c.id, _T.c.labels, _T.c.image, _T.c.runtime_name, _T.c.runtime_options, _T.c.spec,
                 _T.c.snapshotter, _T.c.snapshot_key, _T.c.created_at, _T.c.updated_at, _T.c.extensions)
+# what an unfiltered encoded list reads: the key, the spec (kept once, in its column), the encoding
+ENCODED_COLUMNS = (_T.c.id, _T.c.spec, _T.c.listed)
 
 
 def row_to_wire(row: Row[Any]) -> dict[str, Any]:
@@ -76,6 +81,12 @@ def row_to_wire(row: Row[Any]) -> dict[str, Any]:
         "extensions": {k: {"type_url": t, "value": v} for k, (t, v) in unpack(extensions).items()} if extensions
         else {},
     }
+
+
+def _entry(without_spec: bytes, spec: bytes | None) -> bytes:
+    """A container's list entry: its encoding but the spec, and its spec column's value."""
+    return listed.container_entry(without_spec, *unpack(spec)) if spec is not None else \
+        listed.container_entry(without_spec, None, b"")
 
 
 def wire_lookup(c: dict[str, Any]) -> filters.Lookup:
@@ -104,7 +115,7 @@ def _values(c: Container) -> dict[str, Any]:
                 runtime_options=_any_to_db(c.runtime.options), spec=_any_to_db(c.spec),
                 snapshotter=c.snapshotter, snapshot_key=c.snapshot_key,
                 extensions=pack({k: [v.type_url, v.value] for k, v in c.extensions.items()}),
-                created_at=c.created_at, updated_at=c.updated_at)
+                created_at=c.created_at, updated_at=c.updated_at, listed=listed.container_without_spec(c))
 
 
 def validate_container(c: Container) -> None:
@@ -155,7 +166,10 @@ class ContainersMixin(StoreBase):
 
     def get_container(self, namespace: str, id: str, host: str = "") -> Container:
         with self._read() as conn:
-            row = conn.execute(_GET, {"namespace": namespace, "host": host or self.host, "id": id}).first()
+            return self._get_container(conn, namespace, id, host)
+
+    def _get_container(self, conn: Connection, namespace: str, id: str, host: str) -> Container:
+        row = conn.execute(_GET, {"namespace": namespace, "host": host or self.host, "id": id}).first()
         if row is None:
             raise NotFound(f'container "{id}" in namespace "{namespace}": not found')
         return _row_to_container(row)
@@ -168,13 +182,31 @@ class ContainersMixin(StoreBase):
         return [c for c in map(_row_to_container, rows) if wanted.matches(container_lookup(c))]
 
     def list_containers_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
-                             budget: int = 0, host: str = "") -> tuple[list[dict[str, Any]], str]:
-        """Wire maps of the matching containers, a page of about ``budget`` bytes."""
+                             budget: int = 0, host: str = "", encoded: bool = False) -> tuple[list[Any], str]:
+        """Wire maps of the matching containers, a page of about ``budget`` bytes;
+        ``encoded``: their list entries instead (libs/api/listed.py)."""
         wanted = parse_filters(fs)
+        scope = _T.c.host == (host or self.host)
         with self._read() as conn:
-            return page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
-                        wanted, wire_lookup, _row_size,
-                        _T.c.host == (host or self.host), LIST_COLUMNS)
+            if encoded and not wanted.any_of:
+                rows, after = encoded_page(conn, _T.c.id, ENCODED_COLUMNS, namespace, after, budget, scope)
+                return [_entry(without_spec or listed.container_without_spec(  # (none: an older version's row)
+                    self._get_container(conn, namespace, id, host)), spec) for id, spec, without_spec in rows], after
+            found, after = page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
+                                wanted, wire_lookup, _row_size, scope, LIST_COLUMNS)
+        if not encoded:
+            return found, after
+        records = [from_wire(Container, c) for c in found]
+        return [_entry(listed.container_without_spec(c), _any_to_db(c.spec)) for c in records], after
+
+    def _unlisted_containers(self, conn: Connection) -> bool:
+        return conn.execute(_UNLISTED.limit(1)).first() is not None
+
+    def _encode_containers(self, conn: Connection) -> None:
+        for row in conn.execute(_UNLISTED).all():
+            conn.execute(update(_T).where((_T.c.namespace == row.namespace) & (_T.c.host == row.host)
+                                          & (_T.c.id == row.id))
+                         .values(listed=listed.container_without_spec(_row_to_container(row))))
 
     def create_container(self, namespace: str, c: Container, host: str = "") -> Container:
         try:

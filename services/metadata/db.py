@@ -45,6 +45,9 @@ containers = Table(
     Column("extensions", LargeBinary, nullable=False),      # msgpack {name: {type_url, value}}
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # containerd's encoding of the record but its spec (libs/api/listed.py); NULL: made
+    # before this column, encoded when listed
+    Column("listed", LargeBinary, nullable=True),
 )
 
 images = Table(
@@ -58,6 +61,7 @@ images = Table(
     Column("annotations", Text, nullable=False, default="{}"),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    Column("listed", LargeBinary, nullable=True),  # as the containers'
 )
 
 leases = Table(
@@ -93,6 +97,7 @@ def open_engine(url: str, host: str = "") -> tuple[Engine, Engine]:
         meta.create_all(engine)
         engines = engine, engine
     _add_container_host(*engines, host)
+    _add_listed(*engines)
     return engines
 
 
@@ -113,7 +118,7 @@ def _add_container_host(engine: Engine, reader: Engine, host: str) -> None:
             # SQLite cannot change a primary key: rebuild the table under its name
             conn.exec_driver_sql("ALTER TABLE containers RENAME TO containers_unhosted")
             containers.create(conn)
-            names = ", ".join(c.name for c in containers.columns if c.name != "host")
+            names = ", ".join(c.name for c in containers.columns if c.name not in ("host", "listed"))
             conn.execute(text(f"INSERT INTO containers (host, {names}) SELECT :host, {names} "
                               "FROM containers_unhosted"), {"host": host})
             conn.exec_driver_sql("DROP TABLE containers_unhosted")
@@ -128,3 +133,22 @@ def _add_container_host(engine: Engine, reader: Engine, host: str) -> None:
         pkey = inspect(conn).get_pk_constraint("containers")["name"]
         conn.exec_driver_sql(f"ALTER TABLE containers DROP CONSTRAINT {quoted(pkey)}, "
                              "ADD PRIMARY KEY (namespace, host, id)")
+
+
+def _missing_listed(conn: Connection) -> list[str]:
+    found = inspect(conn)
+    return [t for t in ("images", "containers") if "listed" not in {c["name"] for c in found.get_columns(t)}]
+
+
+def _add_listed(engine: Engine, reader: Engine) -> None:
+    """Give the images and containers tables of before their ``listed`` column (NULL in
+    their rows: listed as before until written again)."""
+    with reader.connect() as probe:
+        if not _missing_listed(probe):
+            return
+    with engine.begin() as conn:
+        if engine.dialect.name != "sqlite":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK})
+        blob = "BLOB" if engine.dialect.name == "sqlite" else "BYTEA"
+        for table in _missing_listed(conn):  # another process may have done it meanwhile
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN listed {blob}")

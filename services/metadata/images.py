@@ -7,21 +7,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from flotilla.libs import filters
+from flotilla.libs.api import listed
 from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
+from flotilla.libs.wire import from_wire
 
 from . import db
 from .api import Descriptor, Image
-from .common import StoreBase, page, parse_filters, check_labels, digest_error, dump_map, kept, load_map
+from .common import StoreBase, encoded_page, page, parse_filters, check_labels, digest_error, dump_map, kept, load_map
 from .containers import map_lookup
 
 _T = db.images
 # built once: composing a statement per call costs more than the lookup
 _GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.name == bindparam("name")))
 _INSERT = insert(_T)
+_UNLISTED = select(_T).where(_T.c.listed.is_(None))
 
 
 def _row_to_image(row: Row[Any]) -> Image:
@@ -30,9 +33,11 @@ def _row_to_image(row: Row[Any]) -> Image:
                  created_at=row.created_at, updated_at=row.updated_at)
 
 
-# what a list reads of each image, in this order (row_to_wire unpacks it)
+# what a list reads of each image, in this order (row_to_wire unpacks it); an unfiltered
+# encoded list reads only the key and the encoding
 LIST_COLUMNS = (_T.c.name, _T.c.labels, _T.c.media_type, _T.c.digest, _T.c.size, _T.c.annotations,
                 _T.c.created_at, _T.c.updated_at)
+ENCODED_COLUMNS = (_T.c.name, _T.c.listed)
 
 
 def row_to_wire(row: Row[Any]) -> dict[str, Any]:
@@ -68,7 +73,7 @@ def wire_lookup(i: dict[str, Any]) -> filters.Lookup:
 def _values(i: Image) -> dict[str, Any]:
     return dict(labels=dump_map(i.labels), media_type=i.target.media_type, digest=i.target.digest,
                 size=i.target.size, annotations=dump_map(i.target.annotations),
-                created_at=i.created_at, updated_at=i.updated_at)
+                created_at=i.created_at, updated_at=i.updated_at, listed=listed.image(i))
 
 
 def validate_image(i: Image) -> None:
@@ -115,7 +120,10 @@ def _normalise(i: Image) -> None:
 class ImagesMixin(StoreBase):
     def get_image(self, namespace: str, name: str) -> Image:
         with self._read() as conn:
-            row = conn.execute(_GET, {"namespace": namespace, "name": name}).first()
+            return self._get_image(conn, namespace, name)
+
+    def _get_image(self, conn: Connection, namespace: str, name: str) -> Image:
+        row = conn.execute(_GET, {"namespace": namespace, "name": name}).first()
         if row is None:
             raise NotFound(f'image "{name}": not found')
         return _row_to_image(row)
@@ -127,13 +135,27 @@ class ImagesMixin(StoreBase):
         return [i for i in map(_row_to_image, rows) if wanted.matches(image_lookup(i))]
 
     def list_images_page(self, namespace: str, fs: list[str] | None = None, after: str = "",
-                         budget: int = 0) -> tuple[list[dict[str, Any]], str]:
-        """Wire maps of the matching images, a page of about ``budget`` bytes."""
+                         budget: int = 0, encoded: bool = False) -> tuple[list[Any], str]:
+        """Wire maps of the matching images, a page of about ``budget`` bytes; ``encoded``:
+        their list entries instead (libs/api/listed.py)."""
         wanted = parse_filters(fs)
         with self._read() as conn:
-            return page(conn, _T, _T.c.name, namespace, after, budget, row_to_wire,
-                        wanted, wire_lookup,
-                        lambda r: 200 + len(r[0]) + len(r[1]) + len(r[3]) + len(r[5]), columns=LIST_COLUMNS)
+            if encoded and not wanted.any_of:
+                rows, after = encoded_page(conn, _T.c.name, ENCODED_COLUMNS, namespace, after, budget)
+                # (none: a row an older version wrote)
+                return [entry or listed.image(self._get_image(conn, namespace, name)) for name, entry in rows], after
+            found, after = page(conn, _T, _T.c.name, namespace, after, budget, row_to_wire,
+                                wanted, wire_lookup,
+                                lambda r: 200 + len(r[0]) + len(r[1]) + len(r[3]) + len(r[5]), columns=LIST_COLUMNS)
+        return ([listed.image(from_wire(Image, i)) for i in found] if encoded else found), after
+
+    def _unlisted_images(self, conn: Connection) -> bool:
+        return conn.execute(_UNLISTED.limit(1)).first() is not None
+
+    def _encode_images(self, conn: Connection) -> None:
+        for row in conn.execute(_UNLISTED).all():
+            conn.execute(update(_T).where((_T.c.namespace == row.namespace) & (_T.c.name == row.name))
+                         .values(listed=listed.image(_row_to_image(row))))
 
     def create_image(self, namespace: str, i: Image) -> Image:
         if not i.name:  # the service's own check comes before the store's

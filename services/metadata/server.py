@@ -26,6 +26,15 @@ _HELD_TIMEOUT = 5.0
 T = TypeVar("T")
 
 
+def _listed(items: list[Any], after: str, req: api.ListRequest) -> Wired | list[dict[str, Any]]:
+    """A list's answer: a page (asked with a budget), its entries joined if asked encoded."""
+    if not req.budget:
+        return items
+    if req.encoded:
+        return api.ListPage([], after, b"".join(items)).wired()
+    return api.ListPage(items, after).wired()
+
+
 class MetadataServer:
     def __init__(self, bus: Bus, cfg: Config, store: MetadataStore) -> None:
         self.bus, self.cfg, self.store = bus, cfg, store
@@ -112,8 +121,8 @@ class MetadataServer:
 
     async def c_list(self, req: api.ListRequest) -> Wired | list[dict[str, Any]]:
         items, after = await asyncio.to_thread(self.store.list_containers_page, req.namespace, req.filters,
-                                               req.after, req.budget, self._host(req.host))
-        return api.ListPage(items, after).wired() if req.budget else items
+                                               req.after, req.budget, self._host(req.host), req.encoded)
+        return _listed(items, after, req)
 
     async def c_create(self, req: api.ContainerCreate) -> api.Container:
         ns, id, host = req.namespace, req.container.id, self._host(req.host)
@@ -142,8 +151,8 @@ class MetadataServer:
 
     async def i_list(self, req: api.ListRequest) -> Wired | list[dict[str, Any]]:
         items, after = await asyncio.to_thread(self.store.list_images_page, req.namespace, req.filters,
-                                               req.after, req.budget)
-        return api.ListPage(items, after).wired() if req.budget else items
+                                               req.after, req.budget, req.encoded)
+        return _listed(items, after, req)
 
     async def i_create(self, req: api.ImageCreate) -> api.Image:
         ns, name = req.namespace, req.image.name

@@ -35,7 +35,19 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
     def open(cls, url: str, host: str = "") -> "MetadataStore":
         """``host``: this metadata instance's (cfg.host_id, "" on a single host), the owner
         of containers asked for with no host."""
-        return cls(db.open_engine(url, host), host)
+        store = cls(db.open_engine(url, host), host)
+        store.encode_unlisted()
+        return store
+
+    def encode_unlisted(self) -> None:
+        """Encode the records written before the ``listed`` column, or by an older version
+        (a list still answers for those, one record at a time)."""
+        with self._read() as conn:
+            if not self._unlisted_images(conn) and not self._unlisted_containers(conn):
+                return
+        with self._write() as conn:
+            self._encode_images(conn)
+            self._encode_containers(conn)
 
     # -- namespaces --------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ async def test_clients_address_their_own_hosts_containers(bus: Bus, tmp_path: Pa
         await here.create_container("ns", _c("build", image="here"))
         await there.create_container("ns", _c("build", image="there"))
         assert [c.image for c in await there.list_containers("ns")] == ["there"]
-        assert [c["image"] for c in await here.list_containers_wire("ns")] == ["here"]
+        assert [c.image for c in await here.list_containers("ns")] == ["here"]
         await there.update_container("ns", Container("build", labels={"k": "v"}), ["labels.k"])
         assert (await here.get_container("ns", "build")).labels == {}
         await there.delete_container("ns", "build")

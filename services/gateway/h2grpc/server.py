@@ -215,15 +215,19 @@ class _Connection(asyncio.Protocol):
                     request = h.request_deserializer(request)
                 except Exception:
                     return self._finish(st, _INTERNAL, "Exception deserializing request!")
-            encode = h.response_serializer
+            serialize = h.response_serializer
+
+            def encode(reply: Any) -> bytes:  # bytes: encoded already (rpc.preencoded)
+                return serialize(reply) if serialize and type(reply) is not bytes else reply
+
             if h.response_streaming:
                 replies = (h.stream_stream if h.request_streaming else h.unary_stream)(request, ctx)
                 async for reply in replies:
-                    await self._send(st, encode(reply) if encode else reply)
+                    await self._send(st, encode(reply))
                     self.flush()
             else:
                 reply = await (h.stream_unary if h.request_streaming else h.unary_unary)(request, ctx)
-                await self._send(st, encode(reply) if encode else reply)
+                await self._send(st, encode(reply))
             self._finish(st, _OK, "")
         except aio.AbortError:
             self._finish(st, ctx.code.value[0], ctx.details)
