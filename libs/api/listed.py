@@ -19,11 +19,14 @@ from collections.abc import Iterator
 from .metadata import AnyValue, Container, Image
 
 _BYTE = [bytes((i,)) for i in range(128)]
+_TYPE_URLS: dict[str, bytes] = {}  # a spec's type URL, encoded
 
 
 def _varint(n: int) -> bytes:
     if 0 <= n < 0x80:
         return _BYTE[n]
+    if 0 < n < 0x4000:  # two bytes: most lengths of a list's fields (no loop: 5x faster)
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 0:  # int64 on the wire: two's complement, ten bytes
         n += 1 << 64
     out = bytearray()
@@ -82,8 +85,13 @@ def container_without_spec(c: Container) -> bytes:
 def container_entry(without_spec: bytes, spec_type_url: str | None, spec_value: bytes) -> bytes:
     """A container as an entry of ``ListContainersResponse.containers``: its message but its
     spec, and the spec (type URL None: it has none)."""
-    if spec_type_url is not None:
-        without_spec += _any(b"\x2a", AnyValue(spec_type_url, spec_value))
+    if spec_type_url is not None:  # (on every entry of a list: no record made for it)
+        type_url = _TYPE_URLS.get(spec_type_url)
+        if type_url is None:  # specs share a type URL or two: a few kept
+            type_url = _string(b"\x0a", spec_type_url)
+            if len(_TYPE_URLS) < 16:
+                _TYPE_URLS[spec_type_url] = type_url
+        without_spec += _field(b"\x2a", type_url + (_field(b"\x12", spec_value) if spec_value else b""))
     return _field(b"\x0a", without_spec)
 
 
