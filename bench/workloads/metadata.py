@@ -1,5 +1,7 @@
 """Issue 4's figures: List latency with 1,000 and 10,000 images and containers in a
-namespace, Flotilla against containerd, and how each grows from 1k to 10k.
+namespace, Flotilla against containerd, and how each grows from 1k to 10k; issue 28's: 100,000
+(``metadata list 100k``: containers through ``ListStream``, images 60,000, since a unary list
+of 100,000 is over both daemons' 16 MiB message limit) and ``ctr containers ls`` of 50.
 
 Setup (not measured) creates the records through the gRPC API with the Python stubs,
 64 calls in flight, the same script for both targets. Each measured iteration is one
@@ -61,17 +63,17 @@ def _image(i: int) -> pbi.Image:
 
 
 def _container(i: int) -> pbc.Container:
-    c = pbc.Container(id=f"bench-{i:05d}", image=f"registry.example/bench/app-{i:05d}:v1",
+    c = pbc.Container(id=f"bench-{i:06d}", image=f"registry.example/bench/app-{i:05d}:v1",
                       labels={"team": "bench"}, snapshotter="overlayfs", snapshot_key=f"bench-{i:05d}")
     c.runtime.name = "io.containerd.runc.v2"
     c.spec.type_url, c.spec.value = "types.containerd.io/opencontainers/runtime-spec/1/Spec", _SPEC
     return c
 
 
-def setup(t: Target) -> None:
+def setup(t: Target, sizes: tuple[int, ...] = SIZES) -> None:
     ch = _channel(t)
     images, containers = pbi_grpc.ImagesStub(ch), pbc_grpc.ContainersStub(ch)
-    for n in SIZES:
+    for n in sizes:
         im, cm = [("containerd-namespace", _ns("images", n))], [("containerd-namespace", _ns("containers", n))]
         have = len(images.List(pbi.ListImagesRequest(), metadata=im, timeout=120).images)
         _many([lambda i=i: images.Create.future(pbi.CreateImageRequest(image=_image(i)), metadata=im, timeout=120)
@@ -82,15 +84,15 @@ def setup(t: Target) -> None:
                for i in range(have, n)])
 
 
-def teardown(t: Target) -> None:
+def teardown(t: Target, sizes: tuple[int, ...] = SIZES) -> None:
     """Leave the targets as found: the records go again (through the API, unmeasured)."""
     ch = _channel(t)
     images, containers = pbi_grpc.ImagesStub(ch), pbc_grpc.ContainersStub(ch)
-    for n in SIZES:
+    for n in sizes:
         im, cm = [("containerd-namespace", _ns("images", n))], [("containerd-namespace", _ns("containers", n))]
         _many([lambda i=i: images.Delete.future(pbi.DeleteImageRequest(name=_image(i).name), metadata=im, timeout=120)
                for i in range(n)])
-        _many([lambda i=i: containers.Delete.future(pbc.DeleteContainerRequest(id=f"bench-{i:05d}"),
+        _many([lambda i=i: containers.Delete.future(pbc.DeleteContainerRequest(id=_container(i).id),
                                                     metadata=cm, timeout=120)
                for i in range(n)])
 
@@ -113,5 +115,71 @@ def run(t: Target) -> dict[str, float]:
     return out
 
 
+# 100,000 containers (streamed) and as many images as one answer of 16 MiB holds
+_BIG, _BIG_IMAGES = 100_000, 60_000
+
+
+def setup_big(t: Target) -> None:
+    ch = _channel(t)
+    images, containers = pbi_grpc.ImagesStub(ch), pbc_grpc.ContainersStub(ch)
+    im, cm = [("containerd-namespace", _ns("images", _BIG_IMAGES))], [("containerd-namespace", _ns("containers", _BIG))]
+    _many([lambda i=i: images.Create.future(pbi.CreateImageRequest(image=_image(i)), metadata=im, timeout=120)
+           for i in range(_BIG_IMAGES)])
+    _many([lambda i=i: containers.Create.future(pbc.CreateContainerRequest(container=_container(i)),
+                                                metadata=cm, timeout=120) for i in range(_BIG)])
+
+
+def teardown_big(t: Target) -> None:
+    ch = _channel(t)
+    images, containers = pbi_grpc.ImagesStub(ch), pbc_grpc.ContainersStub(ch)
+    im, cm = [("containerd-namespace", _ns("images", _BIG_IMAGES))], [("containerd-namespace", _ns("containers", _BIG))]
+    _many([lambda i=i: images.Delete.future(pbi.DeleteImageRequest(name=_image(i).name), metadata=im, timeout=120)
+           for i in range(_BIG_IMAGES)])
+    _many([lambda i=i: containers.Delete.future(pbc.DeleteContainerRequest(id=_container(i).id),
+                                                metadata=cm, timeout=120) for i in range(_BIG)])
+
+
+def run_big(t: Target) -> dict[str, float]:
+    ch = _channel(t)
+    images, containers = pbi_grpc.ImagesStub(ch), pbc_grpc.ContainersStub(ch)
+    im, cm = [("containerd-namespace", _ns("images", _BIG_IMAGES))], [("containerd-namespace", _ns("containers", _BIG))]
+    started = time.perf_counter()
+    got = len(images.List(pbi.ListImagesRequest(), metadata=im, timeout=120).images)
+    out = {"images 60k": time.perf_counter() - started}
+    assert got == _BIG_IMAGES, (t.name, "images", got)
+    started = time.perf_counter()
+    got = sum(1 for _ in containers.ListStream(pbc.ListContainersRequest(), metadata=cm, timeout=120))
+    out["containers 100k, streamed"] = time.perf_counter() - started
+    assert got == _BIG, (t.name, "containers", got)
+    return out
+
+
+_LS_NS, _LS_COUNT = "bench-ls-50", 50
+
+
+def setup_ls(t: Target) -> None:
+    containers = pbc_grpc.ContainersStub(_channel(t))
+    md = [("containerd-namespace", _LS_NS)]
+    _many([lambda i=i: containers.Create.future(pbc.CreateContainerRequest(container=_container(i)), metadata=md,
+                                                timeout=120) for i in range(_LS_COUNT)])
+
+
+def teardown_ls(t: Target) -> None:
+    containers = pbc_grpc.ContainersStub(_channel(t))
+    md = [("containerd-namespace", _LS_NS)]
+    _many([lambda i=i: containers.Delete.future(pbc.DeleteContainerRequest(id=_container(i).id), metadata=md,
+                                                timeout=120) for i in range(_LS_COUNT)])
+
+
+def run_ls(t: Target) -> float:
+    started = time.perf_counter()
+    out = t.ctr("containers", "ls", namespace=_LS_NS, check=True).stdout
+    took = time.perf_counter() - started
+    assert out.count("\n") == _LS_COUNT + 1, (t.name, out)
+    return took
+
+
 def workloads() -> list[Workload]:
-    return [Workload("metadata list", run, repeat=11, setup=setup, teardown=teardown)]
+    return [Workload("metadata list", run, repeat=11, setup=setup, teardown=teardown),
+            Workload("metadata list 100k", run_big, repeat=5, setup=setup_big, teardown=teardown_big),
+            Workload("ctr containers ls 50", run_ls, repeat=20, setup=setup_ls, teardown=teardown_ls)]
