@@ -48,6 +48,9 @@ class Config:
     content_cache: int = 32 << 30     # bytes of copies a host keeps beyond those it must (farm, LRU)
     host_lost_after: float = 30.0     # seconds a content host is unheard before its copies are made again
     content_peer_listen: str = ""     # address:port this host's copies are served on to other hosts ("": over the bus)
+    # seconds a layer applied ahead of its Diff.Apply waits for it (services/snapshots/ahead.py);
+    # 0: no layer is applied ahead
+    apply_ahead_ttl: float = 300.0
 
     @property
     def socket_path(self) -> str:

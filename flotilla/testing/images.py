@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import random
+import stat
 import tarfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -174,6 +176,47 @@ def random_layers_image(total_mib: int, layers: int = 4) -> Image:
     per = total_mib // layers
     extra = [[Entry(f"blob{i}", data=os.urandom(per << 20))] for i in range(layers)]
     return build_image([busybox_entries(), *extra])
+
+
+def tree_entries(root: Path, under: str) -> list[Entry]:
+    """A directory tree of this machine as entries under ``under``: its directories, files
+    and symlinks as they are (modes, targets), owned by root."""
+    entries = [Entry("/".join(under.split("/")[:i + 1]), "dir") for i in range(under.count("/") + 1)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        at = under if rel == "." else f"{under}/{rel}"
+        if rel != ".":
+            entries.append(Entry(at, "dir", mode=stat.S_IMODE(os.lstat(dirpath).st_mode)))
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                entries.append(Entry(f"{at}/{name}", "symlink", target=os.readlink(path)))
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    entries.append(Entry(f"{at}/{name}", data=f.read(), mode=stat.S_IMODE(st.st_mode)))
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+    return entries
+
+
+def small_files_entries(count: int = 10_000, dirs: int = 100, seed: int = 28) -> list[Entry]:
+    """``count`` files of 1-8 KiB in ``dirs`` directories, text that compresses about 2x."""
+    rnd = random.Random(seed)
+    entries: list[Entry] = [Entry("data", "dir")]
+    for d in range(dirs):
+        entries.append(Entry(f"data/d{d:03d}", "dir"))
+        for f in range(count // dirs):
+            size = rnd.randint(1024, 8192)
+            entries.append(Entry(f"data/d{d:03d}/f{f:04d}.txt", data=rnd.randbytes(size // 2 + 1).hex().encode()[:size]))
+    return entries
+
+
+def many_files_image() -> Image:
+    """Layers of many small files, as real images mostly are: busybox, this machine's
+    ``/usr/lib/python3*`` trees (about 4,500 files here), and 10,000 files of 1-8 KiB."""
+    python = [e for tree in sorted(Path("/usr/lib").glob("python3*")) if tree.is_dir()
+              for e in tree_entries(tree, f"usr/lib/{tree.name}")]
+    return build_image([busybox_entries(), python, small_files_entries()])
 
 
 def multiplatform_image(arches: tuple[str, ...] = ("amd64", "arm64")) -> Image:

@@ -128,6 +128,14 @@ class ApplyRequest:
 
 
 @dataclass
+class AheadRequest:
+    """A layer blob just committed: apply it now, its Diff.Apply comes later
+    (services/snapshots/ahead.py)."""
+    namespace: str
+    digest: str
+
+
+@dataclass
 class DiffRequest:
     namespace: str
     left: list[Mount] = field(default_factory=list)
@@ -158,6 +166,7 @@ NAMESPACE_HELD: Route[NamespaceRequest, list[str]] = Route("namespace_held", Nam
 APPLY: Route[ApplyRequest, Descriptor] = Route("diff.apply", ApplyRequest, Descriptor, timeout=600.0)
 # -> the written layer
 DIFF: Route[DiffRequest, Descriptor] = Route("diff.diff", DiffRequest, Descriptor, timeout=600.0)
+APPLY_AHEAD: Route[AheadRequest, None] = Route("diff.ahead", AheadRequest, None, timeout=10.0)
 
 
 class SnapshotsClient:
@@ -217,6 +226,10 @@ class SnapshotsClient:
     async def apply(self, namespace: str, diff: Descriptor, mounts: list[Mount],
                     timeout: float = APPLY.timeout, detached: bool = False) -> Descriptor:
         return await self._call(APPLY, ApplyRequest(namespace, diff, mounts, detached), timeout)
+
+    async def apply_ahead(self, namespace: str, digest: str, timeout: float = APPLY_AHEAD.timeout) -> None:
+        """Have the layer blob ``digest`` applied now, ahead of its Diff.Apply; returns at once."""
+        await self._call(APPLY_AHEAD, AheadRequest(namespace, digest), timeout)
 
     async def diff(self, namespace: str, left: list[Mount], right: list[Mount], media_type: str = "",
                    ref: str = "", labels: dict[str, str] | None = None, timeout: float = DIFF.timeout,

@@ -20,6 +20,7 @@ from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
 from flotilla.libs.api import events as ev
 from flotilla.libs.api.content import ContentChanged, ContentClient, Info, LocalFile, Status, Writer, digest_error
+from flotilla.libs.api.snapshots import SnapshotsClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.errors import AlreadyExists, FlotillaError, InvalidArgument, NotFound, OutOfRange
@@ -34,6 +35,7 @@ log = logging.getLogger("flotilla.gateway.content")
 LEASE_KEY = "containerd-lease"
 READ_PIECE = 1 << 20        # bytes per Read response, as containerd sends them
 LOCAL_READ = 8 << 20        # bytes per pread from the blob file
+LAYER_REF = "layer-"        # containerd's ingest refs of layers (remotes.MakeRefKey)
 
 
 def _lease(context: aio.ServicerContext) -> str:
@@ -75,6 +77,10 @@ class ContentServicer(pbc_grpc.ContentServicer):
         # client that closes a writer and at once opens another on the same ref, or aborts
         # it, must not find it still locked (containerd releases it as the stream ends)
         self._releasing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # layers written by a client's pull are applied ahead of its Diff.Apply
+        # (services/snapshots/ahead.py; unless its apply_ahead_ttl is 0)
+        self.snapshots = SnapshotsClient(bus, cfg.prefix, cfg.host)
+        self._aheads: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def register(cls, server: aio.Server, bus: Bus, cfg: Config, hub: EventHub) -> "ContentServicer":
@@ -250,6 +256,8 @@ class ContentServicer(pbc_grpc.ContentServicer):
                                 self._files.keep(ns, info.digest, fd, info.size)
                         msg.digest = info.digest
                         msg.offset = info.size
+                        if ref.startswith(LAYER_REF):
+                            self._apply_ahead(ns, info.digest)
                 yield msg
                 if req.action == pbc.COMMIT:
                     return
@@ -259,6 +267,18 @@ class ContentServicer(pbc_grpc.ContentServicer):
                     return
         finally:
             await self._release(ns, ref, w)
+
+    def _apply_ahead(self, ns: str, digest: str) -> None:
+        """containerd's client applies a pull's layers one after the other once each is
+        fetched: have this one applied now, in the background."""
+        task = asyncio.ensure_future(self.snapshots.apply_ahead(ns, digest))
+        self._aheads.add(task)
+        task.add_done_callback(self._ahead_asked)
+
+    def _ahead_asked(self, task: "asyncio.Task[None]") -> None:
+        self._aheads.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # its Diff.Apply applies it
+            log.debug("layer not applied ahead: %s", task.exception())
 
     async def _release(self, ns: str, ref: str, w: Writer) -> None:
         key = (ns, ref)

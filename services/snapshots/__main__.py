@@ -9,6 +9,7 @@ from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
 from flotilla.libs.service import Cleanup, run
 
+from .ahead import AheadLayers
 from .diffs import Differ, clear_scratch
 from .server import SnapshotsServer
 from .store import SnapshotStore
@@ -18,7 +19,11 @@ async def setup(bus: Bus, cfg: Config) -> Cleanup:
     scratch = cfg.state / "snapshots"
     await asyncio.to_thread(clear_scratch, scratch)  # mounts a killed instance left behind
     store = await asyncio.to_thread(SnapshotStore.open, cfg.root / "snapshots")
-    differ = Differ(ContentClient(bus, cfg.prefix, host=cfg.host), scratch)
+    # beside the snapshots (a layer applied ahead is renamed into one), never a snapshotter's name
+    ahead = AheadLayers(cfg.root / "snapshots" / ".ahead", cfg.apply_ahead_ttl)
+    await asyncio.to_thread(ahead.clear)  # what a stopped instance left
+    differ = Differ(ContentClient(bus, cfg.prefix, host=cfg.host), scratch,
+                    ahead=ahead if cfg.apply_ahead_ttl > 0 else None)
     await SnapshotsServer(bus, cfg, store, differ).start()
     warming = asyncio.ensure_future(differ.warm())  # serve meanwhile
 

@@ -6,8 +6,8 @@ the metadata service's garbage collector can use it without importing this servi
 
 from flotilla.libs.api.snapshots import *  # noqa: F401,F403
 from flotilla.libs.api.snapshots import (  # noqa: F401  (named for type checkers)
-    APPLY, CLEANUP, COMMIT, DIFF, LIST, MOUNTS, NAMESPACE_HELD, PREPARE, REMOVE, STAT, UPDATE,
-    USAGE, VIEW, ApplyRequest, CommitRequest, Descriptor, DiffRequest, Info, KeyRequest,
+    APPLY, APPLY_AHEAD, CLEANUP, COMMIT, DIFF, LIST, MOUNTS, NAMESPACE_HELD, PREPARE, REMOVE, STAT, UPDATE,
+    USAGE, VIEW, AheadRequest, ApplyRequest, CommitRequest, Descriptor, DiffRequest, Info, KeyRequest,
     ListRequest, Mount, NamespaceRequest, PrepareRequest, SnapshotterRequest, UpdateRequest,
     Usage, stem, subject,
 )

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - an install without it still unpacks, s
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
 _CHUNK = 1 << 20
 _PIECE = 256 << 10  # uncompressed bytes per piece handed from the decompressing thread
 _AHEAD = 8          # pieces it may run ahead of the files being written
@@ -317,6 +318,7 @@ class _State:
     detached: bool = False  # overlay upper whose parent layers are not there yet
     created: set[tuple[str, ...]] = field(default_factory=set)   # real paths this layer made
     dir_times: list[tuple[tuple[str, ...], int, int]] = field(default_factory=list)
+    whiteouts: int = 0  # whiteout and opaque entries met
 
 
 def _remove(dfd: int, name: str) -> None:
@@ -482,9 +484,10 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
         return
     dfd, base, real_parent = root.parent(member.name)
     if base.startswith(WHITEOUT):
+        state.whiteouts += 1
         if base == OPAQUE:
             if state.overlay:
-                os.setxattr(dfd, "trusted.overlay.opaque", b"y")
+                os.setxattr(dfd, OPAQUE_XATTR, b"y")
             else:  # remove what lower layers put there, keep what this layer made
                 _remove_not_created(dfd, real_parent, state.created)
                 root.forget()
@@ -623,13 +626,14 @@ def _parent_needed(dfd: int, name: str, parts: list[str]) -> None:
 
 
 def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str] | None = None,
-              detached: bool = False) -> None:
+              detached: bool = False) -> int:
     """Apply an uncompressed tar stream onto ``root_path``.
 
     ``detached``: ``root_path`` is an overlay upper dir whose parent layers are not below it
     yet (a parallel unpack stacks it on them afterwards). Whiteouts take the overlay form, and
     whatever would consult a parent layer raises ``ParentNeeded`` instead, so the caller can
-    apply that layer onto its parent as usual and get the same tree.
+    apply that layer onto its parent as usual and get the same tree. Returns how many
+    whiteout and opaque entries the layer had.
     """
     root = Root(root_path)
     state = _State(overlay=overlay or detached, parents=[] if detached else list(parents or []),
@@ -654,6 +658,7 @@ def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str
                 os.utime(fd, ns=(atime, mtime))
             finally:
                 os.close(fd)
+        return state.whiteouts
     finally:
         root.close()
 
@@ -662,6 +667,7 @@ def apply_tar(stream: BinaryIO, root_path: str, overlay: bool, parents: list[str
 class Applied:
     digest: str
     size: int
+    whiteouts: int = 0  # (see apply_tar)
 
 
 def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
@@ -673,9 +679,9 @@ def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
     if media_type not in MEDIA_TYPES:
         raise LayerError(f"failed to get stream processor for {media_type}: no processor for media-type")
     with FileReader(blob) as raw, _Decompressed(raw) as stream:  # type: ignore[arg-type]
-        apply_tar(stream, root_path, overlay, parents, detached)  # type: ignore[arg-type]
+        whiteouts = apply_tar(stream, root_path, overlay, parents, detached)  # type: ignore[arg-type]
         stream.drain()  # the digest covers the tar's trailing blocks too
     digest = "sha256:" + stream.hash.hexdigest()
     if expected and expected != digest:
         raise LayerError(f"wrong diff id calculated on extraction {digest!r}, expected {expected!r}")
-    return Applied(digest=digest, size=stream.size)
+    return Applied(digest=digest, size=stream.size, whiteouts=whiteouts)

@@ -12,12 +12,16 @@ Apply targets, as containerd's applier chooses them:
 A detached apply (a parallel unpack's) takes one read-write bind mount of an overlay
 snapshot made without its parent: whiteouts in overlay form, and FailedPrecondition for a
 layer that needs its parent's files (the caller then applies it onto its parent).
+
+A layer may also be applied ahead of its Diff.Apply, as soon as its blob is committed
+(ahead.py): the Diff.Apply then moves it into place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import shutil
@@ -29,12 +33,14 @@ from pathlib import Path
 
 from flotilla.libs import mount as mnt
 from flotilla.libs.api.content import ContentClient
-from flotilla.libs.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented, Unknown
+from flotilla.libs.errors import FailedPrecondition, FlotillaError, InvalidArgument, NotFound, Unimplemented, Unknown
 from flotilla.libs.service import keep_freed_memory
 
 from . import applier, differ
+from .ahead import AheadLayers
 from .api import LABEL_UNCOMPRESSED, Descriptor, Mount
 
+log = logging.getLogger("flotilla.snapshots.diff")
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 _COMPRESSION = {LAYER_TAR: "", LAYER_GZIP: "gzip", "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
@@ -86,9 +92,12 @@ def _worker_init(parent: int) -> None:
 
 
 class Differ:
-    def __init__(self, content: ContentClient, scratch: Path, workers: int | None = None) -> None:
+    def __init__(self, content: ContentClient, scratch: Path, workers: int | None = None,
+                 ahead: AheadLayers | None = None) -> None:
         self.content = content
         self.scratch = scratch
+        self.ahead = ahead  # where layers applied ahead wait (None: none are)
+        self._ahead_tasks: set[asyncio.Task[None]] = set()
         scratch.mkdir(parents=True, exist_ok=True)
         # spawn: workers never inherit the event loop or the NATS connection; they are this
         # process' children and die with it (see _worker_init)
@@ -102,6 +111,8 @@ class Differ:
         await asyncio.gather(*(self._run(os.getpid) for _ in range(n)))
 
     def close(self) -> None:
+        for task in self._ahead_tasks:
+            task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
@@ -153,6 +164,11 @@ class Differ:
         if detached and not single_rw_bind:
             raise InvalidArgument("a detached apply takes one read-write bind mount: invalid argument")
         expected = desc.annotations.get(LABEL_UNCOMPRESSED, "")
+        taken = None if detached else await self._take_ahead(namespace, desc.digest, mounts)
+        if taken is not None:
+            if expected and expected != taken.digest:  # as the applier says it
+                raise Unknown(f"wrong diff id calculated on extraction {taken.digest!r}, expected {expected!r}")
+            return Descriptor(media_type=LAYER_TAR, digest=taken.digest, size=taken.size)
         async with self._blob(namespace, desc) as blob:
             if detached:
                 done = await self._apply(blob, desc.media_type, mounts[0].source, True, [], expected, detached=True)
@@ -166,6 +182,42 @@ class Differ:
                 async with self._mounted(mounts) as root:
                     done = await self._apply(blob, desc.media_type, root, False, [], expected)
         return Descriptor(media_type=LAYER_TAR, digest=done.digest, size=done.size)
+
+    def apply_ahead(self, namespace: str, digest: str) -> None:
+        """Start applying the layer ``digest`` ahead of its Diff.Apply (ahead.py), unless it
+        is already; returns at once."""
+        layer = self.ahead.claim(namespace, digest) if self.ahead is not None else None
+        if layer is None:
+            return
+
+        async def run() -> None:
+            applied = None
+            try:
+                async with self._blob(namespace, Descriptor(media_type=LAYER_TAR, digest=digest, size=0)) as blob:
+                    # detached: no parent consulted; a layer that would need one is refused
+                    applied = await self._apply(blob, LAYER_TAR, str(layer.path), True, [], "", detached=True)
+            except FlotillaError as exc:  # its Diff.Apply applies it as usual, and says why
+                log.debug("layer %s not applied ahead: %s", digest, exc.message)
+            except Exception:  # a bug: the Diff.Apply still applies it
+                log.exception("applying layer %s ahead", digest)
+            finally:
+                assert self.ahead is not None
+                self.ahead.finish(layer, applied)
+
+        task = asyncio.ensure_future(run())
+        self._ahead_tasks.add(task)
+        task.add_done_callback(self._ahead_tasks.discard)
+
+    async def _take_ahead(self, namespace: str, digest: str, mounts: list[Mount]) -> applier.Applied | None:
+        """The layer applied ahead, moved into the apply's target, if it can be."""
+        if self.ahead is None or len(mounts) != 1:
+            return None
+        m = mounts[0]
+        if m.type == "overlay" and _option(m, "upperdir"):
+            return await self.ahead.take(namespace, digest, _option(m, "upperdir") or "", plain=False)
+        if m.type == "bind" and "ro" not in m.options and not m.target:
+            return await self.ahead.take(namespace, digest, m.source, plain=True)
+        return None
 
     async def _apply(self, blob: str, media_type: str, root: str, overlay: bool, parents: list[str],
                      expected: str, detached: bool = False) -> applier.Applied:

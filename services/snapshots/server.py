@@ -64,6 +64,9 @@ class SnapshotsServer:
     async def apply(self, r: api.ApplyRequest) -> api.Descriptor:
         return await self.differ.apply(r.namespace, r.diff, r.mounts, r.detached)
 
+    async def apply_ahead(self, r: api.AheadRequest) -> None:
+        self.differ.apply_ahead(r.namespace, r.digest)
+
     async def diff(self, r: api.DiffRequest) -> api.Descriptor:
         return await self.differ.diff(r.namespace, r.left, r.right, r.media_type, r.ref, r.labels, r.lease)
 
@@ -73,5 +76,5 @@ class SnapshotsServer:
             (api.COMMIT, self.commit), (api.REMOVE, self.remove), (api.STAT, self.stat),
             (api.UPDATE, self.update), (api.LIST, self.list), (api.USAGE, self.usage),
             (api.CLEANUP, self.cleanup), (api.NAMESPACE_HELD, self.namespace_held),
-            (api.APPLY, self.apply), (api.DIFF, self.diff),
+            (api.APPLY, self.apply), (api.DIFF, self.diff), (api.APPLY_AHEAD, self.apply_ahead),
         ], label="snapshots.")
