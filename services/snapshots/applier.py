@@ -415,8 +415,16 @@ def _write_file(fd: int, member: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
                     n = os.write(fd, view)
                     view = view[n:]
                 left -= len(chunk)
-        os.fchown(fd, member.uid, member.gid)
-        os.fchmod(fd, _mode(member.mode))  # after chown, which clears setuid bits
+        # owner and mode only where the new file's differ: each change is a journal entry,
+        # and on a busy ext4 each waits (docs/snapshots.md); most files of a layer are
+        # root's and have the mode they were created with
+        was = os.fstat(fd)
+        chowned = (was.st_uid, was.st_gid) != (member.uid, member.gid)
+        if chowned:
+            os.fchown(fd, member.uid, member.gid)
+        mode = _mode(member.mode)
+        if chowned or stat.S_IMODE(was.st_mode) != mode:  # after chown, which clears setuid bits
+            os.fchmod(fd, mode)
         xattrs = _xattrs_of(member)
         for key, value in xattrs.items():
             try:
@@ -500,6 +508,7 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
         if _exists(dfd, target) is not None:
             _remove(dfd, target)
             root.forget()
+            dfd, base, real_parent = root.parent(member.name)  # (forget closed the descriptor)
         if state.overlay:
             os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dfd)
             os.chown(target, member.uid, member.gid, dir_fd=dfd, follow_symlinks=False)
@@ -510,12 +519,12 @@ def _apply_member(root: Root, state: _State, member: tarfile.TarInfo, tf: tarfil
         # the common case, in as few system calls as possible: create, and only when the
         # name is taken look at what is there and replace it
         try:
-            fd = os.open(base, _CREATE, 0o600, dir_fd=dfd)
+            fd = os.open(base, _CREATE, _mode(member.mode) & 0o777, dir_fd=dfd)
         except FileExistsError:
             _remove(dfd, base)
             root.forget()
             dfd, base, real_parent = root.parent(member.name)
-            fd = os.open(base, _CREATE, 0o600, dir_fd=dfd)
+            fd = os.open(base, _CREATE, _mode(member.mode) & 0o777, dir_fd=dfd)
         _write_file(fd, member, tf)
         state.created.add(path)
         return

@@ -306,3 +306,25 @@ def test_malformed_tar_is_refused(tmp_path: Path, root: Path) -> None:
 def test_apply_tar_stream(root: Path) -> None:
     apply_tar(io.BytesIO(tar_bytes([Entry("f", data=b"1")])), str(root), False)  # type: ignore[arg-type]
     assert (root / "f").read_bytes() == b"1"
+
+
+def test_a_whiteout_of_a_name_the_layer_made_itself(tmp_path: Path, root: Path) -> None:
+    # in an overlay upper, the removal closed the directory's descriptor the whiteout was
+    # then made in (EBADF)
+    _apply(tmp_path, [Entry("d", "dir"), Entry("d/a", data=b"a"), Entry("d/.wh.a"), Entry("d/b", data=b"b")],
+           root, overlay=True)
+    assert stat.S_ISCHR(os.lstat(root / "d" / "a").st_mode) and (root / "d" / "b").read_bytes() == b"b"
+
+
+def test_owner_and_mode_as_the_header_says_whatever_the_file_was_made_with(tmp_path: Path, root: Path) -> None:
+    os.chmod(root, 0o2775)  # a setgid directory gives new files its group
+    os.chown(root, 0, 1234)
+    old = os.umask(0o077)
+    try:
+        _apply(tmp_path, [Entry("plain", data=b"p", mode=0o644), Entry("setuid", data=b"s", mode=0o4755, uid=1000),
+                          Entry("odd", data=b"o", mode=0o0460, gid=5)], root)
+    finally:
+        os.umask(old)
+    got = {n: (stat.S_IMODE(os.lstat(root / n).st_mode) | (os.lstat(root / n).st_mode & 0o7000),
+               os.lstat(root / n).st_uid, os.lstat(root / n).st_gid) for n in ("plain", "setuid", "odd")}
+    assert got == {"plain": (0o644, 0, 0), "setuid": (0o4755, 1000, 0), "odd": (0o460, 0, 5)}
