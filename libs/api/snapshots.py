@@ -166,7 +166,7 @@ NAMESPACE_HELD: Route[NamespaceRequest, list[str]] = Route("namespace_held", Nam
 APPLY: Route[ApplyRequest, Descriptor] = Route("diff.apply", ApplyRequest, Descriptor, timeout=600.0)
 # -> the written layer
 DIFF: Route[DiffRequest, Descriptor] = Route("diff.diff", DiffRequest, Descriptor, timeout=600.0)
-APPLY_AHEAD: Route[AheadRequest, None] = Route("diff.ahead", AheadRequest, None, timeout=10.0)
+APPLY_AHEAD: Route[AheadRequest, None] = Route("diff.ahead", AheadRequest, None, idempotent=True, timeout=10.0)
 
 
 class SnapshotsClient:
