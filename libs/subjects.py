@@ -40,7 +40,8 @@ def on_host(subject: str, host: str) -> str | None:
     parts = subject.split(".", 2)
     if len(parts) < 3 or parts[1] not in SHARED_SERVICES or parts[2].split(".", 1)[0] in _NOT_METHODS:
         return None
-    return f"{parts[0]}.{parts[1]}.h.{token(host)}.{parts[2]}"
+    prefix, service, method = parts
+    return f"{host_stem(stem(prefix, service), host)}.{method}"
 
 
 def host_stem(stem: str, host: str) -> str:

@@ -82,6 +82,12 @@ def container_without_spec(c: Container) -> bytes:
             + b"".join(_field(b"\x52", _string(b"\x0a", k) + _any(b"\x12", v)) for k, v in sorted(c.extensions.items())))
 
 
+def container(c: Container) -> bytes:
+    """A container as an entry of ``ListContainersResponse.containers``, from its record."""
+    spec = (c.spec.type_url, c.spec.value) if c.spec is not None else (None, b"")
+    return container_entry(container_without_spec(c), *spec)
+
+
 def container_entry(without_spec: bytes, spec_type_url: str | None, spec_value: bytes) -> bytes:
     """A container as an entry of ``ListContainersResponse.containers``: its message but its
     spec, and the spec (type URL None: it has none)."""

@@ -62,8 +62,6 @@ def _info(row: Row[Any]) -> Info:
                 labels=json.loads(row.labels), leases=json.loads(row.leases))
 
 
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

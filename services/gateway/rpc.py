@@ -24,7 +24,6 @@ _INTERNAL, _CANCELLED = 13, 1
 STATUS: dict[int, grpc.StatusCode] = {sc.value[0]: sc for sc in grpc.StatusCode}
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-M = TypeVar("M")
 
 
 def preencoded(context: aio.ServicerContext, data: bytes, message: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import and_, bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -126,6 +126,18 @@ def encoded_page(conn: Connection, key: Any, columns: tuple[Any, ...], namespace
         if budget and used >= budget:
             return out, row[0] if more else ""
     return out, ""
+
+
+def has_unlisted(conn: Connection, table: Any) -> bool:
+    """Whether a row of ``table`` has no list encoding (``listed``) yet."""
+    return conn.execute(select(table.c.listed).where(table.c.listed.is_(None)).limit(1)).first() is not None
+
+
+def encode_unlisted(conn: Connection, table: Any, encode: Callable[[Any], bytes]) -> None:
+    """Give every row of ``table`` without a list encoding its own (a whole row to ``encode``)."""
+    key = list(table.primary_key.columns)
+    for row in conn.execute(select(table).where(table.c.listed.is_(None))).all():
+        conn.execute(update(table).where(and_(*(c == getattr(row, c.name) for c in key))).values(listed=encode(row)))
 
 
 def refuse_consumer_namespace(name: str) -> None:

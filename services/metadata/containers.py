@@ -14,7 +14,6 @@ from flotilla.libs import filters
 from flotilla.libs.api import listed
 from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
 from flotilla.libs.identifiers import validate_identifier
-from flotilla.libs.wire import from_wire
 
 from . import db
 from .api import AnyValue, Container, Runtime
@@ -28,7 +27,6 @@ _GET = select(_T).where(_KEY)
 _GET_FOR_UPDATE = _GET.with_for_update()
 _INSERT = insert(_T)
 _DELETE = delete(_T).where(_KEY)
-_UNLISTED = select(_T).where(_T.c.listed.is_(None))
 # the fields a full replace (no field mask) may change
 _REPLACEABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
 
@@ -81,6 +79,11 @@ def row_to_wire(row: Row[Any]) -> dict[str, Any]:
         "extensions": {k: {"type_url": t, "value": v} for k, (t, v) in unpack(extensions).items()} if extensions
         else {},
     }
+
+
+def row_listed(row: Row[Any]) -> bytes:
+    """A whole row's encoding but its spec (for a row without it)."""
+    return listed.container_without_spec(_row_to_container(row))
 
 
 def _entry(without_spec: bytes, spec: bytes | None) -> bytes:
@@ -192,21 +195,12 @@ class ContainersMixin(StoreBase):
                 rows, after = encoded_page(conn, _T.c.id, ENCODED_COLUMNS, namespace, after, budget, scope)
                 return [_entry(without_spec or listed.container_without_spec(  # (none: an older version's row)
                     self._get_container(conn, namespace, id, host)), spec) for id, spec, without_spec in rows], after
-            found, after = page(conn, _T, _T.c.id, namespace, after, budget, row_to_wire,
-                                wanted, wire_lookup, _row_size, scope, LIST_COLUMNS)
-        if not encoded:
-            return found, after
-        records = [from_wire(Container, c) for c in found]
-        return [_entry(listed.container_without_spec(c), _any_to_db(c.spec)) for c in records], after
-
-    def _unlisted_containers(self, conn: Connection) -> bool:
-        return conn.execute(_UNLISTED.limit(1)).first() is not None
-
-    def _encode_containers(self, conn: Connection) -> None:
-        for row in conn.execute(_UNLISTED).all():
-            conn.execute(update(_T).where((_T.c.namespace == row.namespace) & (_T.c.host == row.host)
-                                          & (_T.c.id == row.id))
-                         .values(listed=listed.container_without_spec(_row_to_container(row))))
+            # filtered: each row decoded to be matched; into maps for a page of them, into
+            # records for their entries
+            decode, lookup = (_row_to_container, container_lookup) if encoded else (row_to_wire, wire_lookup)
+            found, after = page(conn, _T, _T.c.id, namespace, after, budget, decode, wanted, lookup,
+                                _row_size, scope, LIST_COLUMNS)
+        return ([listed.container(c) for c in found] if encoded else found), after
 
     def create_container(self, namespace: str, c: Container, host: str = "") -> Container:
         try:

@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from flotilla.libs import filters
 from flotilla.libs.api import listed
 from flotilla.libs.errors import AlreadyExists, InvalidArgument, NotFound
-from flotilla.libs.wire import from_wire
 
 from . import db
 from .api import Descriptor, Image
@@ -24,7 +23,6 @@ _T = db.images
 # built once: composing a statement per call costs more than the lookup
 _GET = select(_T).where((_T.c.namespace == bindparam("namespace")) & (_T.c.name == bindparam("name")))
 _INSERT = insert(_T)
-_UNLISTED = select(_T).where(_T.c.listed.is_(None))
 
 
 def _row_to_image(row: Row[Any]) -> Image:
@@ -48,6 +46,11 @@ def row_to_wire(row: Row[Any]) -> dict[str, Any]:
             "target": {"media_type": media_type, "digest": digest, "size": size,
                        "annotations": load_map(annotations)},
             "created_at": created_at, "updated_at": updated_at}
+
+
+def row_listed(row: Row[Any]) -> bytes:
+    """A whole row's list entry (for a row without it)."""
+    return listed.image(_row_to_image(row))
 
 
 def wire_lookup(i: dict[str, Any]) -> filters.Lookup:
@@ -144,18 +147,12 @@ class ImagesMixin(StoreBase):
                 rows, after = encoded_page(conn, _T.c.name, ENCODED_COLUMNS, namespace, after, budget)
                 # (none: a row an older version wrote)
                 return [entry or listed.image(self._get_image(conn, namespace, name)) for name, entry in rows], after
-            found, after = page(conn, _T, _T.c.name, namespace, after, budget, row_to_wire,
-                                wanted, wire_lookup,
+            # filtered: each row decoded to be matched; into maps for a page of them, into
+            # records for their entries
+            decode, lookup = (_row_to_image, image_lookup) if encoded else (row_to_wire, wire_lookup)
+            found, after = page(conn, _T, _T.c.name, namespace, after, budget, decode, wanted, lookup,
                                 lambda r: 200 + len(r[0]) + len(r[1]) + len(r[3]) + len(r[5]), columns=LIST_COLUMNS)
-        return ([listed.image(from_wire(Image, i)) for i in found] if encoded else found), after
-
-    def _unlisted_images(self, conn: Connection) -> bool:
-        return conn.execute(_UNLISTED.limit(1)).first() is not None
-
-    def _encode_images(self, conn: Connection) -> None:
-        for row in conn.execute(_UNLISTED).all():
-            conn.execute(update(_T).where((_T.c.namespace == row.namespace) & (_T.c.name == row.name))
-                         .values(listed=listed.image(_row_to_image(row))))
+        return ([listed.image(i) for i in found] if encoded else found), after
 
     def create_image(self, namespace: str, i: Image) -> Image:
         if not i.name:  # the service's own check comes before the store's

@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from flotilla.libs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from flotilla.libs.identifiers import validate_identifier
 
-from . import db
+from . import containers, db, images
 from .api import Namespace
-from .common import check_labels, refuse_consumer_namespace
+from .common import check_labels, encode_unlisted, has_unlisted, refuse_consumer_namespace
 from .containers import ContainersMixin
 from .gcmark import GCMixin
 from .images import ImagesMixin
@@ -42,12 +42,13 @@ class MetadataStore(ContainersMixin, ImagesMixin, LeasesMixin, GCMixin, Integrit
     def encode_unlisted(self) -> None:
         """Encode the records written before the ``listed`` column, or by an older version
         (a list still answers for those, one record at a time)."""
+        encoders = ((db.images, images.row_listed), (db.containers, containers.row_listed))
         with self._read() as conn:
-            if not self._unlisted_images(conn) and not self._unlisted_containers(conn):
+            if not any(has_unlisted(conn, table) for table, _ in encoders):
                 return
         with self._write() as conn:
-            self._encode_images(conn)
-            self._encode_containers(conn)
+            for table, encode in encoders:
+                encode_unlisted(conn, table, encode)
 
     # -- namespaces --------------------------------------------------------------------
 

@@ -508,6 +508,13 @@ class Applied:
     whiteouts: int = 0  # (see apply_tar)
 
 
+def diff_id_error(digest: str, expected: str) -> str:
+    """containerd's words for a layer whose uncompressed digest is not ``expected`` ("" when
+    it is, or nothing is expected)."""
+    return f"wrong diff id calculated on extraction {digest!r}, expected {expected!r}" \
+        if expected and expected != digest else ""
+
+
 def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
                 parents: list[str] | None = None, expected: str = "", detached: bool = False) -> Applied:
     """Decompress the layer file ``blob``, apply it, and check its uncompressed digest.
@@ -520,6 +527,6 @@ def apply_layer(blob: str, media_type: str, root_path: str, overlay: bool,
         whiteouts = apply_tar(stream, root_path, overlay, parents, detached)  # type: ignore[arg-type]
         stream.drain()  # the digest covers the tar's trailing blocks too
     digest = "sha256:" + stream.hash.hexdigest()
-    if expected and expected != digest:
-        raise LayerError(f"wrong diff id calculated on extraction {digest!r}, expected {expected!r}")
+    if err := diff_id_error(digest, expected):
+        raise LayerError(err)
     return Applied(digest=digest, size=stream.size, whiteouts=whiteouts)

@@ -29,6 +29,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from flotilla.libs import mount as mnt
@@ -50,6 +51,28 @@ _COMPRESSION = {LAYER_TAR: "", LAYER_GZIP: "gzip", "application/vnd.oci.image.la
 def _option(m: Mount, key: str) -> str | None:
     prefix = key + "="
     return next((o[len(prefix):] for o in m.options if o.startswith(prefix)), None)
+
+
+@dataclass(frozen=True)
+class _Direct:
+    """A directory a layer is applied straight into, without mounting anything."""
+    root: str
+    overlay: bool     # an overlay upper dir: whiteouts in overlay form
+    lower: list[str]  # its lower dirs, consulted for hardlinks and directories' metadata
+
+
+def _direct(mounts: list[Mount]) -> _Direct | None:
+    """One overlay mount's upper dir, or one read-write bind mount's source (as containerd's
+    applier chooses them); None: the mounts are mounted and the layer applied through them."""
+    if len(mounts) != 1:
+        return None
+    m = mounts[0]
+    upper = _option(m, "upperdir") if m.type == "overlay" else None
+    if upper:
+        return _Direct(upper, True, [d for d in (_option(m, "lowerdir") or "").split(":") if d])
+    if m.type == "bind" and "ro" not in m.options:
+        return _Direct(m.source, False, [])
+    return None
 
 
 def readonly(mounts: list[Mount]) -> list[Mount]:
@@ -160,24 +183,19 @@ class Differ:
             raise Unknown(f"failed to get stream processor for {desc.media_type}: no processor for media-type")
         if not mounts:
             raise InvalidArgument("no mounts to apply the layer onto: invalid argument")
-        single_rw_bind = len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options
-        if detached and not single_rw_bind:
+        direct = _direct(mounts)
+        if detached and (direct is None or direct.overlay):
             raise InvalidArgument("a detached apply takes one read-write bind mount: invalid argument")
         expected = desc.annotations.get(LABEL_UNCOMPRESSED, "")
-        taken = None if detached else await self._take_ahead(namespace, desc.digest, mounts)
+        taken = await self._take_ahead(namespace, desc.digest, direct) if direct and not detached else None
         if taken is not None:
-            if expected and expected != taken.digest:  # as the applier says it
-                raise Unknown(f"wrong diff id calculated on extraction {taken.digest!r}, expected {expected!r}")
+            if err := applier.diff_id_error(taken.digest, expected):
+                raise Unknown(err)
             return Descriptor(media_type=LAYER_TAR, digest=taken.digest, size=taken.size)
         async with self._blob(namespace, desc) as blob:
-            if detached:
-                done = await self._apply(blob, desc.media_type, mounts[0].source, True, [], expected, detached=True)
-            elif len(mounts) == 1 and mounts[0].type == "overlay" and _option(mounts[0], "upperdir"):
-                upper = _option(mounts[0], "upperdir") or ""
-                lower = [d for d in (_option(mounts[0], "lowerdir") or "").split(":") if d]
-                done = await self._apply(blob, desc.media_type, upper, True, lower, expected)
-            elif single_rw_bind:
-                done = await self._apply(blob, desc.media_type, mounts[0].source, False, [], expected)
+            if direct is not None:  # detached: a plain directory whose whiteouts take the overlay form
+                done = await self._apply(blob, desc.media_type, direct.root, direct.overlay or detached,
+                                         direct.lower, expected, detached=detached)
             else:
                 async with self._mounted(mounts) as root:
                     done = await self._apply(blob, desc.media_type, root, False, [], expected)
@@ -186,8 +204,9 @@ class Differ:
     def apply_ahead(self, namespace: str, digest: str) -> None:
         """Start applying the layer ``digest`` ahead of its Diff.Apply (ahead.py), unless it
         is already; returns at once."""
-        layer = self.ahead.claim(namespace, digest) if self.ahead is not None else None
-        if layer is None:
+        ahead = self.ahead
+        layer = ahead.claim(namespace, digest) if ahead is not None else None
+        if ahead is None or layer is None:
             return
 
         async def run() -> None:
@@ -201,23 +220,17 @@ class Differ:
             except Exception:  # a bug: the Diff.Apply still applies it
                 log.exception("applying layer %s ahead", digest)
             finally:
-                assert self.ahead is not None
-                self.ahead.finish(layer, applied)
+                ahead.finish(layer, applied)
 
         task = asyncio.ensure_future(run())
         self._ahead_tasks.add(task)
         task.add_done_callback(self._ahead_tasks.discard)
 
-    async def _take_ahead(self, namespace: str, digest: str, mounts: list[Mount]) -> applier.Applied | None:
-        """The layer applied ahead, moved into the apply's target, if it can be."""
-        if self.ahead is None or len(mounts) != 1:
+    async def _take_ahead(self, namespace: str, digest: str, direct: "_Direct") -> applier.Applied | None:
+        """The layer applied ahead, moved into the apply's directory, if it can be."""
+        if self.ahead is None:
             return None
-        m = mounts[0]
-        if m.type == "overlay" and _option(m, "upperdir"):
-            return await self.ahead.take(namespace, digest, _option(m, "upperdir") or "", plain=False)
-        if m.type == "bind" and "ro" not in m.options and not m.target:
-            return await self.ahead.take(namespace, digest, m.source, plain=True)
-        return None
+        return await self.ahead.take(namespace, digest, direct.root, plain=not direct.overlay)
 
     async def _apply(self, blob: str, media_type: str, root: str, overlay: bool, parents: list[str],
                      expected: str, detached: bool = False) -> applier.Applied:

@@ -39,8 +39,7 @@ def test_an_image_entry_is_the_gateways_message_of_it() -> None:
 
 def test_a_container_entry_with_its_spec_is_the_gateways_message_of_it() -> None:
     for c in CONTAINERS:
-        spec = (c.spec.type_url, c.spec.value) if c.spec is not None else (None, b"")
-        entry = listed.container_entry(listed.container_without_spec(c), *spec)
+        entry = listed.container(c)
         assert list(pbc.ListContainersResponse.FromString(entry).containers) == [container_pb(to_wire(c))]
         assert pbc.ListContainerMessage.FromString(entry).container == container_pb(to_wire(c))
 
