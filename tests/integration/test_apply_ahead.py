@@ -58,6 +58,10 @@ def test_ctr_pull_applies_layers_ahead_and_ends_as_containerds(suite: PrivateSui
             assert res.returncode == 0, res.stderr
         # the base layer, the whiteouts, the opaque directory and the many files were applied
         # ahead; the file in a directory listed below was applied by its Diff.Apply
+        # (the log reaches its file through supervisord, a moment after the pull returns)
+        deadline = time.monotonic() + 5
+        while _taken(suite) - before < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert _taken(suite) - before == 4
         assert set(room.iterdir()) - waiting == set()  # none of this pull's is left
         snapshots = [sorted(ctr(a, "snapshots", "ls", namespace=ns, check=True).stdout.splitlines())
