@@ -83,10 +83,13 @@ def _make_dir(path: Path) -> None:
 
 def lock(path: Path, namespace: str, ref: str) -> int:
     """Take the ref's lock; raise Unavailable naming how long another writer has held it."""
-    _make_dir(path)
     lock_path = path / "lock"
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    for _ in range(100):
+        _make_dir(path)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            continue  # the ingest ended and its directory moved away after our mkdir: again
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -109,7 +112,7 @@ def lock(path: Path, namespace: str, ref: str) -> int:
             os.pwrite(fd, str(time.time()).encode(), 0)
             return fd
         os.close(fd)
-        _make_dir(path)
+    raise Unavailable(f"ref {namespace}/{ref}: its ingest keeps ending under us: unavailable")
 
 
 class Hasher:
