@@ -27,8 +27,8 @@ from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2 as spb
 from flotilla._api.containerd.api.services.snapshots.v1 import snapshots_pb2_grpc as spb_grpc
-from flotilla.libs.service import run_loop
-from flotilla.services.gateway.server import new_server
+from flotilla.libs.process import run_loop
+from flotilla.services.gateway.front import new_grpc_server
 from google.protobuf import empty_pb2
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class NullSnapshots(spb_grpc.SnapshotsServicer):
 
 
 async def serve(socket_path: str, blob: str) -> None:
-    server = new_server()
+    server = new_grpc_server()
     pbc_grpc.add_ContentServicer_to_server(NullContent(blob), server)
     spb_grpc.add_SnapshotsServicer_to_server(NullSnapshots(), server)
     if os.path.exists(socket_path):

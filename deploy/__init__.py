@@ -302,7 +302,7 @@ groups = gateway
         if name == "gateway" and os.geteuid() == 0:
             # every program starts at once on a suite's start: the gateway's imports get the
             # CPU first (health answered 0.7-1.0 s after a stand-in's start, not 1.6-2.1 s,
-            # here), and it takes the normal priority back once it serves (libs/service.py)
+            # here), and it takes the normal priority back once it serves (libs/process.py)
             command = f"{shutil.which('nice') or 'nice'} -n {GATEWAY_START_NICE} {command}"
             env = {**env, START_NICE: str(GATEWAY_START_NICE)}
         if self.pdeathsig:

@@ -5,6 +5,8 @@ start, for every suite (``Suite.up``) and for the containerd stand-in
 * supervisord spawns its programs only after its main loop's first wait, a whole second in
   which nothing is started: here that first wait returns at once (a suite, a host of a
   farm, a stand-in answers a second sooner).
+* Python resumes its poll when a signal interrupts it, so it saw a SIGTERM or a child's exit
+  only at the end of its 1 s wait: here a signal ends the wait (``_signal_pipe``).
 * It makes an fcgi-program's socket once to check it, closes it (the file stays, and a
   client dialing then gets "connection refused", on which containerd's client gives up) and
   makes it again a few milliseconds later: here the first one is kept, so the socket goes
@@ -14,14 +16,19 @@ start, for every suite (``Suite.up``) and for the containerd stand-in
   moves on to the next only on its main loop's next turn: a second later when nothing else
   happens. Here the next one is stopped as soon as the one before it has, and the loop turns
   every 50 ms while stopping. Optionally (``stop_together``: the stand-in, whose gateway
-  drains nothing) every program is stopped at once, then nats-server.
+  drains nothing) every program is stopped at once, then nats-server, and something is done
+  first (``on_stop``: the stand-in removes its socket, as a stopping containerd does).
 
 All are supervisor 4's internals; if they are not there, supervisord runs as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from collections.abc import Callable
 
 STOPPING_TURN = 0.05  # seconds per turn of supervisord's main loop while it stops its programs
 _stopping: list[bool] = []  # [True] once the shutdown began
@@ -40,20 +47,41 @@ def _patch() -> None:
         socket_manager.SocketManager.get_socket = get_and_keep  # type: ignore[method-assign]
 
     poll = getattr(poller.Poller, "poll", None)
-    if poll is not None:
+    if poll is not None and hasattr(poller.Poller, "register_readable"):
         first = [True]
+        woken = _signal_pipe()
 
-        def poll_first_at_once(self: poller.Poller, timeout: float) -> object:
+        def poll_first_at_once(self: poller.Poller, timeout: float) -> tuple[list[int], list[int]]:
             if first and first.pop():
-                return poll(self, 0)
-            # while stopping, a child's exit must be seen soon: Python resumes a poll that a
-            # SIGCHLD interrupts (PEP 475), so only the timeout ends the wait
-            return poll(self, min(timeout, STOPPING_TURN) if _stopping else timeout)
+                timeout = 0
+            elif _stopping:  # a child's exit is seen at once, or within a turn without the pipe
+                timeout = min(timeout, STOPPING_TURN)
+            if woken >= 0 and woken not in self.readables:
+                self.register_readable(woken)
+            readable, writable = poll(self, timeout)
+            if woken in readable:  # a signal came: the loop handles it on this turn
+                with contextlib.suppress(BlockingIOError):
+                    os.read(woken, 512)
+                readable = [fd for fd in readable if fd != woken]
+            return readable, writable
 
         poller.Poller.poll = poll_first_at_once  # type: ignore[method-assign]
 
 
-def _stop_quickly(together: bool) -> None:
+def _signal_pipe() -> int:
+    """A pipe every caught signal writes a byte to (signal.set_wakeup_fd); its reading end,
+    or -1. Python resumes a poll that a signal interrupts (PEP 475), so supervisord saw a
+    SIGTERM or a child's SIGCHLD only when its 1 s poll timed out (0.8 s after a stand-in's
+    SIGTERM, measured); polling this end too, it sees them at once."""
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_end)
+    except (OSError, ValueError):  # not the main thread: as supervisord is
+        return -1
+    return read_end
+
+
+def _stop_quickly(together: bool, on_stop: Callable[[], None] | None) -> None:
     from supervisor import supervisord
 
     sup = supervisord.Supervisor
@@ -61,6 +89,8 @@ def _stop_quickly(together: bool) -> None:
         return
 
     def stop_next(self: supervisord.Supervisor) -> None:
+        if not _stopping and on_stop is not None:
+            on_stop()
         _stopping[:] = [True]
         groups = self.stop_groups or []
         # together: all but the first (nats-server: the others' calls need it until they are done)
@@ -79,10 +109,11 @@ def _stop_quickly(together: bool) -> None:
     sup.ordered_stop_groups_phase_2 = pop_stopped  # type: ignore[method-assign]
 
 
-def main(argv: list[str], stop_together: bool = False) -> None:
+def main(argv: list[str], stop_together: bool = False, on_stop: Callable[[], None] | None = None) -> None:
+    """supervisord with the changes above; ``on_stop`` is called once as its shutdown begins."""
     from supervisor import supervisord
     _patch()
-    _stop_quickly(stop_together)
+    _stop_quickly(stop_together, on_stop)
     supervisord.main(argv)
 
 

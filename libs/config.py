@@ -17,7 +17,7 @@ from pathlib import Path
 
 # set by deploy for a program started at another niceness for its start only (the gateway:
 # its imports get the CPU first while every program of a suite starts at once); the service
-# takes that back once it serves (libs/service.end_start_priority)
+# takes that back once it serves (libs/process.end_start_priority)
 START_NICE = "FLOTILLA_START_NICE"
 
 
@@ -38,8 +38,9 @@ class Config:
     proxy_snapshotters: str = "flotilla=overlayfs"  # their snapshot proxy's name=Flotilla snapshotter, ...
     # seconds a stopping gateway gives the calls it runs; new calls already go to another gateway
     # (or wait in the socket's backlog for the next one), so this is what a graceful restart
-    # costs no client (supervisord's stopwaitsecs is longer). 0: cut them at once, as a
-    # containerd stopping does (its stand-in: flotilla/testing/daemon.py)
+    # costs no client (supervisord's stopwaitsecs is longer). Every other service gives its
+    # bus calls 5 s, or this if less. 0: cut them at once, as a containerd stopping does (its
+    # stand-in: flotilla/testing/daemon.py)
     drain_grace: float = 20.0
     # the content store's records: "" keeps them in SQLite under root (one host); a farm's
     # PostgreSQL makes the store the farm's, its bytes on every host (docs/farm.md)

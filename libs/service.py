@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -14,11 +12,13 @@ from . import config as config_mod
 from . import log as log_mod
 from . import metrics
 from .bus import Bus
-from .config import START_NICE, Config
+from .config import Config
 from .journal import Journal
+from .process import end_start_priority, exit_without_teardown, keep_freed_memory, run_loop
 from .subjects import stem
 
 Cleanup = Callable[[], Awaitable[None]]
+CALL_GRACE = 5.0  # seconds a stopping service gives the bus calls it runs (supervisord waits 10)
 Setup = Callable[[Bus, Config], Awaitable[Cleanup | None]]
 
 
@@ -44,8 +44,15 @@ def journal_for(cfg: Config, name: str) -> Journal | None:
     return Journal.sqlite(cfg.state / "requests" / f"{name}.db")
 
 
-async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
+async def serve(name: str, setup: Setup, cfg: Config, *, host_local: bool = False) -> None:
+    """Service ``name`` on the bus until SIGTERM or SIGINT: ``run``'s loop, for a process
+    that did something first on its own (the gateway answers its socket before it imports
+    the bus: gateway/__main__)."""
     logger = logging.getLogger(f"flotilla.{name}")
+    # instances of one program share its configured port: the Nth (FLOTILLA_INSTANCE, set by
+    # deploy for numprocs > 1) takes port + 100 * N, so a second one does not die on a bound port
+    instance = int(os.environ.get("FLOTILLA_INSTANCE", "0") or 0)
+    metrics.serve(cfg.metrics_port + 100 * instance if cfg.metrics_port else 0)
     bus = await Bus.connect(cfg.nats_url, f"flotilla-{name}", credentials=cfg.nats_credentials, host=cfg.host)
     bus.journal = await asyncio.to_thread(journal_for, cfg, name)
     await bus.follow_restarts(cfg.prefix)  # its calls to other services survive their restarts
@@ -66,70 +73,20 @@ async def _main(name: str, setup: Setup, cfg: Config, host_local: bool) -> None:
     end_start_priority(logger)
     await stop.wait()
     logger.info("%s stopping", name)
-    # in this order: no new requests, the running ones answered, then what they used goes
-    await bus.stop_serving()
+    # in this order: no new requests, the running ones answered, then what they used goes;
+    # one grace in all, so that a call that never ends by itself (a task's wait) cannot keep
+    # the process past supervisord's SIGKILL: cut, it is sent again to the next instance
+    await bus.stop_serving(min(CALL_GRACE, cfg.drain_grace))
     if cleanup is not None:
         await cleanup()
-    await bus.close()
+    await bus.close(grace=0)
     if bus.journal is not None:
         bus.journal.close()
-
-
-# glibc's mallopt parameters
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-KEEP_FREED = 256 << 20     # bytes of freed heap kept for reuse rather than given back
-MMAP_ABOVE = 32 << 20      # allocations this big or bigger still get their own mapping
-
-
-def keep_freed_memory() -> bool:
-    """Keep freed heap memory for reuse. By default glibc gives a freed 1 MiB message buffer
-    back to the kernel and the next one comes back as fresh pages, each faulted in and zeroed:
-    that cost the gateway about a third of its CPU on ``ctr content ingest`` (measured here).
-    False (and nothing changed) where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_TRIM_THRESHOLD, KEEP_FREED)) and bool(mallopt(_M_MMAP_THRESHOLD, MMAP_ABOVE))
-
-
-def end_start_priority(logger: logging.Logger) -> None:
-    """Take back the priority given for the start, in every thread (on Linux a niceness is a
-    thread's: the pools' threads started meanwhile have it too)."""
-    try:
-        shift = int(os.environ.pop(START_NICE, "0") or 0)
-    except ValueError:
-        return
-    if not shift:
-        return
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            now = os.getpriority(os.PRIO_PROCESS, int(tid))
-            os.setpriority(os.PRIO_PROCESS, int(tid), now - shift)
-        except OSError as exc:  # a thread that ended meanwhile, or no right to lower it
-            logger.debug("start priority of thread %s: %s", tid, exc)
 
 
 def run(name: str, setup: Setup, *, host_local: bool = False) -> None:
     keep_freed_memory()
     cfg = config_mod.load()
     log_mod.setup(name, cfg.log_level)
-    # instances of one program share its configured port: the Nth (FLOTILLA_INSTANCE, set by
-    # deploy for numprocs > 1) takes port + 100 * N, so a second one does not die on a bound port
-    instance = int(os.environ.get("FLOTILLA_INSTANCE", "0") or 0)
-    metrics.serve(cfg.metrics_port + 100 * instance if cfg.metrics_port else 0)
-    run_loop(_main(name, setup, cfg, host_local))
-
-
-def run_loop(main: Awaitable[None]) -> None:
-    """Run ``main`` on uvloop (about 20% less CPU per call than asyncio's loop, measured here)."""
-    factory = None
-    if os.environ.get("FLOTILLA_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-            factory = uvloop.new_event_loop
-        except ImportError:
-            pass
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)  # type: ignore[arg-type]
+    run_loop(serve(name, setup, cfg, host_local=host_local))
+    exit_without_teardown()

@@ -22,6 +22,7 @@ import hashlib
 import os
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -101,18 +102,26 @@ def main(argv: list[str]) -> None:
                   extra_env={"FLOTILLA_DRAIN_GRACE": "0"})
     address.parent.mkdir(parents=True, exist_ok=True)
     suite.render()
-    try:
-        supervise(suite.conf)
-    finally:  # as containerd's listeners, closed: a client dialing now waits for the next daemon
+
+    def remove_sockets() -> None:
+        """As containerd's listeners closing as it stops: a client dialing from now on finds
+        no socket and waits for the next daemon (containerd's dialer retries while the file
+        is missing), where one finding ours would wait in a backlog no gateway takes any more,
+        and fail when it closes."""
         for path in (address, Path(f"{address}.ttrpc")):
             if path.is_socket():
                 path.unlink()
 
+    try:
+        supervise(suite.conf, remove_sockets)
+    finally:
+        remove_sockets()
 
-def supervise(conf: Path) -> None:
+
+def supervise(conf: Path, on_stop: Callable[[], None]) -> None:
     """Become the suite's supervisord, in the foreground, in this process."""
     from flotilla.deploy import supervise as supervisor
-    supervisor.main(["-n", "-c", str(conf)], stop_together=True)
+    supervisor.main(["-n", "-c", str(conf)], stop_together=True, on_stop=on_stop)
 
 
 if __name__ == "__main__":

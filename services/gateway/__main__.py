@@ -1,32 +1,36 @@
-"""``python -m flotilla.services.gateway``: serve containerd's API on the UNIX socket."""
+"""``python -m flotilla.services.gateway``: serve containerd's API on the UNIX socket.
+
+In two steps, so that a client is answered from the start: the front (front.py) serves the
+socket with what few modules it needs, then the rest of the gateway, the bus and every
+servicer, is imported in a thread behind it and built (server.py); calls that come meanwhile
+wait for it (docs/gateway.md, "Start")."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 
-from flotilla.libs.bus import Bus
+from flotilla.libs import config as config_mod
+from flotilla.libs import log as log_mod
 from flotilla.libs.config import Config
-from flotilla.libs.service import Cleanup, run
+from flotilla.libs.process import exit_without_teardown, keep_freed_memory, run_loop
 
-from . import proxy_sockets, ttrpc
-from .server import MAX_MESSAGE, build, listen
+from .front import open_front
 
 
-async def setup(bus: Bus, cfg: Config) -> Cleanup:
-    ttrpc_server = ttrpc.Server()
-    server = await build(bus, cfg, ttrpc_server)
-    # containerds using Flotilla as their content store and snapshotter (docs/integrators.md);
-    # before our own socket, so that a bad setting stops the gateway before it serves anything
-    stop_proxies = await proxy_sockets.serve(server, bus, cfg, MAX_MESSAGE)
-    stop_accepting = await listen(server, ttrpc_server, cfg.socket_path)
-
-    async def stop() -> None:
-        await stop_accepting()
-        grace = cfg.drain_grace
-        await asyncio.gather(ttrpc_server.stop(grace=grace), server.stop(grace=grace), stop_proxies(grace))
-
-    return stop
+async def main(cfg: Config) -> None:
+    front = await open_front(cfg)
+    try:
+        server = await asyncio.to_thread(importlib.import_module, f"{__package__}.server")
+        await server.serve(cfg, front)
+    except BaseException as exc:  # calls held meanwhile are told, not left waiting
+        front.opening.failed(str(exc) or type(exc).__name__)
+        raise
 
 
 if __name__ == "__main__":
-    run("gateway", setup)
+    keep_freed_memory()
+    config = config_mod.load()
+    log_mod.setup("gateway", config.log_level)
+    run_loop(main(config))
+    exit_without_teardown()

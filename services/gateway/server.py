@@ -1,22 +1,24 @@
-"""The gateway's gRPC server on the UNIX socket."""
+"""The gateway behind its front: the bus and every servicer of containerd's API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from grpc import aio
 
+from flotilla.libs import service
 from flotilla.libs.api.metadata import MetadataClient
 from flotilla.libs.bus import Bus
 from flotilla.libs.config import Config
+from flotilla.libs.service import Cleanup
 
-from . import h2grpc, health, listener, pb, ttrpc
+from . import h2grpc, pb, proxy_sockets, ttrpc
 from .events import EventHub, EventsServicer
 from .fallback import UnimplementedHandler
+from .front import MAX_MESSAGE, Front
 from .introspection import IntrospectionServicer
 from .namespaces import NamespacesServicer
 from .network import NetworksServicer
@@ -31,7 +33,6 @@ from .transfer import TransferServicer
 from .version import VersionServicer
 
 log = logging.getLogger("flotilla.gateway")
-MAX_MESSAGE = 16 << 20  # containerd's own limit
 
 
 def _revision() -> str:
@@ -43,22 +44,12 @@ def _revision() -> str:
         return ""
 
 
-def new_server() -> aio.Server | h2grpc.Server:
-    """Our own HTTP/2 server (h2grpc) unless FLOTILLA_GRPC_SERVER=grpcio asks for grpcio's,
-    kept to compare the two side by side (bench)."""
-    if os.environ.get("FLOTILLA_GRPC_SERVER", "h2grpc") == "grpcio":
-        return aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                   ("grpc.max_send_message_length", MAX_MESSAGE)])
-    return h2grpc.Server(max_message=MAX_MESSAGE)
-
-
-async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None) -> aio.Server | h2grpc.Server:
-    server = new_server()
+async def build(bus: Bus, cfg: Config, server: aio.Server | h2grpc.Server, ttrpc_server: ttrpc.Server | None = None) -> None:
+    """Every servicer of containerd's API, on ``server`` (the front's, health on it already)."""
     hub = EventHub(bus, cfg.prefix, cfg.host)
     await hub.start()
     metadata = MetadataClient(bus, cfg.prefix, cfg.host_id)  # containers' host: see metadata/__main__
     pb.version_grpc.add_VersionServicer_to_server(VersionServicer(_revision()), server)
-    health.register(server)
     NamespacesServicer.register(server, metadata, cfg.request_timeout, hub)
     pb.introspection_grpc.add_IntrospectionServicer_to_server(IntrospectionServicer(bus, cfg), server)
     events = EventsServicer(hub)
@@ -76,20 +67,24 @@ async def build(bus: Bus, cfg: Config, ttrpc_server: ttrpc.Server | None = None)
     TransferServicer.register(server, bus, cfg)
     NetworksServicer.register(server, bus, cfg)
     server.add_generic_rpc_handlers([UnimplementedHandler()])
-    return server
 
 
-async def listen(server: aio.Server | h2grpc.Server, ttrpc_server: ttrpc.Server,
-                 socket_path: str) -> Callable[[], Awaitable[None]]:
-    """Serve both APIs on the socket a supervisor passed down, or on our own; returns what
-    stops taking connections (without closing a socket other gateways share)."""
-    if isinstance(server, aio.Server):  # grpcio's server binds its own path (bench only)
-        await ttrpc_server.start(socket_path + ".ttrpc", mode=0o660)
-        server.add_insecure_port(f"unix://{socket_path}")
-        await server.start()
-        return ttrpc_server.stop
-    sock = listener.inherited() or listener.bind(socket_path)
-    listener.link(socket_path, socket_path + ".ttrpc")  # containerd's ttrpc clients look there
-    accepting = await listener.serve(sock, server.protocol, ttrpc_server.protocol)
-    log.info("serving containerd's gRPC and ttrpc APIs on %s (and .ttrpc)", socket_path)
-    return accepting.close
+async def serve(cfg: Config, front: Front) -> None:
+    """The gateway behind ``front`` until it is told to stop."""
+    async def setup(bus: Bus, cfg: Config) -> Cleanup:
+        await build(bus, cfg, front.grpc, front.ttrpc)
+        # containerds using Flotilla as their content store and snapshotter (docs/integrators.md)
+        stop_proxies = await proxy_sockets.serve(front.grpc, bus, cfg, MAX_MESSAGE)
+        if front.stop_accepting is None:
+            await front.listen(cfg.socket_path)
+        front.opening.opened()
+
+        async def stop() -> None:
+            assert front.stop_accepting is not None
+            await front.stop_accepting()
+            grace = cfg.drain_grace
+            await asyncio.gather(front.ttrpc.stop(grace=grace), front.grpc.stop(grace=grace), stop_proxies(grace))
+
+        return stop
+
+    await service.serve("gateway", setup, cfg)

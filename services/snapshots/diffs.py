@@ -35,7 +35,7 @@ from pathlib import Path
 from flotilla.libs import mount as mnt
 from flotilla.libs.api.content import ContentClient
 from flotilla.libs.errors import FailedPrecondition, FlotillaError, InvalidArgument, NotFound, Unimplemented, Unknown
-from flotilla.libs.service import keep_freed_memory
+from flotilla.libs.process import keep_freed_memory
 
 from . import applier, differ
 from .ahead import AheadLayers

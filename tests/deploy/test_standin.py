@@ -1,10 +1,20 @@
 """The containerd stand-in (flotilla/testing/daemon.py): containerd's flags and config.toml,
-and the suite it renders. Its start, kill and restart run in tools/peer_suite.py."""
+the suite it renders, and a stop and start as containerd's daemon-restart tests make them
+(which themselves run in tools/peer_suite.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
+from flotilla._api.grpc.health.v1 import health_pb2, health_pb2_grpc
 from flotilla.deploy import Suite
 from flotilla.testing.daemon import parse
 
@@ -28,3 +38,52 @@ def test_the_socket_and_parent_death_signal_are_rendered(tmp_path: Path) -> None
     assert f'FLOTILLA_SOCKET="{tmp_path / "c.sock"}"' in text
     commands = [line for line in text.splitlines() if line.startswith("command=")]
     assert commands and all("--pdeathsig KILL -- " in line for line in commands)
+
+
+def _serving(socket: Path) -> bool:
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _start(conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "flotilla.testing.daemon", "--config", str(conf)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _until(what: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_restart_the_way_containerds_tests_make_one(tmp_path: Path) -> None:
+    """Started, it answers health on containerd's socket; at SIGTERM it exits 0 and its
+    sockets are gone (the moment they go is tests/deploy/test_supervise.py's); started again
+    on the same directories, it answers again."""
+    socket = tmp_path / "state" / "containerd.sock"
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'version = 2\nroot = "{tmp_path / "root"}"\nstate = "{tmp_path / "state"}"\n'
+                    f'[grpc]\n  address = "{socket}"\n')
+    log = tmp_path / "daemon.log"
+    procs = []
+    try:
+        for _ in range(2):
+            proc = _start(conf, log)
+            procs.append(proc)
+            assert _until(lambda: socket.exists() and _serving(socket), 60), log.read_text()[-3000:]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()[-3000:]
+            assert not socket.exists() and not Path(f"{socket}.ttrpc").exists()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

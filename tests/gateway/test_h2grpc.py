@@ -20,6 +20,7 @@ from flotilla._api.containerd.api.services.content.v1 import content_pb2 as pbc
 from flotilla._api.containerd.api.services.content.v1 import content_pb2_grpc as pbc_grpc
 from flotilla.services.gateway import h2grpc
 from flotilla.services.gateway.h2grpc import connection as h2
+from flotilla.services.gateway.opening import Opening
 
 MIB = 1 << 20
 
@@ -246,3 +247,65 @@ def test_connection_refuses_protocol_errors() -> None:
                  h2.PREFACE + h2.frame(h2.HEADERS, h2.END_HEADERS, 1, b"\xff\xff\xff\xff")):  # bad HPACK
         with pytest.raises(h2.ProtocolError):
             h2.H2Connection().receive(wire)
+
+
+# -- a server still opening (the gateway's front, services/gateway/opening.py) -------------
+
+@pytest.fixture
+async def opening() -> AsyncIterator[tuple[h2grpc.Server, Opening, pbc_grpc.ContentStub]]:
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / "grpc.sock")
+        gate = Opening()
+        server = h2grpc.Server(max_message=4 * MIB, opening=gate)
+        server.add_insecure_port(f"unix://{path}")
+        await server.start()
+        channel = aio.insecure_channel(f"unix://{path}")
+        try:
+            yield server, gate, pbc_grpc.ContentStub(channel)
+        finally:
+            await channel.close()
+            await server.stop(grace=1)
+
+
+async def _write(stub: pbc_grpc.ContentStub) -> list[int]:
+    async def requests() -> AsyncIterator[pbc.WriteContentRequest]:
+        for chunk in (b"ab", b"cde"):
+            yield pbc.WriteContentRequest(action=pbc.WRITE, data=chunk)
+    return [r.offset async for r in stub.Write(requests())]
+
+
+async def test_calls_that_come_while_opening_wait_for_their_method(
+        opening: tuple[h2grpc.Server, Opening, pbc_grpc.ContentStub]) -> None:
+    server, gate, stub = opening
+    info = asyncio.ensure_future(stub.Info(pbc.InfoRequest(digest="sha256:a"), timeout=10))
+    write = asyncio.ensure_future(_write(stub))
+    read = asyncio.ensure_future(stub.Read(pbc.ReadContentRequest(size=3 * MIB)).read())
+    expired = stub.Info(pbc.InfoRequest(digest="late"), timeout=0.3)
+    with pytest.raises(aio.AioRpcError) as err:
+        await expired
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert not (info.done() or write.done() or read.done())
+    pbc_grpc.add_ContentServicer_to_server(Servicer(), server)
+    gate.opened()
+    assert (await info).info.digest == "sha256:a"
+    assert await write == [2, 5]
+    assert len((await read).data) == MIB
+    # once open, a method nobody registered is Unimplemented at once, as before
+    async with aio.insecure_channel(f"unix://{server._paths[0]}") as channel:
+        with pytest.raises(aio.AioRpcError) as err:
+            await channel.unary_unary("/no.Such/Method")(b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_calls_held_when_the_opening_fails_are_unavailable(
+        opening: tuple[h2grpc.Server, Opening, pbc_grpc.ContentStub]) -> None:
+    _server, gate, stub = opening
+    info = asyncio.ensure_future(stub.Info(pbc.InfoRequest(digest="sha256:a"), timeout=10))
+    write = asyncio.ensure_future(_write(stub))
+    await asyncio.sleep(0.2)
+    gate.failed("nats: no servers available for connection")
+    for call in (info, write):
+        with pytest.raises(aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == "the gateway did not start: nats: no servers available for connection"

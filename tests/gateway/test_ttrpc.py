@@ -20,6 +20,7 @@ from flotilla._api.containerd.api.services.events.v1 import events_pb2
 from flotilla.libs.events import Event
 from flotilla.services.gateway import h2grpc, ttrpc
 from flotilla.services.gateway.events import EventsServicer
+from flotilla.services.gateway.opening import Opening
 from flotilla.services.gateway.ttrpc import protocol as tp
 
 # -- protocol: messages ----------------------------------------------------------------------
@@ -190,6 +191,31 @@ async def test_calls_statuses_and_unimplemented(served: tuple[ttrpc.Server, Meth
         for (service, method), want in cases.items():
             resp = await client.send(tp.Request(service, method))
             assert (resp.status.code, resp.status.message, resp.payload) == (*want, b"")
+
+
+async def test_calls_that_come_while_opening_wait_then_are_served_or_unavailable(sock_dir: Path) -> None:
+    for failure in ("", "bus gone"):
+        gate = Opening()
+        server = ttrpc.Server(opening=gate)
+        path = str(sock_dir / "o.sock.ttrpc")
+        await server.start(path)
+        try:
+            async with await ttrpc.Client.connect(path) as client:
+                call = asyncio.ensure_future(client.send(tp.Request("test.v1.T", "Echo", b"early")))
+                await asyncio.sleep(0.2)
+                assert not call.done()
+                server.register("test.v1.T", {"Echo": Methods().echo})
+                if failure:
+                    gate.failed(failure)
+                else:
+                    gate.opened()
+                resp = await asyncio.wait_for(call, 5)
+                if failure:
+                    assert (resp.status.code, resp.status.message) == (14, "the gateway did not start: bus gone")
+                else:
+                    assert (resp.status.code, resp.payload) == (0, b"early||none")
+        finally:
+            await server.stop(grace=0)
 
 
 async def test_deadline_and_out_of_order_answers(served: tuple[ttrpc.Server, Methods, str]) -> None:

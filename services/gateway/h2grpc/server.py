@@ -20,10 +20,11 @@ from grpc import aio
 
 from .connection import (NO_ERROR, RESPONSE_HEADERS, DataReceived, H2Connection, ProtocolError, RequestReceived,
                          StreamReset, WindowOpened, trailer_block)
+from ..opening import Opening, OpeningFailed
 from .context import ServicerContext
 
 log = logging.getLogger("flotilla.gateway.h2grpc")
-_OK, _UNKNOWN, _DEADLINE, _UNIMPLEMENTED, _INTERNAL, _EXHAUSTED = 0, 2, 4, 12, 13, 8
+_OK, _UNKNOWN, _DEADLINE, _UNIMPLEMENTED, _INTERNAL, _EXHAUSTED, _UNAVAILABLE = 0, 2, 4, 12, 13, 8, 14
 
 
 class _CallDetails(NamedTuple):  # what a grpc.GenericRpcHandler is asked about
@@ -132,11 +133,14 @@ class _Connection(asyncio.Protocol):
         path = next((v for k, v in ev.headers if k == ":path"), "")
         context = ServicerContext(ev.headers)
         handler = self.server.handler(path, context)
-        st = _Stream(ev.stream_id, path, handler, context)
+        st = _Stream(ev.stream_id, path, handler or _HELD, context)
         self.streams[st.id] = st
         if context.deadline is not None:
             st.timer = asyncio.get_running_loop().call_at(context.deadline, self._expire, st)
-        if handler.request_streaming:
+        if handler is None:  # the server is still opening: its messages are kept meanwhile
+            st.messages = asyncio.Queue()
+            st.task = asyncio.create_task(self._serve_held(st))
+        elif handler.request_streaming:
             st.messages = asyncio.Queue()
             st.task = asyncio.create_task(self._serve(st, self._requests(st)))
         if ev.ended:
@@ -204,6 +208,28 @@ class _Connection(asyncio.Protocol):
             st.task.cancel()
         else:  # the request is not all here yet
             self._fail(st, _DEADLINE, "Deadline Exceeded")
+
+    async def _serve_held(self, st: _Stream) -> None:
+        """A call that came while the server was opening, served once its method is there."""
+        assert st.messages is not None and self.server.opening is not None
+        try:
+            await self.server.opening.wait()
+        except OpeningFailed as exc:
+            return self._finish(st, _UNAVAILABLE, str(exc))
+        except asyncio.CancelledError:
+            if st.expired:
+                self._finish(st, _DEADLINE, "Deadline Exceeded")
+            return
+        st.handler = handler = self.server.handler(st.method, st.context)  # type: ignore[assignment]
+        assert handler is not None  # the server is open: every path has a handler
+        if handler.request_streaming:
+            return await self._serve(st, self._requests(st))
+        # one request message, as _ended takes it from a call served at once
+        first, end = await st.messages.get(), await st.messages.get()
+        if first is None or end is not None:
+            return self._finish(st, _INTERNAL, "expected one uncompressed request message")
+        self.h2.consumed(st.id, first[1])
+        await self._serve(st, first[0])
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -293,8 +319,9 @@ class _TooLarge(Exception):
 class Server:
     """Registration and life cycle as grpc.aio.Server's, serving UNIX sockets."""
 
-    def __init__(self, max_message: int = 4 << 20) -> None:
+    def __init__(self, max_message: int = 4 << 20, opening: Opening | None = None) -> None:
         self.max_message = max_message
+        self.opening = opening  # while pending, a call for a method not yet here waits
         self._methods: dict[str, grpc.RpcMethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self._paths: list[str] = []
@@ -316,8 +343,11 @@ class Server:
         self._paths.append(address.removeprefix("unix:").removeprefix("//"))
         return 0
 
-    def handler(self, path: str, context: ServicerContext) -> grpc.RpcMethodHandler:
+    def handler(self, path: str, context: ServicerContext) -> grpc.RpcMethodHandler | None:
+        """The method's handler; None while the server is opening and has not got it yet."""
         handler = self._methods.get(path)
+        if handler is None and self.opening is not None and self.opening.pending:
+            return None
         if handler is None:
             details = _CallDetails(path, context.invocation_metadata())
             for generic in self._generic:
@@ -361,3 +391,7 @@ class Server:
 
 async def _unimplemented(request: bytes, context: ServicerContext) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+
+# the stand-in handler of a held call: request-streaming, so its messages are kept as they come
+_HELD = grpc.stream_stream_rpc_method_handler(_unimplemented)

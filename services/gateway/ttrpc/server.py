@@ -26,13 +26,14 @@ from grpc import aio
 
 from ..h2grpc import ServicerContext
 from ..listener import bind
+from ..opening import Opening, OpeningFailed
 from .protocol import MAX_MESSAGE, RequestReceived, RequestRefused, Response, ServerConnection, Status
 
 log = logging.getLogger("flotilla.gateway.ttrpc")
 Method = Callable[[bytes, ServicerContext], Awaitable[bytes]]
 PeerCheck = Callable[[int, int], bool]  # (uid, gid) of the connecting process -> admitted
 
-_UNKNOWN, _DEADLINE, _UNIMPLEMENTED = 2, 4, 12
+_UNKNOWN, _DEADLINE, _UNIMPLEMENTED, _UNAVAILABLE = 2, 4, 12, 14
 # ttrpc's namespace header; the gRPC servicers read the gRPC one (rpc.namespace), and
 # containerd's namespaces.Namespace() falls back from one to the other the same way
 _TTRPC_NAMESPACE, _GRPC_NAMESPACE = "containerd-namespace-ttrpc", "containerd-namespace"
@@ -133,6 +134,13 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self, ev: RequestReceived) -> None:
         req = ev.request
+        opening = self.server.opening
+        if opening is not None and opening.pending:
+            try:
+                await opening.wait()
+            except OpeningFailed as exc:
+                self._answer(ev.stream_id, Response(Status(_UNAVAILABLE, str(exc))))
+                return
         method = self.server.method(req.service, req.method)
         if isinstance(method, Status):
             self._answer(ev.stream_id, Response(method))
@@ -170,9 +178,11 @@ class _Connection(asyncio.Protocol):
 class Server:
     """Services registered by name, served on one UNIX socket."""
 
-    def __init__(self, max_message: int = MAX_MESSAGE, peer_check: PeerCheck = same_user) -> None:
+    def __init__(self, max_message: int = MAX_MESSAGE, peer_check: PeerCheck = same_user,
+                 opening: Opening | None = None) -> None:
         self.max_message = max_message
         self.peer_check = peer_check
+        self.opening = opening  # while pending, calls wait for the services to be registered
         self._services: dict[str, dict[str, Method]] = {}
         self._listener: asyncio.AbstractServer | None = None
         self._path: Path | None = None
