@@ -62,7 +62,13 @@ def _left_over(suite: PrivateSuite, chaos: Chaos) -> list[str]:
     content store finds wrong."""
     problems = []
     ns = chaos.namespace
-    failed = {arg for c in chaos.record.failed() for arg in c.args}
+    record = chaos.record
+    # a gateway killed under a `ctr run --rm` can take the container's delete with it, which
+    # ctr never reports (it defers the delete and ignores its error): the client could not
+    # know, as with a containerd killed then; its container is excused like a failed call's
+    gateways = {k.component for k in record.kills if k.component.startswith("gateway")}
+    cut = [c for c in record.calls if c.loop == "run" and any(record.in_flight_at_kill(c, g) for g in gateways)]
+    failed = {arg for c in [*record.failed(), *cut] for arg in c.args}
     for what in (("containers", "ls", "-q"), ("tasks", "ls")):
         rows = suite.ctr(*what, namespace=ns).stdout.splitlines()[(what[0] == "tasks"):]
         ids = [row.split()[0] for row in rows if row.strip()]
