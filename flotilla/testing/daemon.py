@@ -126,3 +126,7 @@ def supervise(conf: Path, on_stop: Callable[[], None]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    # as the services do: the test restarting this daemon waits for its exit, and then for
+    # the next one's start, within its client's reconnection deadline
+    from flotilla.libs.process import exit_without_teardown
+    exit_without_teardown()

@@ -202,7 +202,9 @@ async def test_calls_that_come_while_opening_wait_then_are_served_or_unavailable
         try:
             async with await ttrpc.Client.connect(path) as client:
                 call = asyncio.ensure_future(client.send(tp.Request("test.v1.T", "Echo", b"early")))
-                await asyncio.sleep(0.2)
+                # a held call's deadline runs while it waits
+                late = await client.send(tp.Request("test.v1.T", "Echo", b"late", timeout_nano=100_000_000))
+                assert (late.status.code, late.status.message) == (4, "context deadline exceeded")
                 assert not call.done()
                 server.register("test.v1.T", {"Echo": Methods().echo})
                 if failure:

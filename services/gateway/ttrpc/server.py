@@ -134,12 +134,19 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self, ev: RequestReceived) -> None:
         req = ev.request
+        when: float | None = None
+        if req.timeout_nano:  # negative: the client's deadline passed before it sent the request
+            when = asyncio.get_running_loop().time() + max(0.0, req.timeout_nano / 1e9)
         opening = self.server.opening
-        if opening is not None and opening.pending:
+        if opening is not None and opening.pending:  # held until the services are registered
             try:
-                await opening.wait()
+                async with asyncio.timeout_at(when):
+                    await opening.wait()
             except OpeningFailed as exc:
                 self._answer(ev.stream_id, Response(Status(_UNAVAILABLE, str(exc))))
+                return
+            except TimeoutError:
+                self._answer(ev.stream_id, Response(Status(_DEADLINE, "context deadline exceeded")))
                 return
         method = self.server.method(req.service, req.method)
         if isinstance(method, Status):
@@ -150,11 +157,8 @@ class _Connection(asyncio.Protocol):
         if ns and not any(k == _GRPC_NAMESPACE for k, _ in metadata):
             metadata.append((_GRPC_NAMESPACE, ns[0]))
         ctx = ServicerContext(metadata)
-        timeout: float | None = None
-        if req.timeout_nano:  # negative: the client's deadline passed before it sent the request
-            timeout = max(0.0, req.timeout_nano / 1e9)
-            ctx.deadline = asyncio.get_running_loop().time() + timeout
-        deadline = asyncio.timeout(timeout)
+        ctx.deadline = when
+        deadline = asyncio.timeout_at(when)
         try:
             async with deadline:
                 payload = await method(req.payload, ctx)
