@@ -11,8 +11,9 @@ start, for every suite (``Suite.up``) and for the containerd stand-in
   socket first (``_spawn_sockets_first``).
 * It makes an fcgi-program's socket once to check it, closes it (the file stays, and a
   client dialing then gets "connection refused", on which containerd's client gives up) and
-  makes it again a few milliseconds later: here the first one is kept, so the socket goes
-  from absent (a client waits) to accepting (connections queue for the gateway).
+  makes it again a few milliseconds later: here the first one is kept, and it is made
+  listening under another name and renamed into place, so the socket goes from absent (a
+  client waits) to accepting (connections queue for the gateway), never bound and refusing.
 
 * At its shutdown it stops its programs one after the other, in reverse priority, but
   moves on to the next only on its main loop's next turn: a second later when nothing else
@@ -29,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
@@ -37,7 +39,21 @@ _stopping: list[bool] = []  # [True] once the shutdown began
 
 
 def _patch() -> None:
-    from supervisor import poller, socket_manager
+    from supervisor import datatypes, poller, socket_manager
+
+    prepare = getattr(socket_manager.SocketManager, "_prepare_socket", None)
+    if prepare is not None:
+        def prepare_listening(self: socket_manager.SocketManager) -> None:
+            config = self.socket_config
+            if self.prepared or not isinstance(config, datatypes.UnixStreamSocketConfig):
+                return prepare(self)
+            if self.logger:
+                self.logger.info("Creating socket %s" % config)
+            self.socket = _listening_unix_socket(config.path, config.get_mode(), config.get_owner(),
+                                                 config.get_backlog() or socket.SOMAXCONN)
+            self.prepared = True
+
+        socket_manager.SocketManager._prepare_socket = prepare_listening  # type: ignore[method-assign]
 
     get_socket = getattr(socket_manager.SocketManager, "get_socket", None)
     if get_socket is not None:
@@ -68,6 +84,31 @@ def _patch() -> None:
             return readable, writable
 
         poller.Poller.poll = poll_first_at_once  # type: ignore[method-assign]
+
+
+def _listening_unix_socket(path: str, mode: int | None, owner: tuple[int, int] | None, backlog: int) -> socket.socket:
+    """A UNIX socket bound and listening under a temporary name, then renamed to ``path``: a
+    client dialing meanwhile finds no socket (containerd's client then waits) or a listening
+    one, never one bound and not yet listening, which refuses it ("connection refused", on
+    which containerd's client gives up): supervisord binds at the path and listens after."""
+    temp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(temp)
+        if owner is not None:
+            os.chown(temp, *owner)
+        if mode is not None:
+            os.chmod(temp, mode)
+        sock.listen(backlog)
+        os.rename(temp, path)  # replaces a stale socket at once
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    return sock
 
 
 def _spawn_sockets_first() -> None:

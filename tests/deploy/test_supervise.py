@@ -5,6 +5,8 @@ containerd stand-in removes its socket there)."""
 from __future__ import annotations
 
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -54,3 +56,19 @@ killasgroup=true
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_socket_appears_listening_and_replaces_a_stale_one(tmp_path: Path) -> None:
+    from flotilla.deploy.supervise import _listening_unix_socket
+    path = tmp_path / "g.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on: a client would be refused
+    sock = _listening_unix_socket(str(path), 0o660, None, 16)
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o660
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # queued in the backlog: accepted by nobody yet, not refused
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["g.sock"]
+    finally:
+        sock.close()
