@@ -32,6 +32,15 @@ class DigestRequest:
 
 
 @dataclass
+class DeleteRequest:
+    namespace: str
+    digest: str
+    # a collection's delete: the leases its mark saw on the record; one added since (a writer
+    # of the blob that found it there) keeps the record, as containerd's GC lock would have
+    leases_seen: list[str] | None = None
+
+
+@dataclass
 class ContentChanged:
     """The CHANGED notice: the record of ``digest`` in ``namespace`` changed at ``updated_at``."""
     namespace: str

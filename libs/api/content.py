@@ -35,7 +35,7 @@ from ..wire import MAX_CHUNK, from_wire
 
 # the records live apart to keep this file short; they are part of this contract
 from ._content_records import (
-    ChunkWrite, CommitRequest, ContentChanged, DigestRequest, Info, LeaseRequest, ListRequest, LocalFile,
+    ChunkWrite, CommitRequest, ContentChanged, DeleteRequest, DigestRequest, Info, LeaseRequest, ListRequest, LocalFile,
     NamespaceRequest, ReadRequest, RefRequest, SessionRequest, Status, SyncRequest, UpdateRequest, WriterOpen,
     WriterSession,
 )
@@ -66,7 +66,7 @@ INFO: Route[DigestRequest, Info] = Route("info", DigestRequest, Info, idempotent
 LIST: Route[ListRequest, list[Info]] = Route("list", ListRequest, list[Info], idempotent=True)
 UPDATE: Route[UpdateRequest, Info] = Route("update", UpdateRequest, Info, idempotent=True)
 # publishes /content/delete
-DELETE: Route[DigestRequest, None] = Route("delete", DigestRequest, None)
+DELETE: Route[DeleteRequest, None] = Route("delete", DeleteRequest, None)
 READ: Route[ReadRequest, bytes] = Route("read", ReadRequest, None, idempotent=True)  # at most CHUNK bytes
 # NotFound if not owned
 LOCAL_PATH: Route[DigestRequest, LocalFile] = Route("local_path", DigestRequest, LocalFile, idempotent=True)
@@ -193,8 +193,9 @@ class ContentClient:
     async def update(self, namespace: str, info: Info, paths: list[str] | None = None) -> Info:
         return await self._call(UPDATE, UpdateRequest(namespace, info, list(paths or [])))
 
-    async def delete(self, namespace: str, digest: str) -> None:
-        await self._call(DELETE, DigestRequest(namespace, digest))
+    async def delete(self, namespace: str, digest: str, *, leases_seen: list[str] | None = None) -> None:
+        """``leases_seen``: a collection's delete, done only if the record has no other lease now."""
+        await self._call(DELETE, DeleteRequest(namespace, digest, leases_seen))
 
     async def namespace_held(self, namespace: str) -> bool:
         return bool(await self._call(NAMESPACE_HELD, NamespaceRequest(namespace)))

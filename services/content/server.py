@@ -46,8 +46,8 @@ class ContentServer:
                                api.ContentChanged(r.namespace, info.digest, info.updated_at))
         return info
 
-    async def delete(self, r: api.DigestRequest) -> None:
-        gone = await asyncio.to_thread(self.store.delete, r.namespace, r.digest)
+    async def delete(self, r: api.DeleteRequest) -> None:
+        gone = await asyncio.to_thread(self.store.delete, r.namespace, r.digest, r.leases_seen)
         if gone and self.farm is not None:
             await self.bus.publish(cf.notice_subject(self.cfg.prefix, cf.GONE), cf.Blob(r.digest))
         await events.publish(self.bus, self.cfg.prefix, r.namespace, ev.ContentDelete(r.digest))

@@ -195,11 +195,17 @@ class ContentStore:
         updated.labels, updated.updated_at = labels, now
         return updated
 
-    def delete(self, namespace: str, digest: str) -> bool:
-        """Forget the namespace's record; True when that was the last and the blob went."""
+    def delete(self, namespace: str, digest: str, leases_seen: list[str] | None = None) -> bool:
+        """Forget the namespace's record; True when that was the last and the blob went.
+        ``leases_seen``: a collection's delete, which keeps a record that gained a lease since
+        its mark listed it (raced by a writer that found the blob there)."""
         check_digest(digest)
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
+            if leases_seen is not None:
+                row = self._row(conn, namespace, digest, for_update=True)
+                if row is not None and set(json.loads(row.leases)) - set(leases_seen):
+                    return False
             gone = conn.execute(delete(db.owners).where(
                 (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).rowcount
             if not gone:

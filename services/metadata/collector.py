@@ -208,7 +208,7 @@ class Collector:
             for blob in blobs:
                 if blob.digest not in keep_content:
                     try:
-                        await self.content.delete(ns, blob.digest)
+                        await self.content.delete(ns, blob.digest, leases_seen=list(blob.leases))
                         stats.content_removed += 1
                     except NotFound:
                         pass
