@@ -7,8 +7,6 @@ start, for every suite (``Suite.up``) and for the containerd stand-in
   farm, a stand-in answers a second sooner).
 * Python resumes its poll when a signal interrupts it, so it saw a SIGTERM or a child's exit
   only at the end of its 1 s wait: here a signal ends the wait (``_signal_pipe``).
-* It spawns its programs in priority order, the gateway last; here the programs serving a
-  socket first (``_spawn_sockets_first``).
 * It makes an fcgi-program's socket once to check it, closes it (the file stays, and a
   client dialing then gets "connection refused", on which containerd's client gives up) and
   makes it again a few milliseconds later: here the first one is kept, and it is made
@@ -111,25 +109,6 @@ def _listening_unix_socket(path: str, mode: int | None, owner: tuple[int, int] |
     return sock
 
 
-def _spawn_sockets_first() -> None:
-    """The programs that serve a socket (the gateway: an fcgi-program) are spawned before the
-    others, not last: supervisord spawns in priority order, which is also its stop order (the
-    gateway stops first), and each spawn is a fork and exec, 80 ms for the seven before it."""
-    from supervisor import supervisord
-
-    runforever = getattr(supervisord.Supervisor, "runforever", None)
-    if runforever is None:
-        return
-
-    def socket_programs_first(self: supervisord.Supervisor) -> None:
-        for group in list(getattr(self, "process_groups", {}).values()):
-            if hasattr(group, "socket_manager"):
-                group.transition()
-        runforever(self)
-
-    supervisord.Supervisor.runforever = socket_programs_first  # type: ignore[method-assign]
-
-
 def _signal_pipe() -> int:
     """A pipe every caught signal writes a byte to (signal.set_wakeup_fd); its reading end,
     or -1. Python resumes a poll that a signal interrupts (PEP 475), so supervisord saw a
@@ -175,7 +154,6 @@ def main(argv: list[str], stop_together: bool = False, on_stop: Callable[[], Non
     """supervisord with the changes above; ``on_stop`` is called once as its shutdown begins."""
     from supervisor import supervisord
     _patch()
-    _spawn_sockets_first()
     _stop_quickly(stop_together, on_stop)
     supervisord.main(argv)
 
