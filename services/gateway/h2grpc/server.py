@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import grpc
 from grpc import aio
 
+from ..opening import Opening, OpeningFailed
 from .connection import (NO_ERROR, RESPONSE_HEADERS, DataReceived, H2Connection, ProtocolError, RequestReceived,
                          StreamReset, WindowOpened, trailer_block)
-from ..opening import Opening, OpeningFailed
 from .context import ServicerContext
 
 log = logging.getLogger("flotilla.gateway.h2grpc")
