@@ -91,6 +91,7 @@ def run_daemon_tests(label: str, pattern: str, bin_dir: Path | None) -> dict[str
         clean_test_dirs(test, daemon, env)
         if test == "TestDaemonCustomCgroup":
             remove_new_cgroups(started_at)
+        remove_daemon_logs(started_at)
         result = verdict(test, text, rc)
         results[test] = (result, "" if result == "PASS" else first_error(text))
         print(f"{test} {results[test][0]} {time.monotonic() - started:.0f}s {results[test][1]}", flush=True)
@@ -164,6 +165,15 @@ def clean_test_dirs(test: str, daemon: str, env: dict[str, str]) -> None:
             subprocess.run(["umount", "-l", mnt], capture_output=True)
     for d in (TEST_ROOT, TEST_STATE, *Path(tempfile.gettempdir()).glob(f"{test}[0-9]*")):
         shutil.rmtree(d, ignore_errors=True)
+
+
+def remove_daemon_logs(since: float) -> None:
+    """The file a test made for its daemon's output (Go's os.CreateTemp("", ""): digits only,
+    in the temporary directory), which the test leaves."""
+    for f in Path(tempfile.gettempdir()).iterdir():
+        with contextlib.suppress(OSError):
+            if f.name.isdigit() and f.is_file() and f.stat().st_mtime >= since:
+                f.unlink()
 
 
 def remove_new_cgroups(since: float) -> None:
