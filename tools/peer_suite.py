@@ -168,11 +168,12 @@ def clean_test_dirs(test: str, daemon: str, env: dict[str, str]) -> None:
 
 
 def remove_daemon_logs(since: float) -> None:
-    """The file a test made for its daemon's output (Go's os.CreateTemp("", ""): digits only,
-    in the temporary directory), which the test leaves."""
+    """The files a test made for its daemon, which it leaves in the temporary directory: its
+    output (Go's os.CreateTemp("", ""): digits only) and its config (containerd-config-*)."""
     for f in Path(tempfile.gettempdir()).iterdir():
+        made_by_test = f.name.isdigit() or (f.name.startswith("containerd-config-") and f.name[18:].isdigit())
         with contextlib.suppress(OSError):
-            if f.name.isdigit() and f.is_file() and f.stat().st_mtime >= since:
+            if made_by_test and f.is_file() and f.stat().st_mtime >= since:
                 f.unlink()
 
 

@@ -29,6 +29,7 @@ def test_on_stop_runs_as_the_shutdown_begins_while_a_program_still_stops(tmp_pat
     conf.write_text(f"""[supervisord]
 logfile={tmp_path / 'supervisord.log'}
 pidfile={tmp_path / 'supervisord.pid'}
+childlogdir={tmp_path}
 [program:slow]
 command=/bin/sh -c "{program}"
 startsecs=0
