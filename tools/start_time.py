@@ -13,6 +13,7 @@ the whole handshake (docs/compatibility.md), which is the figure that matters.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -23,9 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
-from flotilla._api.grpc.health.v1 import health_pb2, health_pb2_grpc
+from flotilla.testing import serving
 
 POLL = 0.01
 LIMIT = 30.0  # seconds a start may take before the run counts as failed
@@ -35,15 +34,6 @@ def daemon_command(kind: str) -> list[str]:
     if kind == "flotilla":
         return [sys.executable, "-m", "flotilla.testing.daemon"]
     return [shutil.which("containerd") or "/usr/bin/containerd"]
-
-
-def serving(socket: Path) -> bool:
-    with grpc.insecure_channel(f"unix://{socket}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def one_start(kind: str, work: Path, settle: float) -> tuple[float, float, float]:
@@ -59,13 +49,13 @@ def one_start(kind: str, work: Path, settle: float) -> tuple[float, float, float
     proc = subprocess.Popen([*daemon_command(kind), "--config", str(config), "--root", str(root),
                              "--state", str(state), "--address", str(socket)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    socket_at = health_at = float("nan")
+    socket_at = health_at = math.nan  # nan: never (a run past LIMIT, or a daemon that died)
     try:
         deadline = started + LIMIT
         while time.monotonic() < deadline and proc.poll() is None:
-            if socket_at != socket_at and socket.exists():
+            if math.isnan(socket_at) and socket.exists():
                 socket_at = time.monotonic() - started
-            if socket_at == socket_at and serving(socket):
+            if not math.isnan(socket_at) and serving(socket):
                 health_at = time.monotonic() - started
                 break
             time.sleep(POLL)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .farm import Farm
-    from .peers import CTR, ContainerdPeer, PrivateSuite, Registry, ctr, nats_server
+    from .peers import CTR, ContainerdPeer, PrivateSuite, Registry, ctr, nats_server, serving
 
-__all__ = ["CTR", "ContainerdPeer", "Farm", "PrivateSuite", "Registry", "ctr", "nats_server"]
+__all__ = ["CTR", "ContainerdPeer", "Farm", "PrivateSuite", "Registry", "ctr", "nats_server", "serving"]
 _HOME = {"Farm": ".farm", **{name: ".peers" for name in __all__ if name != "Farm"}}
 
 

@@ -225,6 +225,20 @@ def _with_descendants(pids: list[int]) -> list[int]:
     return found
 
 
+def serving(socket: str | Path, timeout: float = 0.5) -> bool:
+    """Whether the daemon on ``socket`` answers gRPC health SERVING now (one new connection:
+    a client's reconnection backoff is not measured with it)."""
+    import grpc
+
+    from flotilla._api.grpc.health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
 @contextlib.contextmanager
 def nats_server() -> Iterator[str]:
     """A private nats-server on a free loopback port; yields its URL."""

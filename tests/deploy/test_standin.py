@@ -12,10 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-
-from flotilla._api.grpc.health.v1 import health_pb2, health_pb2_grpc
 from flotilla.deploy import Suite
+from flotilla.testing import serving
 from flotilla.testing.daemon import parse
 
 
@@ -38,15 +36,6 @@ def test_the_socket_and_parent_death_signal_are_rendered(tmp_path: Path) -> None
     assert f'FLOTILLA_SOCKET="{tmp_path / "c.sock"}"' in text
     commands = [line for line in text.splitlines() if line.startswith("command=")]
     assert commands and all("--pdeathsig KILL -- " in line for line in commands)
-
-
-def _serving(socket: Path) -> bool:
-    with grpc.insecure_channel(f"unix://{socket}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _start(conf: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -78,7 +67,7 @@ def test_a_restart_the_way_containerds_tests_make_one(tmp_path: Path) -> None:
         for _ in range(2):
             proc = _start(conf, log)
             procs.append(proc)
-            assert _until(lambda: socket.exists() and _serving(socket), 60), log.read_text()[-3000:]
+            assert _until(lambda: socket.exists() and serving(socket), 60), log.read_text()[-3000:]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, log.read_text()[-3000:]
             assert not socket.exists() and not Path(f"{socket}.ttrpc").exists()
