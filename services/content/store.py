@@ -198,14 +198,15 @@ class ContentStore:
     def delete(self, namespace: str, digest: str, leases_seen: list[str] | None = None) -> bool:
         """Forget the namespace's record; True when that was the last and the blob went.
         ``leases_seen``: a collection's delete, which keeps a record that gained a lease since
-        its mark listed it (raced by a writer that found the blob there)."""
+        its mark listed it (raced by a writer that found the blob there): FailedPrecondition,
+        so that nothing says it went (no /content/delete event)."""
         check_digest(digest)
         with self.engine.begin() as conn:
             db.lock_digest(conn, digest)
             if leases_seen is not None:
                 row = self._row(conn, namespace, digest, for_update=True)
                 if row is not None and set(json.loads(row.leases)) - set(leases_seen):
-                    return False
+                    raise FailedPrecondition(f"content {digest}: leased since the collection's mark: kept")
             gone = conn.execute(delete(db.owners).where(
                 (db.owners.c.namespace == namespace) & (db.owners.c.digest == digest))).rowcount
             if not gone:
