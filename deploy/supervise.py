@@ -67,7 +67,7 @@ def _patch() -> None:
         first = [True]
         woken = _signal_pipe()
 
-        def poll_first_at_once(self: poller.Poller, timeout: float) -> tuple[list[int], list[int]]:
+        def poll_soon(self: poller.Poller, timeout: float) -> tuple[list[int], list[int]]:
             if first and first.pop():
                 timeout = 0
             elif _stopping:  # a child's exit is seen at once, or within a turn without the pipe
@@ -81,7 +81,7 @@ def _patch() -> None:
                 readable = [fd for fd in readable if fd != woken]
             return readable, writable
 
-        poller.Poller.poll = poll_first_at_once  # type: ignore[method-assign]
+        poller.Poller.poll = poll_soon  # type: ignore[method-assign]
 
 
 def _listening_unix_socket(path: str, mode: int | None, owner: tuple[int, int] | None, backlog: int) -> socket.socket:

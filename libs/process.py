@@ -12,9 +12,11 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
-from .config import START_NICE
+from . import config as config_mod
+from . import log as log_mod
+from .config import START_NICE, Config
 
 # glibc's mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -63,6 +65,17 @@ def run_loop(main: Awaitable[None]) -> None:
             pass
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)  # type: ignore[arg-type]
+
+
+def run_process(name: str, main: Callable[[Config], Awaitable[None]]) -> None:
+    """Process ``name``: glibc's memory settings, its config and logs, ``main(config)`` on
+    the loop, then its end (every service through libs/service.run; the gateway, which
+    answers its socket before it loads the bus, directly)."""
+    keep_freed_memory()
+    cfg = config_mod.load()
+    log_mod.setup(name, cfg.log_level)
+    run_loop(main(cfg))
+    exit_without_teardown()
 
 
 def exit_without_teardown() -> None:

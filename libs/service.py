@@ -8,13 +8,11 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
-from . import config as config_mod
-from . import log as log_mod
 from . import metrics
 from .bus import Bus
 from .config import Config
 from .journal import Journal
-from .process import end_start_priority, exit_without_teardown, keep_freed_memory, run_loop
+from .process import end_start_priority, run_process
 from .subjects import stem
 
 Cleanup = Callable[[], Awaitable[None]]
@@ -85,8 +83,4 @@ async def serve(name: str, setup: Setup, cfg: Config, *, host_local: bool = Fals
 
 
 def run(name: str, setup: Setup, *, host_local: bool = False) -> None:
-    keep_freed_memory()
-    cfg = config_mod.load()
-    log_mod.setup(name, cfg.log_level)
-    run_loop(serve(name, setup, cfg, host_local=host_local))
-    exit_without_teardown()
+    run_process(name, lambda cfg: serve(name, setup, cfg, host_local=host_local))

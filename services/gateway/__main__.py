@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 
-from flotilla.libs import config as config_mod
-from flotilla.libs import log as log_mod
 from flotilla.libs.config import Config
-from flotilla.libs.process import exit_without_teardown, keep_freed_memory, run_loop
+from flotilla.libs.process import run_process
 
 from .front import open_front
 
@@ -29,8 +27,4 @@ async def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()
-    config = config_mod.load()
-    log_mod.setup("gateway", config.log_level)
-    run_loop(main(config))
-    exit_without_teardown()
+    run_process("gateway", main)
